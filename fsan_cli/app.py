@@ -1,0 +1,62 @@
+"""The `fsan` Typer app: global options, then one thin module per subcommand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fsan_cli import __version__
+from fsan_cli.commands import ablate, evaluate, ground, prepare, train
+from fsan_cli.state import STATE
+
+app = typer.Typer(
+    name="fsan",
+    help="Weakly supervised temporal language grounding with FSAN "
+    "(Fine-grained Semantic Alignment Network).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fsan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            envvar="FSAN_DEVICE",
+            help="Where to run: auto, cpu, cuda or cuda:N.",
+        ),
+    ] = "auto",
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More logging; -v shows tracebacks.")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    STATE.device = device
+    STATE.verbose = verbose
+    STATE.quiet = quiet
+
+
+app.command("prepare")(prepare.prepare)
+app.command("train")(train.train)
+app.command("evaluate")(evaluate.evaluate)
+app.command("ground")(ground.ground)
+app.command("ablate")(ablate.ablate)
+
+
+def main() -> None:
+    app(prog_name="fsan")

@@ -1,0 +1,203 @@
+"""The prepared store: what `fsan prepare` writes and `train`/`evaluate`/`ground` read.
+
+Layout of `data/<dataset>/` (format version 1):
+
+    manifest.json   dataset, format_version, clips (N_v), feature_dim, normalize, pca,
+                    word_vectors {source, dim}, splits {name: n_queries}, inputs [...], summary
+    features.npy    float32 (n_videos, clips, feature_dim): clip features pooled to N_v
+    videos.jsonl    one line per row of features.npy: {"video", "duration", "rows"}
+    vocab.txt       one word a line; line 0 is <pad>, line 1 is <unk>
+    vectors.npy     float32 (len(vocab), word_dim): frozen word vectors (rows 0 and 1 are zero)
+    <split>.jsonl   one query a line: {"video", "query", "duration", "times": [[s, e], ...]}
+                    (seconds; several pairs when several annotators). DiDeMo lines also carry
+                    "annotation_id" and "chunks": [[a, b], ...] (inclusive 5-second chunk indices).
+    pca.npz         optional: "mean" (D_in,), "components" (D_out, D_in) applied before pooling
+
+A store is written into a temporary folder beside the target and renamed into place, so an
+interrupted prepare never leaves a store that `train` would read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsan_cli.errors import FsanError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Query:
+    video: str
+    query: str
+    duration: float
+    times: list[list[float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"video": self.video, "query": self.query, "duration": self.duration}
+        if self.times:
+            out["times"] = self.times
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Query:
+        extra = {k: v for k, v in obj.items() if k not in ("video", "query", "duration", "times")}
+        return cls(
+            video=str(obj["video"]),
+            query=str(obj["query"]),
+            duration=float(obj["duration"]),
+            times=[[float(a), float(b)] for a, b in obj.get("times", [])],
+            extra=extra,
+        )
+
+
+@dataclass
+class Store:
+    path: Path
+    manifest: dict[str, Any]
+    features: np.ndarray  # (n_videos, clips, feature_dim) float32
+    videos: list[dict[str, Any]]
+    vocab: list[str]
+    vectors: np.ndarray  # (len(vocab), word_dim) float32
+    splits: dict[str, list[Query]]
+    pca: dict[str, np.ndarray] | None = None
+
+    @property
+    def video_index(self) -> dict[str, int]:
+        return {v["video"]: i for i, v in enumerate(self.videos)}
+
+    @property
+    def clips(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[2])
+
+    def split(self, name: str) -> list[Query]:
+        if name not in self.splits:
+            raise FsanError(
+                f"split '{name}' is not in the store at {self.path}",
+                f"Use one of: {', '.join(self.splits) or '(none)'}",
+            )
+        return self.splits[name]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def store_exists(path: Path) -> bool:
+    return (Path(path) / "manifest.json").is_file()
+
+
+def load_store(path: Path, mmap: bool = False) -> Store:
+    """Read a prepared store; a missing or partial one is a FsanError naming `fsan prepare`."""
+    path = Path(path)
+    if not store_exists(path):
+        raise FsanError(
+            f"no prepared data at {path}",
+            f"Run `fsan prepare --dataset {path.name} ...` first, or pass --data-dir",
+        )
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise FsanError(
+                f"the store at {path} has format version {manifest.get('format_version')}, "
+                f"this fsan reads version {FORMAT_VERSION}",
+                "Run `fsan prepare` again to rebuild it",
+            )
+        features = np.load(path / "features.npy", mmap_mode="r" if mmap else None)
+        videos = _read_jsonl(path / "videos.jsonl")
+        vocab = (path / "vocab.txt").read_text(encoding="utf-8").split("\n")
+        if vocab and vocab[-1] == "":
+            vocab = vocab[:-1]
+        vectors = np.load(path / "vectors.npy")
+        splits = {}
+        for name in manifest.get("split_names", SPLITS):
+            f = path / f"{name}.jsonl"
+            if f.is_file():
+                splits[name] = [Query.from_json(o) for o in _read_jsonl(f)]
+        pca = None
+        if (path / "pca.npz").is_file():
+            with np.load(path / "pca.npz") as z:
+                pca = {k: z[k] for k in z.files}
+    except FsanError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise FsanError(
+            f"the prepared store at {path} is damaged ({exc})",
+            "Run `fsan prepare` again to rebuild it",
+        ) from exc
+    if len(videos) != features.shape[0]:
+        raise FsanError(
+            f"the store at {path} lists {len(videos)} videos but holds {features.shape[0]} feature rows",
+            "Run `fsan prepare` again to rebuild it",
+        )
+    return Store(path, manifest, features, videos, vocab, vectors, splits, pca)
+
+
+def write_store(
+    path: Path,
+    manifest: dict[str, Any],
+    features: np.ndarray,
+    videos: list[dict[str, Any]],
+    vocab: list[str],
+    vectors: np.ndarray,
+    splits: dict[str, list[Query]],
+    pca: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write a store atomically: into a temporary folder, then renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if features.ndim != 3 or features.shape[0] != len(videos):
+        raise ValueError(f"features must be (n_videos, clips, dim), got {features.shape}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        manifest = dict(manifest)
+        manifest["format_version"] = FORMAT_VERSION
+        manifest["clips"] = int(features.shape[1])
+        manifest["feature_dim"] = int(features.shape[2])
+        manifest["split_names"] = list(splits)
+        manifest["splits"] = {k: len(v) for k, v in splits.items()}
+        np.save(tmp / "features.npy", np.ascontiguousarray(features, dtype=np.float32))
+        _write_jsonl(tmp / "videos.jsonl", videos)
+        (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        np.save(tmp / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+        for name, queries in splits.items():
+            _write_jsonl(tmp / f"{name}.jsonl", [q.to_json() for q in queries])
+        if pca is not None:
+            np.savez(tmp / "pca.npz", **pca)
+        # manifest last: a folder without it is never read as a store
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

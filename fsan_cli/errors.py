@@ -1,0 +1,64 @@
+"""User-facing errors: `Error: what happened. How to fix it.` on stderr, exit code 1."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FsanError(Exception):
+    """An error the user can fix. `message` says what happened, `fix` how to fix it."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message.rstrip()
+        self.fix = fix.rstrip()
+
+    def __str__(self) -> str:
+        text = self.message if self.message.endswith((".", "?", "!")) else self.message + "."
+        if self.fix:
+            text += " " + (self.fix if self.fix.endswith((".", "?", "!")) else self.fix + ".")
+        return text
+
+
+def verbose_level() -> int:
+    from fsan_cli.state import STATE
+
+    return STATE.verbose
+
+
+def handle_errors(func: F) -> F:
+    """Turn FsanError (and unexpected exceptions) into one `Error:` line and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except FsanError as exc:
+            if verbose_level() > 0:
+                traceback.print_exc(file=sys.stderr)
+            print(f"Error: {exc}", file=sys.stderr)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            print("Error: interrupted. Nothing partial was kept; run the command again.", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+            if verbose_level() > 0:
+                traceback.print_exc(file=sys.stderr)
+            print(
+                f"Error: unexpected {type(exc).__name__}: {exc}. "
+                "Run again with -v for the traceback and report it as a bug.",
+                file=sys.stderr,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
