@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FSAN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real annotation files in ../shared/data (skipped with a reason where absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real annotation files not found at {SHARED_DATA} (set FSAN_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _reset_state():
+    from fsan_cli.state import STATE
+
+    STATE.device, STATE.verbose, STATE.quiet = "auto", 0, False
+    yield
