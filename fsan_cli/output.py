@@ -72,3 +72,56 @@ def make_table(
             cells.append(text)
         table.add_row(*cells)
     return table
+
+
+class _Bar:
+    """A rich progress bar on stderr showing epoch, loss and samples/s (no-op when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from fsan_cli.state import STATE
+
+        self.enabled = enabled and not STATE.quiet
+        self.progress = None
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[rate]:.0f} samples/s"),
+                TimeRemainingColumn(),
+                console=stderr_console(),
+                transient=False,
+            )
+            self.task = self.progress.add_task("train", total=total, epoch=1, loss=0.0, rate=0.0)
+
+    def __enter__(self) -> _Bar:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def update(self, step: int, **fields: Any) -> None:
+        if self.progress:
+            self.progress.update(self.task, completed=step, **fields)
+
+    def epoch_done(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        parts = [f"epoch {record['epoch']}", f"loss {record['loss']:.4f}"]
+        if "val_miou" in record:
+            parts.append(f"val mIoU {record['val_miou']:.2f}")
+            parts.append(f"R@1,IoU=0.5 {record['val_r1_iou0.5']:.2f}")
+        if record.get("best"):
+            parts.append("(best so far, saved)")
+        target = self.progress.console if self.progress else stderr_console()
+        target.print("  ".join(parts), highlight=False)
+
+
+def training_progress(total: int, enabled: bool = True) -> _Bar:
+    return _Bar(total, enabled)

@@ -1,11 +1,123 @@
-"""`fsan prepare`: not built yet (it answers with a clear error, never fake output)."""
+"""`fsan prepare`: official annotation and feature files -> the prepared store under data/<dataset>."""
 
 from __future__ import annotations
 
-from fsan_cli.errors import FsanError, handle_errors
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fsan_cli.config import load_config
+from fsan_cli.errors import handle_errors
+from fsan_cli.output import fmt, make_table, print_json, stdout_console, warn
+
+
+class Dataset(StrEnum):
+    activitynet = "activitynet"
+    didemo = "didemo"
+    charades = "charades"
+    custom = "custom"
+
+
+class Convention(StrEnum):
+    clip = "clip"
+    drop = "drop"
 
 
 @handle_errors
-def prepare() -> None:
-    """Not available yet in this version of fsan."""
-    raise FsanError("`fsan prepare` is not available yet in this version", "See README.md for what is")
+def prepare(
+    dataset: Annotated[Dataset, typer.Option("--dataset", help="Which benchmark's files these are.")],
+    annotations: Annotated[
+        Path,
+        typer.Option("--annotations", help="Folder of the official annotation files (custom: FILE.jsonl)."),
+    ],
+    features: Annotated[Path, typer.Option("--features", help="The HDF5 feature file.")],
+    data_dir: Annotated[
+        Path,
+        typer.Option("--data-dir", envvar="FSAN_DATA_DIR", help="Prepared stores; writes DIR/<dataset>."),
+    ] = Path("data"),
+    out: Annotated[Path | None, typer.Option("--out", help="Write the store here instead.")] = None,
+    glove: Annotated[
+        str | None,
+        typer.Option("--glove", metavar="PATH", help="Word vectors: GloVe .txt or word2vec .bin "
+                     "(default: GloVe 6B 50d from PyPI)."),
+    ] = None,
+    clips: Annotated[
+        int | None, typer.Option("--clips", help="N_v, clips per video (default: the preset's).")
+    ] = None,
+    normalize: Annotated[
+        bool, typer.Option("--normalize/--no-normalize", help="L2-normalise each clip feature.")
+    ] = True,
+    pca: Annotated[
+        int | None,
+        typer.Option("--pca", metavar="N", help="PCA to N dims fitted on train (didemo: 500; 0 off)."),
+    ] = None,
+    skip_missing: Annotated[
+        bool, typer.Option("--skip-missing", help="Go on without videos that have no features.")
+    ] = False,
+    charades_convention: Annotated[
+        Convention,
+        typer.Option("--charades-convention", help="Lines ending after the video: clip (flag, "
+                     "split test_clean) or drop."),
+    ] = Convention.clip,
+    limit_videos: Annotated[
+        int | None, typer.Option("--limit-videos", metavar="N", help="Only the first N videos of each split.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Turn a benchmark's official annotation and feature files into the store `train` reads.
+
+    Clips are pooled to N_v per video, optionally PCA'd and L2-normalised; the vocabulary comes
+    from the train split. Layouts and sources: docs/datasets.md.
+    """
+    from fsan_cli.data.prepare import PrepareOptions, prepare_dataset
+
+    cfg = load_config(dataset.value)
+    opts = PrepareOptions(
+        dataset=dataset.value,
+        annotations=annotations,
+        features=features,
+        out=out if out is not None else data_dir / dataset.value,
+        clips=clips if clips is not None else int(cfg["data"]["clips"]),
+        normalize=normalize and bool(cfg["data"]["normalize"]),
+        pca=pca if pca is not None else (500 if dataset is Dataset.didemo else 0),
+        glove=glove,
+        skip_missing=skip_missing,
+        charades_convention=charades_convention.value,
+        limit_videos=limit_videos,
+        overwrite=overwrite,
+    )
+    summary = prepare_dataset(opts)
+    for message in summary["warnings"]:
+        warn(message)
+    if as_json:
+        print_json(summary)
+    else:
+        stdout_console().print(_table(summary))
+
+
+def _table(s: dict[str, Any]):
+    rows = [
+        (name, sp["videos"], sp["read"], sp["queries"], sp["clipped"])
+        for name, sp in s["splits"].items()
+    ]
+    words = s["word_vectors"]
+    pca = s["pca"]
+    lines = [
+        f"{s['videos']} videos, N_v = {s['clips']}, feature dim {s['feature_dim_in']}"
+        + (f" -> {s['feature_dim']} (PCA, {fmt(100 * pca['explained_variance'], 1)}% variance)" if pca else "")
+        + (", L2-normalised" if s["normalize"] else ""),
+        f"vocabulary {words['vocab']} words ({words['source']}, {words['dim']}-d); "
+        f"OOV {fmt(words['oov_rate'])}% of train tokens",
+    ]
+    lines += [f"dropped {d['count']} {d['split']}: {d['reason']}" for d in s["dropped"]]
+    lines += s["notes"]
+    lines.append(f"read {fmt(s['read_mb'], 1)} MB at {fmt(s['read_mb_per_s'], 1)} MB/s; wrote {s['out']}")
+    return make_table(
+        f"Prepared {s['dataset']}",
+        ["split", "videos", "queries read", "queries kept", "times clipped"],
+        rows,
+        caption="\n".join(lines),
+    )

@@ -1,0 +1,441 @@
+"""`prepare_dataset`: official annotation + feature files -> the prepared store (see store.py).
+
+Each adapter module (activitynet, didemo, charades, custom) has `read_annotations(path, options)`
+returning `Annotations`: the queries per split with times in seconds, each video's duration, the
+HDF5 layout its feature file uses, and what was dropped or clipped. Everything after that is
+shared here: choosing the videos, checking the feature file, the vocabulary, PCA, one streaming
+pass over the features, and an atomic write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsan_cli.data.features import (
+    FeatureLayout,
+    Located,
+    PcaFit,
+    read_features,
+    scan_features,
+    video_clips,
+)
+from fsan_cli.data.store import SPLITS, Query, store_exists, write_store
+from fsan_cli.errors import FsanError
+from fsan_cli.text import build_vocab, load_word_vectors, tokenize
+
+ADAPTERS = ("activitynet", "didemo", "charades", "custom")
+CONVENTIONS = ("clip", "drop")
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class PrepareOptions:
+    dataset: str
+    annotations: Path
+    features: Path
+    out: Path
+    clips: int
+    normalize: bool = True
+    pca: int = 0  # 0: off
+    glove: str | None = None
+    skip_missing: bool = False
+    charades_convention: str = "clip"
+    limit_videos: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Annotations:
+    """What an adapter read. `read`: queries per split in the files; `derived`: splits that are
+    subsets of another split, {name: parent} (--limit-videos keeps the parent's videos)."""
+
+    splits: dict[str, list[Query]]
+    durations: dict[str, float]
+    layout: FeatureLayout
+    files: list[Path]
+    read: dict[str, int] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)  # (split, reason) -> queries
+    clipped: Counter = field(default_factory=Counter)  # split -> queries with times clipped
+    notes: list[str] = field(default_factory=list)
+    derived: dict[str, str] = field(default_factory=dict)
+
+    def span(self, split: str, start: float, end: float, duration: float) -> list[float] | None:
+        """Times clipped into [0, duration]; None (counted as dropped) when nothing is left."""
+        times, problem = clip_span(start, end, duration)
+        if problem:
+            self.dropped[(split, problem)] += 1
+        elif times != [start, end]:
+            self.clipped[split] += 1
+        return times
+
+
+def clip_span(start: float, end: float, duration: float) -> tuple[list[float] | None, str | None]:
+    """([start, end] clipped into [0, duration], None) or (None, why it cannot be kept)."""
+    if start >= end:
+        return None, "start >= end"
+    if start >= duration:
+        return None, "starts after the video ends"
+    return [max(0.0, float(start)), min(float(duration), float(end))], None
+
+
+def require_file(path: Path, what: str, fix: str) -> Path:
+    if not path.is_file():
+        raise FsanError(f"missing {what}: {path} does not exist", fix)
+    return path
+
+
+def find_split_file(folder: Path, names: tuple[str, ...], dataset: str, split: str) -> Path:
+    """The first of `names` that exists in `folder` (an annotations folder)."""
+    if not folder.is_dir():
+        raise FsanError(
+            f"--annotations {folder} is not a folder",
+            f"Pass the folder that holds the {dataset} annotation files ({', '.join(names)}, ...)",
+        )
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FsanError(
+        f"missing split file for {split}: {folder} has no {' or '.join(names)}",
+        f"Put the official {dataset} annotation files in {folder} (see docs/datasets.md)",
+    )
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _check_out(opts: PrepareOptions) -> None:
+    out = Path(opts.out)
+    if store_exists(out):
+        if not opts.overwrite:
+            raise FsanError(
+                f"a prepared store already exists at {out}",
+                "Pass --overwrite to replace it, or --out DIR to write elsewhere",
+            )
+    elif out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise FsanError(
+            f"{out} exists and is not a prepared store; prepare never replaces other files",
+            "Pass --out with a new or empty folder",
+        )
+
+
+def _limit(ann: Annotations, limit: int) -> None:
+    """Keep the first `limit` videos of each split (a derived split follows its parent)."""
+    keep: dict[str, set[str]] = {}
+    for name, queries in ann.splits.items():
+        if name in ann.derived:
+            continue
+        seen: dict[str, None] = {}
+        for q in queries:
+            if q.video not in seen:
+                if len(seen) == limit:
+                    break
+                seen[q.video] = None
+        keep[name] = set(seen)
+    for name, queries in ann.splits.items():
+        videos = keep[ann.derived.get(name, name)]
+        ann.splits[name] = [q for q in queries if q.video in videos]
+
+
+def _videos(ann: Annotations) -> list[str]:
+    order: dict[str, None] = {}
+    for queries in ann.splits.values():
+        for q in queries:
+            order.setdefault(q.video, None)
+    return list(order)
+
+
+def _drop_missing(ann: Annotations, absent: set[str]) -> None:
+    for name, queries in ann.splits.items():
+        kept = [q for q in queries if q.video not in absent]
+        if len(kept) != len(queries):
+            ann.dropped[(name, "video not in the feature file")] += len(queries) - len(kept)
+        ann.splits[name] = kept
+
+
+def _missing(ann: Annotations, scan, opts: PrepareOptions, warnings: list[str]) -> dict[str, Any]:
+    absent = scan.missing + scan.empty
+    info = {"count": len(absent), "empty": len(scan.empty), "first": absent[:5]}
+    if not absent:
+        return info
+    shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+    what = f"{len(absent)} of {len(absent) + len(scan.found)} annotated videos have no features in {opts.features}"
+    if scan.empty:
+        what += f" ({len(scan.empty)} of them with zero rows)"
+    if not opts.skip_missing:
+        raise FsanError(
+            f"{what}: {shown}",
+            "Pass --skip-missing to prepare without them (their queries are dropped and counted), "
+            "or use a complete feature file",
+        )
+    _drop_missing(ann, set(absent))
+    warnings.append(f"{what}: {shown}. Their queries were dropped (--skip-missing).")
+    return info
+
+
+def _vocabulary(ann: Annotations, glove: str | None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    texts = [q.query for q in ann.splits.get("train", [])]
+    if not texts:  # a custom dataset without a train split: the vocabulary of all its queries
+        texts = [q.query for qs in ann.splits.values() for q in qs]
+    needed = {w for t in texts for w in tokenize(t)}
+    vectors = load_word_vectors(glove, needed=needed)
+    vocab, matrix, stats = build_vocab(texts, vectors)
+    known = set(vocab)
+    unk: dict[str, float] = {}
+    for name, queries in ann.splits.items():
+        tokens = [w for q in queries for w in tokenize(q.query)]
+        unk[name] = round(100.0 * sum(w not in known for w in tokens) / max(len(tokens), 1), 2)
+    info = {
+        "source": vectors.source,
+        "dim": vectors.dim,
+        "vocab": len(vocab),
+        "oov_rate": round(stats["oov_rate"], 2),
+        "oov_types": int(stats["oov_types"]),
+        "unk_rate": unk,
+    }
+    return vocab, matrix, info
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from fsan_cli.output import stderr_console
+    from fsan_cli.state import STATE
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        disable=not enabled or STATE.quiet,
+        transient=True,
+    )
+
+
+def _fit_pca(opts: PrepareOptions, ann: Annotations, locs: dict[str, Located], dim_in: int):
+    train = {q.video for q in ann.splits.get("train", [])} or set(locs)
+    fit_locs = [locs[v] for v in train if v in locs]
+    fit = PcaFit(dim_in)
+    total = sum(loc.rows * loc.dim * loc.dtype.itemsize for loc in fit_locs)
+    with _progress(opts.progress) as bar:
+        task = bar.add_task(f"PCA fit ({len(fit_locs)} videos)", total=total)
+        for loc, rows in read_features(opts.features, fit_locs):
+            fit.add(rows)
+            bar.advance(task, rows.nbytes)
+    pca = fit.fit(opts.pca)
+    info = {
+        "dim_in": dim_in,
+        "dim_out": opts.pca,
+        "fit_split": "train" if ann.splits.get("train") else "all",
+        "fit_rows": fit.count,
+        "explained_variance": round(float(pca["explained_variance_ratio"].sum()), 4),
+    }
+    return pca, info, total
+
+
+def _stream(opts, videos: list[str], locs: dict[str, Located], pca, dim_out: int):
+    """One pass over the feature file: (n_videos, clips, dim_out) float32 and repair counts."""
+    index = {v: i for i, v in enumerate(videos)}
+    features = np.zeros((len(videos), opts.clips, dim_out), np.float32)
+    total = sum(loc.rows * loc.dim * loc.dtype.itemsize for loc in locs.values())
+    bad_videos: list[str] = []
+    bad_rows = 0
+    with _progress(opts.progress) as bar:
+        task = bar.add_task(f"Reading {len(videos)} videos", total=total)
+        for loc, rows in read_features(opts.features, list(locs.values())):
+            out = video_clips(rows, opts.clips, pca=pca, normalize=opts.normalize)
+            if not np.isfinite(out).all():  # NaN/inf reach at least one pooled bin
+                finite = np.isfinite(rows).all(axis=1)
+                bad_rows += int((~finite).sum())
+                bad_videos.append(loc.video)
+                rows = np.where(finite[:, None], rows, 0).astype(np.float32)
+                out = video_clips(rows, opts.clips, pca=pca, normalize=opts.normalize)
+            features[index[loc.video]] = out
+            bar.advance(task, rows.nbytes)
+    return features, total, {"videos": len(bad_videos), "rows": bad_rows, "first": bad_videos[:5]}
+
+
+def _load_adapter(name: str):
+    if name not in ADAPTERS:
+        raise FsanError(
+            f"`fsan prepare` does not know dataset '{name}'",
+            f"Use one of: {', '.join(ADAPTERS)} (synthetic data needs no prepare)",
+        )
+    return importlib.import_module(f"fsan_cli.data.{name}")
+
+
+def _validate(opts: PrepareOptions) -> None:
+    if opts.clips < 1:
+        raise FsanError(f"--clips must be at least 1, got {opts.clips}", "Pass --clips N with N >= 1")
+    if opts.pca < 0:
+        raise FsanError(f"--pca must be 0 (off) or positive, got {opts.pca}", "Pass --pca N")
+    if opts.limit_videos is not None and opts.limit_videos < 1:
+        raise FsanError(
+            f"--limit-videos must be at least 1, got {opts.limit_videos}", "Pass --limit-videos N"
+        )
+    if opts.charades_convention not in CONVENTIONS:
+        raise FsanError(
+            f"unknown --charades-convention '{opts.charades_convention}'",
+            f"Use one of: {', '.join(CONVENTIONS)}",
+        )
+    if not Path(opts.annotations).exists():
+        raise FsanError(f"--annotations {opts.annotations} does not exist", "Check the path")
+    if not Path(opts.features).is_file():
+        raise FsanError(
+            f"--features {opts.features} does not exist or is not a file",
+            "Pass the HDF5 feature file (see docs/datasets.md for where to get it)",
+        )
+
+
+def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
+    """Run the adapter of `opts.dataset` and write the store at `opts.out`; returns the summary."""
+    started = time.perf_counter()
+    adapter = _load_adapter(opts.dataset)
+    _validate(opts)
+    _check_out(opts)
+    ann: Annotations = adapter.read_annotations(Path(opts.annotations), opts)
+    for name in ann.splits:
+        if not _SPLIT_NAME.match(name):
+            raise FsanError(
+                f"split name '{name}' is not a plain name", "Use letters, digits, '_' or '-'"
+            )
+    if opts.limit_videos is not None:
+        _limit(ann, opts.limit_videos)
+    warnings: list[str] = []
+    scan = scan_features(Path(opts.features), _videos(ann), ann.layout)
+    missing = _missing(ann, scan, opts, warnings)
+    videos = _videos(ann)
+    if not videos:
+        raise FsanError("no queries are left to prepare", "Check the annotation and feature files")
+    locs = {v: scan.found[v] for v in videos}
+    dim_in = next(iter(locs.values())).dim
+    vocab, vectors, words = _vocabulary(ann, opts.glove)
+
+    pca, pca_info, read_bytes = None, None, 0
+    if opts.pca:
+        pca, pca_info, read_bytes = _fit_pca(opts, ann, locs, dim_in)
+    dim_out = opts.pca or dim_in
+    read_started = time.perf_counter()
+    features, stream_bytes, nonfinite = _stream(opts, videos, locs, pca, dim_out)
+    read_seconds = time.perf_counter() - read_started
+    if nonfinite["videos"]:
+        warnings.append(
+            f"{nonfinite['rows']} feature rows with NaN or inf in {nonfinite['videos']} videos "
+            f"(e.g. {', '.join(nonfinite['first'])}) were set to zero"
+        )
+
+    summary = _summary(opts, ann, videos, dim_in, dim_out, words, missing, nonfinite, pca_info)
+    summary["read_mb"] = round((read_bytes + stream_bytes) / 1e6, 1)
+    summary["read_mb_per_s"] = round(stream_bytes / 1e6 / max(read_seconds, 1e-9), 1)
+    summary["warnings"] = warnings
+    manifest = {
+        "dataset": opts.dataset,
+        "normalize": opts.normalize,
+        "pca": pca_info,
+        "word_vectors": {"source": words["source"], "dim": words["dim"]},
+        "inputs": _inputs(opts, ann),
+        "summary": summary,
+    }
+    video_rows = [
+        {"video": v, "duration": ann.durations[v], "rows": locs[v].rows} for v in videos
+    ]
+    splits = {name: qs for name, qs in ann.splits.items()}
+    write_store(Path(opts.out), manifest, features, video_rows, vocab, vectors, splits, pca)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def _inputs(opts: PrepareOptions, ann: Annotations) -> list[dict[str, Any]]:
+    inputs = []
+    for f in ann.files:
+        inputs.append(
+            {"role": "annotations", "path": str(Path(f).resolve()), "bytes": f.stat().st_size, "md5": md5sum(f)}
+        )
+    feat = Path(opts.features)
+    stat = feat.stat()
+    inputs.append(
+        {
+            "role": "features",
+            "path": str(feat.resolve()),
+            "bytes": stat.st_size,
+            "mtime": int(stat.st_mtime),
+        }
+    )
+    if opts.glove and Path(opts.glove).is_file():
+        g = Path(opts.glove)
+        inputs.append({"role": "word_vectors", "path": str(g.resolve()), "bytes": g.stat().st_size})
+    else:
+        inputs.append({"role": "word_vectors", "source": opts.glove or "glove-6b-50d"})
+    return inputs
+
+
+def _summary(opts, ann, videos, dim_in, dim_out, words, missing, nonfinite, pca_info) -> dict[str, Any]:
+    order = [s for s in SPLITS if s in ann.splits] + [s for s in ann.splits if s not in SPLITS]
+    splits = {}
+    for name in order:
+        queries = ann.splits[name]
+        splits[name] = {
+            "read": ann.read.get(name, len(queries)),
+            "queries": len(queries),
+            "videos": len({q.video for q in queries}),
+            "clipped": ann.clipped.get(name, 0),
+        }
+    dropped = [
+        {"split": s, "reason": r, "count": n} for (s, r), n in sorted(ann.dropped.items()) if n
+    ]
+    return {
+        "dataset": opts.dataset,
+        "out": str(opts.out),
+        "videos": len(videos),
+        "splits": splits,
+        "feature_dim_in": dim_in,
+        "feature_dim": dim_out,
+        "clips": opts.clips,
+        "normalize": opts.normalize,
+        "pca": pca_info,
+        "limit_videos": opts.limit_videos,
+        "word_vectors": words,
+        "oov_rate": words["oov_rate"],
+        "dropped": dropped,
+        "missing_videos": missing,
+        "nonfinite": nonfinite,
+        "notes": ann.notes,
+    }
+
+
+__all__ = [
+    "ADAPTERS",
+    "Annotations",
+    "PrepareOptions",
+    "clip_span",
+    "find_split_file",
+    "md5sum",
+    "prepare_dataset",
+    "require_file",
+]

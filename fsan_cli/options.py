@@ -1,0 +1,29 @@
+"""Options shared by several subcommands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="synthetic (embedded, default), activitynet, didemo, charades or custom.",
+    ),
+]
+DataDirOpt = Annotated[
+    Path,
+    typer.Option("--data-dir", envvar="FSAN_DATA_DIR", help="Folder of prepared stores."),
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML file of settings over the dataset's preset.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. --set model.hidden=256 (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]

@@ -1,0 +1,238 @@
+"""The network against plain-loop references of the paper's equations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fsan_cli.engine import top_k_segments
+from models.fsan import (
+    FSAN,
+    NEG_INF,
+    FSANConfig,
+    fsan_losses,
+    inner_loss,
+    negative_token_mask,
+    outer_loss,
+    segment_scores,
+    segment_weights,
+)
+
+
+def small_cfg(**kw) -> FSANConfig:
+    base = dict(word_dim=12, feature_dim=10, clips=7, hidden=16, layers=2, heads=2, align_dim=8, max_tokens=9, dropout=0.0)
+    base.update(kw)
+    return FSANConfig(**base)
+
+
+def random_inputs(b=3, ns=6, nv=7, vocab=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(b, ns, nv, generator=g) * 2 - 1
+    lengths = torch.randint(1, ns + 1, (b,), generator=g)
+    lengths[0] = ns
+    mask = torch.arange(ns)[None] < lengths[:, None]
+    return p, mask
+
+
+# ---------------------------------------------------------------- plain-loop references
+
+
+def sc_reference(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 8 written as the paper writes it, one segment at a time."""
+    b, _, nv = p.shape
+    out = torch.full((b, nv, nv), NEG_INF, dtype=torch.float64)
+    for n in range(b):
+        rows = p[n][mask[n]].double()  # (Ns_real, Nv)
+        for s in range(nv):
+            for e in range(s, nv):
+                inner = rows[:, s : e + 1].sum() / (rows.shape[0] * (e - s + 1))
+                outside = [j for j in range(nv) if j < s or j > e]
+                outer = sum(rows[:, j].min() for j in outside) / len(outside) if outside else 0.0
+                out[n, s, e] = inner - outer
+    return out
+
+
+def inner_reference(p_hat, mask, w, form):
+    b, _, nv = p_hat.shape
+    out = torch.zeros(b, dtype=torch.float64)
+    for n in range(b):
+        rows = p_hat[n][mask[n]].double()
+        for s in range(nv):
+            for e in range(s, nv):
+                seg = rows[:, s : e + 1].sum(1)
+                if form == "sigmoid_sum":
+                    per = -torch.sigmoid(seg).mean()
+                else:
+                    per = -torch.log(seg / (e - s + 1) + 1e-6).mean()
+                out[n] += w[n, s, e].double() * per
+    return out
+
+
+def outer_reference(p_hat, mask, w, form):
+    b, _, nv = p_hat.shape
+    out = torch.zeros(b, dtype=torch.float64)
+    for n in range(b):
+        rows = p_hat[n][mask[n]].double()
+        for s in range(nv):
+            for e in range(s, nv):
+                outside = [j for j in range(nv) if j < s or j > e]
+                if not outside:
+                    continue
+                mins = torch.stack([rows[:, j].min() for j in outside])
+                vals = -torch.log(1 - mins + 1e-6) if form == "lower" else -torch.log(mins + 1e-6)
+                out[n] += w[n, s, e].double() * vals.mean()
+    return out
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("nv", [1, 2, 7])
+def test_segment_scores_match_loop_reference(seed, nv):
+    p, mask = random_inputs(nv=nv, seed=seed)
+    got = segment_scores(p, mask).double()
+    torch.testing.assert_close(got, sc_reference(p, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_whole_video_segment_has_no_outside_term():
+    p, mask = random_inputs(b=2, ns=4, nv=5)
+    sc = segment_scores(p, mask)
+    for n in range(2):
+        expected = p[n][mask[n]].mean()
+        torch.testing.assert_close(sc[n, 0, 4], expected)
+
+
+@pytest.mark.parametrize("form", ["sigmoid_sum", "log_mean"])
+@pytest.mark.parametrize("mode", ["softmax", "raw"])
+def test_inner_loss_matches_loop_reference(form, mode):
+    p, mask = random_inputs(seed=3)
+    p_hat = (1 + p) / 2
+    w = segment_weights(segment_scores(p, mask), mode, 0.1)
+    torch.testing.assert_close(inner_loss(p_hat, mask, w, form).double(), inner_reference(p_hat, mask, w, form), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["lower", "literal"])
+def test_outer_loss_matches_loop_reference(form):
+    p, mask = random_inputs(seed=4)
+    p_hat = (1 + p) / 2
+    w = segment_weights(segment_scores(p, mask), "softmax", 0.1)
+    torch.testing.assert_close(outer_loss(p_hat, mask, w, form).double(), outer_reference(p_hat, mask, w, form), atol=1e-5, rtol=1e-4)
+
+
+def test_softmax_weights_sum_to_one_over_valid_segments_only():
+    p, mask = random_inputs(seed=5)
+    w = segment_weights(segment_scores(p, mask), "softmax", 0.1)
+    torch.testing.assert_close(w.flatten(1).sum(-1), torch.ones(3))
+    assert (w[:, torch.ones(7, 7, dtype=torch.bool).tril(-1)] == 0).all()
+
+
+def test_negative_token_mask_drops_shared_words():
+    pos = torch.tensor([[5, 6, 7, 0]])
+    neg = torch.tensor([[6, 8, 9, 0]])
+    assert negative_token_mask(pos, neg).tolist() == [[False, True, True, False]]
+    # a negative made only of shared words keeps them rather than become empty
+    assert negative_token_mask(pos, torch.tensor([[5, 6, 0, 0]])).tolist() == [[True, True, False, False]]
+
+
+def make_model(seed=0, **kw) -> FSAN:
+    torch.manual_seed(seed)
+    return FSAN(small_cfg(**kw), torch.randn(20, 12)).eval()
+
+
+def test_forward_shapes_and_invalid_segments():
+    model = make_model()
+    video = torch.randn(3, 7, 10)
+    tokens = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9]])
+    out = model(video, tokens)
+    assert out.alignment_map.shape == (3, 4, 7)
+    assert out.segment_scores.shape == (3, 7, 7)
+    lower = torch.ones(7, 7, dtype=torch.bool).tril(-1)
+    assert (out.segment_scores[:, lower] == NEG_INF).all()
+    assert out.alignment_map.abs().max() <= 1 + 1e-5
+    assert torch.isfinite(out.segment_scores.triu()).all()
+
+
+def test_padding_does_not_change_scores():
+    model = make_model()
+    video = torch.randn(1, 7, 10)
+    short = model(video, torch.tensor([[3, 4, 5]]))
+    padded = model(video, torch.tensor([[3, 4, 5, 0, 0, 0]]))
+    torch.testing.assert_close(short.segment_scores, padded.segment_scores, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(short.alignment_map, padded.alignment_map[:, :3], atol=1e-5, rtol=1e-5)
+
+
+def test_one_sample_alone_equals_it_in_a_padded_batch():
+    model = make_model()
+    video = torch.randn(3, 7, 10)
+    tokens = torch.tensor([[1, 2, 0, 0, 0], [4, 5, 6, 7, 8], [9, 0, 0, 0, 0]])
+    batch = model(video, tokens)
+    for i in range(3):
+        n = int((tokens[i] != 0).sum())
+        alone = model(video[i : i + 1], tokens[i : i + 1, :n])
+        torch.testing.assert_close(alone.segment_scores[0], batch.segment_scores[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"cross_attention": False},
+        {"inner_attention": False},
+        {"grounding": "mlp"},
+        {"sc_map": "p_hat"},
+        {"sc_map": "centered"},
+    ],
+)
+def test_every_trainable_parameter_gets_a_gradient(kw):
+    model = make_model(**kw).train()
+    video = torch.randn(4, 7, 10)
+    tokens = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9], [10, 11, 12, 0]])
+    neg = tokens.roll(1, 0)
+    pos = model(video, tokens)
+    neg_out = model(video, neg, negative_token_mask(tokens, neg))
+    losses = fsan_losses(model, pos, neg_out, torch.ones(4, dtype=torch.bool))
+    losses.total.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, missing
+    assert not model.embedding.weight.requires_grad
+
+
+def test_ablation_switches_remove_their_parameters():
+    full = {n for n, _ in make_model().named_parameters()}
+    no_cross = {n for n, _ in make_model(cross_attention=False).named_parameters()}
+    no_inner = {n for n, _ in make_model(inner_attention=False).named_parameters()}
+    assert any("s_cross" in n for n in full) and not any("cross" in n for n in no_cross)
+    assert any("s_self" in n for n in full) and not any("_self" in n for n in no_inner)
+
+
+def nms_reference(sc: torch.Tensor, k: int, thr: float):
+    nv = sc.shape[-1]
+    cands = sorted(((float(sc[s, e]), s, e) for s in range(nv) for e in range(s, nv)), key=lambda t: -t[0])
+    kept, rest = [], []
+    for score, s, e in cands:
+        ok = True
+        for _, ks, ke in kept:
+            inter = max(0, min(e + 1, ke + 1) - max(s, ks))
+            union = max(e + 1, ke + 1) - min(s, ks)
+            if inter / union > thr:
+                ok = False
+        (kept if ok else rest).append((score, s, e))
+        if len(kept) == k:
+            break
+    while len(kept) < k:
+        kept.append(rest.pop(0))
+    return [(s, e) for _, s, e in kept]
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.5, 1.0])
+def test_top_k_nms_matches_loop_reference(thr):
+    torch.manual_seed(0)
+    sc = torch.randn(5, 6, 6).masked_fill(torch.ones(6, 6, dtype=torch.bool).tril(-1), NEG_INF)
+    segs, scores = top_k_segments(sc, 5, thr)
+    for b in range(5):
+        assert [tuple(x) for x in segs[b].tolist()] == nms_reference(sc[b], 5, thr)
+    assert (scores[:, :-1] >= scores[:, 1:]).all() or thr < 1.0
+    assert math.isfinite(float(scores.min()))
