@@ -97,6 +97,7 @@ def run_prepare(folder: Path, features: Path, glove: str | None) -> dict:
     seconds = time.perf_counter() - started
     size = features.stat().st_size / 1e6
     return {
+        "seconds": summary["seconds"],
         "feature_pass_mb_per_s": summary["read_mb_per_s"],
         "end_to_end_s": round(seconds, 2),
         "end_to_end_mb_per_s": round(size / seconds, 1),
@@ -121,8 +122,10 @@ def main() -> None:
     t0 = time.perf_counter()
     features = build(folder, videos, args.seconds, args.dim, seed=0)
     size_mb = features.stat().st_size / 1e6
-    print(f"built {videos} videos, {size_mb:.0f} MB in {time.perf_counter() - t0:.0f} s at {folder}",
-          file=sys.stderr)
+    print(
+        f"built {videos} videos, {size_mb:.0f} MB in {time.perf_counter() - t0:.0f} s at {folder}",
+        file=sys.stderr,
+    )
 
     result: dict = {"videos": videos, "file_mb": round(size_mb, 1), "dim": args.dim}
     for state in ("cold", "warm"):
@@ -136,9 +139,12 @@ def main() -> None:
             prep.append(run_prepare(folder, features, args.glove))
         best = max(prep, key=lambda r: r["feature_pass_mb_per_s"])
         result[state] = {"disk_mb_per_s": round(max(disk), 1), **best}
-        print(f"{state:>5}: disk {max(disk):8.1f} MB/s | prepare feature pass "
-              f"{best['feature_pass_mb_per_s']:8.1f} MB/s | end to end {best['end_to_end_s']:.1f} s "
-              f"({best['end_to_end_mb_per_s']:.1f} MB/s)", file=sys.stderr)
+        print(
+            f"{state:>5}: disk {max(disk):8.1f} MB/s | prepare feature pass "
+            f"{best['feature_pass_mb_per_s']:8.1f} MB/s | end to end {best['end_to_end_s']:.1f} s "
+            f"({best['end_to_end_mb_per_s']:.1f} MB/s)",
+            file=sys.stderr,
+        )
     print(json.dumps(result))
     if args.keep:
         print(f"kept {folder}", file=sys.stderr)

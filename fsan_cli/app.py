@@ -34,6 +34,7 @@ def main_callback(
         typer.Option(
             "--device",
             envvar="FSAN_DEVICE",
+            metavar="DEVICE",
             help="Where to run: auto, cpu, cuda or cuda:N.",
         ),
     ] = "auto",

@@ -19,7 +19,7 @@ from fsan_cli.data.store import Query, Store
 from fsan_cli.errors import FsanError
 from fsan_cli.output import log
 from fsan_cli.text import PAD, encode, tokenize
-from models.fsan import FSAN, FSANConfig, fsan_losses
+from models.fsan import FSAN, FSANConfig, fsan_losses, negative_token_mask
 
 CHECKPOINT_FORMAT = "fsan-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -48,6 +48,8 @@ def model_config(cfg: Config, word_dim: int, feature_dim: int) -> FSANConfig:
         inner_form=a["inner_form"],
         outer=a["outer"],
         margin=lo["margin"],
+        match_tau=a["match_tau"],
+        negative_video=lo["negative_video"],
         w_matching=lo["matching"],
         w_inner=lo["inner"],
         w_outer=lo["outer"],
@@ -299,6 +301,7 @@ def predict_rows(
     for i, q in enumerate(queries):
         moments = [[round(float(a), 3), round(float(b), 3), round(float(c), 5)] for (a, b), c in zip(seconds[i], scores[i], strict=True)]
         row = {"video": q.video, "query": q.query, "duration": q.duration, "moments": moments[:top_k]}
+        row["nms"] = None if didemo else nms
         if didemo:
             row["annotation_id"] = q.extra.get("annotation_id")
             row["segments"] = out["segments"][i].tolist()
@@ -359,8 +362,7 @@ def train(
 
     model = FSAN(mc, torch.from_numpy(store.vectors)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"], **(
-        {"fused": True} if device.type == "cuda" else {}))
+    opt = make_optimizer(model, tc, device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
@@ -380,12 +382,15 @@ def train(
             model.train()
             perm = torch.randperm(n, device=device, generator=gen)
             t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
+            parts = torch.zeros(3, device=device)
             for i in range(0, n, bs):
                 idx = perm[i : i + bs]
                 neg = torch.randint(0, n, idx.shape, device=device, generator=gen)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, total, tc)
-                losses = training_step(model, features, tokens, vids, idx, neg, device)
+                ramp = tc["sap_warmup"] * total
+                sap_scale = min(1.0, step / ramp) if ramp > 0 else 1.0
+                losses = training_step(model, features, tokens, vids, idx, neg, device, sap_scale=sap_scale)
                 opt.zero_grad(set_to_none=True)
                 losses.total.backward()
                 if tc["grad_clip"] > 0:
@@ -394,6 +399,7 @@ def train(
                 step += 1
                 seen += idx.numel()
                 loss_sum += losses.total.detach()
+                parts += torch.stack([losses.matching, losses.inner, losses.outer]).detach()
                 if step % 10 == 0 or i + bs >= n:
                     loss = loss_sum.item() / max(1, (i // bs) + 1)
                     if not math.isfinite(loss):
@@ -406,6 +412,7 @@ def train(
                 "epoch": epoch,
                 "step": step,
                 "loss": loss_sum.item() / steps_per_epoch,
+                **dict(zip(("loss_matching", "loss_inner", "loss_outer"), (parts / steps_per_epoch).tolist(), strict=True)),
                 "samples_per_s": seen / (time.perf_counter() - t0),
             }
             if va is not None:
@@ -425,26 +432,31 @@ def train(
     return {"best_epoch": best["epoch"], "best_val_miou": best["score"], "out": str(out_dir)}
 
 
-def training_step(model, features, tokens, vids, idx, neg, device):
-    """Positive pass (V, S) and negative pass (V, S^-); S^- is a caption of another video."""
-    video = features[vids[idx]].float()
+def make_optimizer(model: FSAN, tc: dict, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (paper §4.2; AdamW when train.weight_decay > 0), fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"], **extra)
+
+
+def training_step(
+    model, features, tokens, vids, idx, neg, device, autocast: bool | None = None, sap_scale: float = 1.0
+):
+    """Positive pass (V, S) and negative pass (V, S^-) of one batch, and the losses (eq. 13).
+
+    idx, neg (B,): query rows of the batch and of its negative captions, drawn on the device;
+    a negative that happens to describe the same video is left out of L^t.
+    """
+    video = features[vids[idx]].float()  # (B, Nv, D)
     pos_tok, neg_tok = tokens[idx], tokens[neg]
     neg_ok = vids[neg] != vids[idx]
-    from models.fsan import negative_token_mask
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
-    with autocast:
+    use_bf16 = device.type == "cuda" if autocast is None else autocast
+    core = model.module if hasattr(model, "module") else model
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         pos = model(video, pos_tok)
         neg_out = model(video, neg_tok, negative_token_mask(pos_tok, neg_tok))
-        return fsan_losses(model, pos, neg_out, neg_ok)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+        neg_video = model(features[vids[neg]].float(), pos_tok) if core.cfg.negative_video else None
+    return fsan_losses(core, pos, neg_out, neg_ok, neg_video, sap_scale)
 
 
 def validate(model: FSAN, features: torch.Tensor, data: SplitTensors, queries: list[Query], cfg: Config) -> dict[str, float]:

@@ -85,8 +85,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def pad_ragged(arrays: Sequence[Any], width: int = 2, limit: int | None = None):
     """Stack ragged (n_i, >=width) arrays into (Q, N, width) float64 plus a (Q, N) validity mask.
 
-    `limit` keeps only the first `limit` rows of each. No Python work per element, one
-    `np.asarray` per item.
+    `limit` keeps only the first `limit` rows of each (one `np.asarray` per item, the rest
+    vectorised).
     """
     items = [np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1] if np.size(x) else width)
              for x in arrays]

@@ -44,6 +44,11 @@ class FSANConfig:
     # eq. 11: "lower" = -log(1 - min P̂) (the text's intent) | "literal" = -log(min P̂)
     outer: str = "lower"
     margin: float = 0.2  # delta of eq. 6
+    # eq. 7 takes a hard max over segments; match_tau > 0 uses tau * logsumexp(SC / tau), a
+    # smooth max whose gradient reaches every good segment, not only the argmax
+    match_tau: float = 0.0
+    # also contrast the caption on another video, (V^-, S), beside (V, S^-) of eq. 6
+    negative_video: bool = False
     w_matching: float = 1 / 3  # lambda_1..3 of eq. 13
     w_inner: float = 1 / 3
     w_outer: float = 1 / 3
@@ -328,9 +333,12 @@ class Losses(NamedTuple):
     outer: Tensor
 
 
-def matching_score(sc: Tensor) -> Tensor:
-    """S(V, S) of eq. 7: the best segment's score, (B, Nv, Nv) -> (B,)."""
-    return sc.flatten(1).amax(-1)
+def matching_score(sc: Tensor, tau: float = 0.0) -> Tensor:
+    """S(V, S) of eq. 7: the best segment's score, (B, Nv, Nv) -> (B,); smooth when tau > 0."""
+    flat = sc.flatten(1)
+    if tau > 0:
+        return tau * torch.logsumexp(flat / tau, -1)
+    return flat.amax(-1)
 
 
 def negative_token_mask(pos_tokens: Tensor, neg_tokens: Tensor) -> Tensor:
@@ -341,15 +349,26 @@ def negative_token_mask(pos_tokens: Tensor, neg_tokens: Tensor) -> Tensor:
     return torch.where(mask.any(1, keepdim=True), mask, neg_tokens != 0)
 
 
-def fsan_losses(model: FSAN, pos: FSANOutput, neg: FSANOutput, neg_ok: Tensor) -> Losses:
+def fsan_losses(
+    model: FSAN,
+    pos: FSANOutput,
+    neg: FSANOutput,
+    neg_ok: Tensor,
+    neg_video: FSANOutput | None = None,
+    sap_scale: float = 1.0,
+) -> Losses:
     """Eq. 13 from the positive pass (V, S) and the negative pass (V, S^-).
 
-    neg_ok (B,) bool marks samples whose negative really comes from another video.
+    neg_ok (B,) bool marks samples whose negative really comes from another video;
+    neg_video is the optional pass (V^-, S); sap_scale ramps the SAP losses in (0..1).
     """
     cfg = model.cfg
-    gap = cfg.margin - matching_score(pos.segment_scores) + matching_score(neg.segment_scores)
+    s_pos = matching_score(pos.segment_scores, cfg.match_tau)
+    gap = F.relu(cfg.margin - s_pos + matching_score(neg.segment_scores, cfg.match_tau))
+    if neg_video is not None:
+        gap = gap + F.relu(cfg.margin - s_pos + matching_score(neg_video.segment_scores, cfg.match_tau))
     okf = neg_ok.float()
-    l_t = (F.relu(gap) * okf).sum() / okf.sum().clamp_min(1)  # eq. 6
+    l_t = (gap * okf).sum() / okf.sum().clamp_min(1)  # eq. 6
     zero = l_t.new_zeros(())
     if not cfg.sap_losses:
         return Losses(l_t, l_t, zero, zero)
@@ -357,5 +376,5 @@ def fsan_losses(model: FSAN, pos: FSANOutput, neg: FSANOutput, neg_ok: Tensor) -
     w = segment_weights(pos.segment_scores, cfg.weights, cfg.tau)
     l_i = inner_loss(p_hat, pos.token_mask, w, cfg.inner_form).mean()
     l_o = outer_loss(p_hat, pos.token_mask, w, cfg.outer).mean()
-    total = cfg.w_matching * l_t + cfg.w_inner * l_i + cfg.w_outer * l_o
+    total = cfg.w_matching * l_t + sap_scale * (cfg.w_inner * l_i + cfg.w_outer * l_o)
     return Losses(total, l_t, l_i, l_o)

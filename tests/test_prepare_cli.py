@@ -52,8 +52,20 @@ def invoke(*args: str, env: dict | None = None):
 
 def anet_args(anet, out: Path, *extra: str) -> list:
     folder, features, _ = anet
-    return ["prepare", "--dataset", "activitynet", "--annotations", folder, "--features", features,
-            "--out", out, "--limit-videos", "5", *extra]
+    return [
+        "prepare",
+        "--dataset",
+        "activitynet",
+        "--annotations",
+        folder,
+        "--features",
+        features,
+        "--out",
+        out,
+        "--limit-videos",
+        "5",
+        *extra,
+    ]
 
 
 def no_leftovers(parent: Path) -> bool:
@@ -69,7 +81,10 @@ def test_activitynet_table(anet, tmp_path):
     assert "glove-6b-50d, 50-d" in out and "OOV" in out
     store = load_store(tmp_path / "store")
     assert {k: len({q.video for q in v}) for k, v in store.splits.items()} == {
-        "train": 5, "val": 5, "test": 5}
+        "train": 5,
+        "val": 5,
+        "test": 5,
+    }
     assert store.features.shape[1:] == (64, DIM) and store.manifest["dataset"] == "activitynet"
 
 
@@ -80,14 +95,27 @@ def test_json_summary(anet, tmp_path):
     assert s["clips"] == 16 and s["normalize"] is False and s["feature_dim"] == DIM
     assert set(s["splits"]) == {"train", "val", "test"}
     assert {"read", "queries", "videos", "clipped"} <= set(s["splits"]["train"])
-    assert "oov_rate" in s and s["dropped"] == [] and s["limit_videos"] == 5
+    assert "oov_rate" in s and s["limit_videos"] == 5
+    # read and dropped count the annotation files; queries and videos what was stored
+    assert s["dropped"] == [{"split": "train", "reason": "start >= end", "count": 4}]
+    assert s["splits"]["train"]["read"] == 37421 and s["splits"]["train"]["videos"] == 5
     assert not np.allclose(np.linalg.norm(load_store(tmp_path / "s").features, axis=-1), 1.0)
 
 
 def test_data_dir_from_env_and_overwrite(anet, tmp_path):
     folder, features, _ = anet
-    args = ["prepare", "--dataset", "activitynet", "--annotations", folder, "--features", features,
-            "--limit-videos", "2", "--json"]
+    args = [
+        "prepare",
+        "--dataset",
+        "activitynet",
+        "--annotations",
+        folder,
+        "--features",
+        features,
+        "--limit-videos",
+        "2",
+        "--json",
+    ]
     env = {"FSAN_DATA_DIR": str(tmp_path / "d")}
     assert invoke(*args, env=env).exit_code == 0
     assert store_exists(tmp_path / "d" / "activitynet")
@@ -95,7 +123,8 @@ def test_data_dir_from_env_and_overwrite(anet, tmp_path):
     assert again.exit_code == 1 and again.stdout == ""
     assert again.stderr.startswith(
         f"Error: a prepared store already exists at {tmp_path / 'd' / 'activitynet'}. "
-        "Pass --overwrite to replace it, or --out DIR to write elsewhere.")
+        "Pass --overwrite to replace it, or --out DIR to write elsewhere."
+    )
     assert invoke(*args, "--overwrite", env=env).exit_code == 0
     assert no_leftovers(tmp_path / "d")
 
@@ -115,26 +144,44 @@ def test_missing_split_file(anet, tmp_path):
     result = invoke(*anet_args((tmp_path / "ann", features, None), tmp_path / "s"))
     assert result.exit_code == 1
     assert result.stderr.startswith(
-        f"Error: missing split file for val: {tmp_path / 'ann'} has no val_1.json or val.json.")
+        f"Error: missing split file for val: {tmp_path / 'ann'} has no val_1.json or val.json."
+    )
     assert not (tmp_path / "s").exists()
 
 
 def test_missing_videos_error_then_skip(anet, tmp_path):
     folder, _, videos = anet
     partial = write_anet(tmp_path / "partial.h5", videos[2:])
-    args = ["prepare", "--dataset", "activitynet", "--annotations", folder, "--features", partial,
-            "--out", tmp_path / "s", "--limit-videos", "5"]
+    args = [
+        "prepare",
+        "--dataset",
+        "activitynet",
+        "--annotations",
+        folder,
+        "--features",
+        partial,
+        "--out",
+        tmp_path / "s",
+        "--limit-videos",
+        "5",
+    ]
     result = invoke(*args)
     assert result.exit_code == 1 and not (tmp_path / "s").exists()
-    assert f"Error: 2 of 15 annotated videos have no features in {partial}: {videos[0]}, {videos[1]}" \
+    assert (
+        f"Error: 2 of 11 annotated videos have no features in {partial}: {videos[0]}, {videos[1]}"
         in result.stderr
+    )
     assert "Pass --skip-missing" in result.stderr
     ok = invoke(*args, "--skip-missing", "--json")
     assert ok.exit_code == 0
     assert "Warning:" in ok.stderr and "--skip-missing" in ok.stderr
     s = json.loads(ok.stdout)
     assert s["missing_videos"]["count"] == 2 and s["splits"]["train"]["videos"] == 3
-    assert [d["reason"] for d in s["dropped"]] == ["video not in the feature file"]
+    train = json.loads((folder / "train.json").read_text())
+    lost = len(train[videos[0]]["sentences"]) + len(train[videos[1]]["sentences"])
+    assert {"split": "train", "reason": "video not in the feature file", "count": lost} in s[
+        "dropped"
+    ]
 
 
 def test_wrong_layout_says_expected_and_found(anet, tmp_path):
@@ -154,7 +201,7 @@ def test_wrong_layout_says_expected_and_found(anet, tmp_path):
         h5.create_dataset("features", data=np.ones((10, 3, DIM), np.float32))
     result = invoke(*anet_args((folder, other, None), tmp_path / "s"))
     assert result.exit_code == 1
-    assert "none of the 15 annotated videos is in" in result.stderr
+    assert "none of the 11 annotated videos is in" in result.stderr  # val_1, val_2 share 4
     assert "found keys like ['features']" in result.stderr
 
 
@@ -198,7 +245,8 @@ def test_interrupted_prepare_leaves_no_store(anet, tmp_path, monkeypatch):
 
     monkeypatch.setattr(prep, "video_clips", interrupted)
     result = invoke(*anet_args(anet, tmp_path / "new"))
-    assert result.exit_code == 130 and result.stderr.startswith("Error: interrupted.")
+    assert result.exit_code == 130
+    assert result.stderr.splitlines()[-1].startswith("Error: interrupted.")
     assert not (tmp_path / "new").exists() and no_leftovers(tmp_path)
     calls["n"] = 0
     result = invoke(*anet_args(anet, tmp_path / "s", "--overwrite", "--clips", "8"))
@@ -240,10 +288,41 @@ def test_bad_files_are_user_errors(anet, tmp_path):
     assert result.exit_code == 1 and "not in the ActivityNet-Captions layout" in result.stderr
 
 
+def test_malformed_entries_name_the_entry(anet, tmp_path, shared_data):
+    folder, features, videos = anet
+    (tmp_path / "ann").mkdir()
+    for name in ("train.json", "val_1.json", "val_2.json"):
+        shutil.copy(folder / name, tmp_path / "ann")
+    bad = {videos[0]: {"duration": 10, "timestamps": [3], "sentences": ["x"]}}
+    (tmp_path / "ann" / "val_1.json").write_text(json.dumps(bad))
+    result = invoke(*anet_args((tmp_path / "ann", features, None), tmp_path / "s"))
+    assert result.exit_code == 1
+    assert f"val_1.json: video {videos[0]} is malformed (TypeError" in result.stderr
+    (tmp_path / "dd").mkdir()
+    entry = json.loads((shared_data / "didemo" / "val_data.json").read_text())[0]
+    for split in ("train", "val", "test"):
+        (tmp_path / "dd" / f"{split}_data.json").write_text(
+            json.dumps([entry, {**entry, "times": 5}])
+        )
+    result = invoke(
+        "prepare",
+        "--dataset",
+        "didemo",
+        "--annotations",
+        tmp_path / "dd",
+        "--features",
+        features,
+        "--out",
+        tmp_path / "s",
+    )
+    assert result.exit_code == 1 and "train_data.json: entry 1 is malformed" in result.stderr
+
+
 def test_usage_errors_exit_2(anet, tmp_path):
     folder, features, _ = anet
-    result = invoke("prepare", "--dataset", "synthetic", "--annotations", folder,
-                    "--features", features)
+    result = invoke(
+        "prepare", "--dataset", "synthetic", "--annotations", folder, "--features", features
+    )
     assert result.exit_code == 2
     assert invoke("prepare", "--dataset", "activitynet").exit_code == 2
 
@@ -258,8 +337,17 @@ def test_didemo_pca_default_needs_wide_features(shared_data, tmp_path):
         for e in entries:
             if e["video"] not in h5:
                 h5.create_dataset(e["video"], data=np.random.rand(6, DIM).astype(np.float32))
-    args = ["prepare", "--dataset", "didemo", "--annotations", folder,
-            "--features", tmp_path / "fc7.h5", "--out", tmp_path / "s"]
+    args = [
+        "prepare",
+        "--dataset",
+        "didemo",
+        "--annotations",
+        folder,
+        "--features",
+        tmp_path / "fc7.h5",
+        "--out",
+        tmp_path / "s",
+    ]
     result = invoke(*args)
     assert result.exit_code == 1
     assert "Error: --pca 500 is more than the feature dimension 16" in result.stderr
@@ -271,9 +359,21 @@ def test_didemo_pca_default_needs_wide_features(shared_data, tmp_path):
 
 
 CUSTOM = [
-    {"video": "a", "duration": 30, "query": "a man opens the door", "times": [2, 8], "split": "train"},
+    {
+        "video": "a",
+        "duration": 30,
+        "query": "a man opens the door",
+        "times": [2, 8],
+        "split": "train",
+    },
     {"video": "a", "duration": 30, "query": "he sits down", "split": "train"},
-    {"video": "b", "duration": 12.5, "query": "a dog barks", "times": [[1, 3], [2, 14]], "split": "test"},
+    {
+        "video": "b",
+        "duration": 12.5,
+        "query": "a dog barks",
+        "times": [[1, 3], [2, 14]],
+        "split": "test",
+    },
     {"video": "c", "duration": 20, "query": "the dog runs away", "times": [9, 5], "split": "test"},
     {"video": "c", "duration": 20, "query": "the dog runs", "split": "val"},
 ]
@@ -291,8 +391,18 @@ def write_custom(tmp_path: Path, lines: list) -> tuple[Path, Path]:
 
 def test_custom_dataset(tmp_path):
     ann, feats = write_custom(tmp_path, CUSTOM)
-    result = invoke("prepare", "--dataset", "custom", "--annotations", ann, "--features", feats,
-                    "--out", tmp_path / "s", "--json")
+    result = invoke(
+        "prepare",
+        "--dataset",
+        "custom",
+        "--annotations",
+        ann,
+        "--features",
+        feats,
+        "--out",
+        tmp_path / "s",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     s = json.loads(result.stdout)
     assert list(s["splits"]) == ["train", "val", "test"] and s["clips"] == 32
@@ -308,13 +418,28 @@ def test_custom_dataset(tmp_path):
     [
         ('{"video": "a", "query": "x"}', "queries.jsonl:2 has no duration"),
         ("{not json", "queries.jsonl:2 is not JSON"),
-        ('{"video": "a", "duration": 31, "query": "x"}', "video a has duration 31.0, but 30.0 on line 1"),
-        ('{"video": "a", "duration": 30, "query": "x", "times": "soon"}', "times must be [start, end]"),
+        (
+            '{"video": "a", "duration": 31, "query": "x"}',
+            "video a has duration 31.0, but 30.0 on line 1",
+        ),
+        (
+            '{"video": "a", "duration": 30, "query": "x", "times": "soon"}',
+            "times must be [start, end]",
+        ),
     ],
 )
 def test_custom_errors_name_the_line(tmp_path, line, message):
     ann, feats = write_custom(tmp_path, [CUSTOM[0], line])
-    result = invoke("prepare", "--dataset", "custom", "--annotations", ann, "--features", feats,
-                    "--out", tmp_path / "s")
+    result = invoke(
+        "prepare",
+        "--dataset",
+        "custom",
+        "--annotations",
+        ann,
+        "--features",
+        feats,
+        "--out",
+        tmp_path / "s",
+    )
     assert result.exit_code == 1 and message in result.stderr, result.stderr
     assert result.stderr.startswith("Error: ") and not (tmp_path / "s").exists()

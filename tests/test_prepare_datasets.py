@@ -34,7 +34,9 @@ def anet_features(shared_data, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("anet") / "sub_activitynet_v1-3.c3d.hdf5"
     with h5py.File(path, "w") as h5:
         for v in sorted(videos):
-            h5.create_group(v).create_dataset("c3d_features", data=_rows(rng, int(rng.integers(1, 12))))
+            h5.create_group(v).create_dataset(
+                "c3d_features", data=_rows(rng, int(rng.integers(1, 12)))
+            )
     return path
 
 
@@ -53,14 +55,16 @@ def didemo_files(shared_data, tmp_path_factory) -> tuple[Path, Path]:
     train = []
     for i in range(300):
         a = int(rng.integers(0, 6))
-        train.append({
-            "annotation_id": 900000 + i,
-            "description": " ".join(rng.choice(words, 5)),
-            "video": f"train_{i // 3:04d}.mp4",
-            "times": [[a, int(rng.integers(a, 6))] for _ in range(4)],
-            "num_segments": 6 if i % 2 else 5,
-            "dl_link": "",
-        })
+        train.append(
+            {
+                "annotation_id": 900000 + i,
+                "description": " ".join(rng.choice(words, 5)),
+                "video": f"train_{i // 3:04d}.mp4",
+                "times": [[a, int(rng.integers(a, 6))] for _ in range(4)],
+                "num_segments": 6 if i % 2 else 5,
+                "dl_link": "",
+            }
+        )
     (folder / "train_data.json").write_text(json.dumps(train))
     segments = {e["video"]: e["num_segments"] for es in [*entries.values(), train] for e in es}
     path = folder / "average_fc7.h5"
@@ -102,11 +106,20 @@ def _prepare(tmp_path: Path, dataset: str, annotations: Path, features: Path, **
 def test_activitynet_full(shared_data, anet_features, tmp_path):
     s = _prepare(tmp_path, "activitynet", shared_data / "activitynet", anet_features)
     assert {k: v["read"] for k, v in s["splits"].items()} == {
-        "train": 37421, "val": 17505, "test": 17031}
+        "train": 37421,
+        "val": 17505,
+        "test": 17031,
+    }
     assert {k: v["queries"] for k, v in s["splits"].items()} == {
-        "train": 37417, "val": 17505, "test": 17031}
+        "train": 37417,
+        "val": 17505,
+        "test": 17031,
+    }
     assert {k: v["videos"] for k, v in s["splits"].items()} == {
-        "train": 10009, "val": 4917, "test": 4885}
+        "train": 10009,
+        "val": 4917,
+        "test": 4885,
+    }
     assert s["dropped"] == [{"split": "train", "reason": "start >= end", "count": 4}]
     assert s["videos"] == 14926 and s["feature_dim"] == DIM and s["clips"] == 64
     assert 0 < s["oov_rate"] < 5 and s["missing_videos"]["count"] == 0
@@ -120,7 +133,7 @@ def test_activitynet_full(shared_data, anet_features, tmp_path):
     assert first.query == "A young woman is seen standing in a room and leads into her dancing."
     assert first.times == [[0.83, 19.86]]
     for q in store.splits["test"]:
-        (a, b), = q.times
+        ((a, b),) = q.times
         assert 0 <= a < b <= q.duration
     index = store.video_index
     assert all(store.videos[index[q.video]]["duration"] == q.duration for q in store.splits["val"])
@@ -136,7 +149,10 @@ def test_didemo_full_official_protocol_and_pca(didemo_files, tmp_path):
     folder, features = didemo_files
     s = _prepare(tmp_path, "didemo", folder, features, pca=8)
     assert {k: v["queries"] for k, v in s["splits"].items()} == {
-        "train": 300, "val": 4180, "test": 4021}
+        "train": 300,
+        "val": 4180,
+        "test": 4021,
+    }
     assert s["feature_dim_in"] == DIM and s["feature_dim"] == 8
     assert s["pca"]["fit_split"] == "train" and s["pca"]["fit_rows"] == 100 * 6 - 50  # no padding
     store = load_store(tmp_path / "didemo")
@@ -145,8 +161,11 @@ def test_didemo_full_official_protocol_and_pca(didemo_files, tmp_path):
     assert q.extra == {"annotation_id": 49152, "chunks": [[1, 1], [1, 1], [1, 1], [0, 0]]}
     assert q.times == [[5.0, 10.0], [5.0, 10.0], [5.0, 10.0], [0.0, 5.0]] and q.duration == 30.0
     # a 5-segment video keeps its sixth (absent) clip at zero through PCA and normalisation
-    five = next(e["video"] for e in json.loads((folder / "val_data.json").read_text())
-                if e["num_segments"] == 5)
+    five = next(
+        e["video"]
+        for e in json.loads((folder / "val_data.json").read_text())
+        if e["num_segments"] == 5
+    )
     clips = store.features[store.video_index[five]]
     assert not clips[5].any() and np.linalg.norm(clips[0]) == pytest.approx(1.0, rel=1e-4)
     # the PCA was fitted on train only: refitting on val/test rows would give another mean
@@ -172,8 +191,13 @@ def test_charades_full_clip_convention(shared_data, charades_features, tmp_path)
 
 
 def test_charades_drop_convention(shared_data, charades_features, tmp_path):
-    s = _prepare(tmp_path, "charades", shared_data / "charades", charades_features,
-                 charades_convention="drop")
+    s = _prepare(
+        tmp_path,
+        "charades",
+        shared_data / "charades",
+        charades_features,
+        charades_convention="drop",
+    )
     assert s["splits"]["test"]["queries"] == 3158 and "test_clean" not in s["splits"]
     reasons = {(d["split"], d["reason"]): d["count"] for d in s["dropped"]}
     assert reasons[("test", "ends after the video")] == 562
@@ -181,8 +205,13 @@ def test_charades_drop_convention(shared_data, charades_features, tmp_path):
 
 
 def test_charades_word2vec_vectors(shared_data, charades_features, tmp_path):
-    s = _prepare(tmp_path, "charades", shared_data / "charades", charades_features,
-                 glove=str(shared_data / "charades" / "glove_charades_300d_subset.word2vec.bin"),
-                 limit_videos=50)
+    s = _prepare(
+        tmp_path,
+        "charades",
+        shared_data / "charades",
+        charades_features,
+        glove=str(shared_data / "charades" / "glove_charades_300d_subset.word2vec.bin"),
+        limit_videos=50,
+    )
     assert s["word_vectors"]["dim"] == 300 and s["splits"]["train"]["videos"] == 50
     assert load_store(tmp_path / "charades").vectors.shape[1] == 300

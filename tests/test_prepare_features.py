@@ -38,8 +38,20 @@ def pool_reference(rows: np.ndarray, clips: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "rows,clips",
-    [(1, 64), (3, 4), (5, 64), (6, 6), (64, 64), (65, 64), (450, 64), (128, 64), (1000, 6),
-     (SHORT_BIN * 6 + 5, 6), (7, 1), (10_000, 3)],
+    [
+        (1, 64),
+        (3, 4),
+        (5, 64),
+        (6, 6),
+        (64, 64),
+        (65, 64),
+        (450, 64),
+        (128, 64),
+        (1000, 6),
+        (SHORT_BIN * 6 + 5, 6),
+        (7, 1),
+        (10_000, 3),
+    ],
 )
 def test_pool_clips_matches_plain_loop(rows, clips):
     x = np.random.default_rng(rows * 7 + clips).standard_normal((rows, 9)).astype(np.float32)

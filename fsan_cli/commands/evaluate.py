@@ -72,9 +72,20 @@ def evaluate(
     keys = metric_names(dataset)
     _check_options(keys, dataset, checkpoint, predictions, baseline, save_predictions, as_json, metric)
     store = load_store(data_dir / dataset, mmap=True)
-    queries = store.split(split.value)
+    run_evaluation(dataset, store, split.value, checkpoint, predictions, baseline, save_predictions,
+                   as_json, metric, top_k, seed)
+
+
+def run_evaluation(dataset: str, store: Store, split: str, checkpoint: Path | None = None,
+                   predictions: str | None = None, baseline: Baseline | None = None,
+                   save_predictions: Path | None = None, as_json: bool = False,
+                   metric: str | None = None, top_k: int = 5, seed: int = 0,
+                   extra_json: dict | None = None) -> dict[str, float]:
+    """Score one source on `split` and print the table, JSON or one metric (also used by train)."""
+    keys = metric_names(dataset)
+    queries = store.split(split)
     check_annotated(dataset, queries)  # before predicting, which can take a while
-    rows, label, nms = _run_rows(dataset, store, queries, split.value, checkpoint, predictions,
+    rows, label, nms = _run_rows(dataset, store, queries, split, checkpoint, predictions,
                                  baseline, top_k, seed)
     if save_predictions is not None:
         write_predictions(save_predictions, rows)
@@ -85,14 +96,16 @@ def evaluate(
     if metric is not None:
         print(f"{metrics[metric]:.2f}")
     elif as_json:
-        print_json({"dataset": dataset, "split": split.value, "queries": len(queries),
-                    "predicted": predicted, **{k: round(metrics[k], 4) for k in keys}})
+        print_json({"dataset": dataset, "split": split, "queries": len(queries),
+                    "predicted": predicted, **{k: round(metrics[k], 4) for k in keys},
+                    **(extra_json or {})})
     else:
         table_rows = [(label, metrics)]
-        table_rows += _baseline_rows(dataset, store, queries, split.value, top_k, seed, baseline)
-        caption = _caption(dataset, split.value, len(queries), predicted, nms, top_k, seed,
-                           _prior_source(store, split.value))
+        table_rows += _baseline_rows(dataset, store, queries, split, top_k, seed, baseline)
+        caption = _caption(dataset, split, len(queries), predicted, nms, top_k, seed,
+                           _prior_source(store, split))
         stdout_console().print(results_table(dataset, table_rows, caption=caption))
+    return metrics
 
 
 def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_json, metric) -> None:

@@ -1,11 +1,70 @@
-"""`fsan ground`: not built yet (it answers with a clear error, never fake output)."""
+"""`fsan ground`: ground sentences in one video, as a table and heatmap or as JSON lines."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from fsan_cli.errors import FsanError, handle_errors
 
 
 @handle_errors
-def ground() -> None:
-    """Not available yet in this version of fsan."""
-    raise FsanError("`fsan ground` is not available yet in this version", "See README.md for what is")
+def ground(
+    video: Annotated[Path, typer.Argument(metavar="VIDEO.h5", help="The video's clip features.")],
+    queries: Annotated[
+        list[str], typer.Argument(metavar="QUERY...", help="Sentences; '-' reads one per line from stdin.")
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="The model (default: the newest best.pt under runs/)."),
+    ] = None,
+    video_id: Annotated[
+        str | None, typer.Option("--video-id", help="Which video of a multi-video file.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Video length in seconds, if the file has none.")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Moments per query.")] = 5,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON line per query (predictions format + alignment_map).")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", metavar="FILE.png", help="Also save the figure (needs matplotlib).")
+    ] = None,
+) -> None:
+    """Find the moments of VIDEO.h5 that QUERY describes: top-k (start, end, score) and the
+    word-by-clip alignment map (paper Figure 3).
+
+    VIDEO.h5 holds a (T, D) dataset `features` and an attribute `duration` (seconds), or is an
+    official feature file (a group per video holding `c3d_features`, or a (T, D) dataset per
+    video; pick one with --video-id). Features are pooled, normalised and projected as at
+    training time. Blank stdin lines are skipped. Example:
+
+        fsan ground v.h5 - --json < queries.txt | fsan evaluate --predictions - ...
+    """
+    from fsan_cli import grounding as g
+    from fsan_cli.device import resolve_device
+    from fsan_cli.output import log, print_json
+    from fsan_cli.state import STATE
+
+    if duration is not None and not duration > 0:
+        raise FsanError(f"--duration must be positive, got {duration:g}", "Pass the video's length in seconds")
+    if plot is not None:
+        g.check_plot(plot)
+    asked = g.read_queries(queries)
+    clip = g.read_video(video, video_id)
+    if checkpoint is None:
+        checkpoint = g.find_checkpoint()
+        log(f"Checkpoint: {checkpoint} (the newest under {g.RUNS}/; --checkpoint picks another)")
+    grounder = g.Grounder(checkpoint, resolve_device(STATE.device))
+    seconds = g.resolve_duration(clip, duration, grounder.dataset)
+    results = g.ground_video(grounder, clip, seconds, asked, top_k)
+    if as_json:
+        for r in results:
+            print_json(g.grounding_row(clip.video, seconds, r, grounder.nms))
+    else:
+        g.render(clip.video, seconds, results)
+    if plot is not None:
+        g.save_plot(plot, clip.video, seconds, results)

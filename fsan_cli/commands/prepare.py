@@ -27,21 +27,30 @@ class Convention(StrEnum):
 
 @handle_errors
 def prepare(
-    dataset: Annotated[Dataset, typer.Option("--dataset", help="Which benchmark's files these are.")],
+    dataset: Annotated[
+        Dataset, typer.Option("--dataset", help="Which benchmark's files these are.")
+    ],
     annotations: Annotated[
         Path,
-        typer.Option("--annotations", help="Folder of the official annotation files (custom: FILE.jsonl)."),
+        typer.Option(
+            "--annotations", help="Folder of the official annotation files (custom: FILE.jsonl)."
+        ),
     ],
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature file.")],
     data_dir: Annotated[
         Path,
-        typer.Option("--data-dir", envvar="FSAN_DATA_DIR", help="Prepared stores; writes DIR/<dataset>."),
+        typer.Option(
+            "--data-dir", envvar="FSAN_DATA_DIR", help="Prepared stores; writes DIR/<dataset>."
+        ),
     ] = Path("data"),
     out: Annotated[Path | None, typer.Option("--out", help="Write the store here instead.")] = None,
     glove: Annotated[
         str | None,
-        typer.Option("--glove", metavar="PATH", help="Word vectors: GloVe .txt or word2vec .bin "
-                     "(default: GloVe 6B 50d from PyPI)."),
+        typer.Option(
+            "--glove",
+            metavar="PATH",
+            help="Word vectors: GloVe .txt or word2vec .bin (default: GloVe 6B 50d from PyPI).",
+        ),
     ] = None,
     clips: Annotated[
         int | None, typer.Option("--clips", help="N_v, clips per video (default: the preset's).")
@@ -51,21 +60,30 @@ def prepare(
     ] = True,
     pca: Annotated[
         int | None,
-        typer.Option("--pca", metavar="N", help="PCA to N dims fitted on train (didemo: 500; 0 off)."),
+        typer.Option(
+            "--pca", metavar="N", help="PCA to N dims fitted on train (didemo: 500; 0 off)."
+        ),
     ] = None,
     skip_missing: Annotated[
         bool, typer.Option("--skip-missing", help="Go on without videos that have no features.")
     ] = False,
     charades_convention: Annotated[
         Convention,
-        typer.Option("--charades-convention", help="Lines ending after the video: clip (flag, "
-                     "split test_clean) or drop."),
+        typer.Option(
+            "--charades-convention",
+            help="Lines ending after the video: clip (flag, split test_clean) or drop.",
+        ),
     ] = Convention.clip,
     limit_videos: Annotated[
-        int | None, typer.Option("--limit-videos", metavar="N", help="Only the first N videos of each split.")
+        int | None,
+        typer.Option("--limit-videos", metavar="N", help="Only the first N videos of each split."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing store.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
 ) -> None:
     """Turn a benchmark's official annotation and feature files into the store `train` reads.
 
@@ -107,14 +125,21 @@ def _table(s: dict[str, Any]):
     pca = s["pca"]
     lines = [
         f"{s['videos']} videos, N_v = {s['clips']}, feature dim {s['feature_dim_in']}"
-        + (f" -> {s['feature_dim']} (PCA, {fmt(100 * pca['explained_variance'], 1)}% variance)" if pca else "")
+        + (
+            f" -> {s['feature_dim']} (PCA, {fmt(100 * pca['explained_variance'], 1)}% variance)"
+            if pca
+            else ""
+        )
         + (", L2-normalised" if s["normalize"] else ""),
         f"vocabulary {words['vocab']} words ({words['source']}, {words['dim']}-d); "
         f"OOV {fmt(words['oov_rate'])}% of train tokens",
     ]
     lines += [f"dropped {d['count']} {d['split']}: {d['reason']}" for d in s["dropped"]]
     lines += s["notes"]
-    lines.append(f"read {fmt(s['read_mb'], 1)} MB at {fmt(s['read_mb_per_s'], 1)} MB/s; wrote {s['out']}")
+    lines.append(
+        f"read {fmt(s['read_mb'], 1)} MB at {fmt(s['read_mb_per_s'], 1)} MB/s, "
+        f"{fmt(s['seconds']['total'], 1)} s in all; wrote {s['out']}"
+    )
     return make_table(
         f"Prepared {s['dataset']}",
         ["split", "videos", "queries read", "queries kept", "times clipped"],

@@ -38,7 +38,7 @@ def train(
     """
     from fsan_cli.config import load_config
     from fsan_cli.device import resolve_device
-    from fsan_cli.evaluation import evaluate_splits, print_results
+    from fsan_cli.commands.evaluate import run_evaluation
     from fsan_cli.output import log, print_json
     from fsan_cli.state import STATE
 
@@ -65,11 +65,9 @@ def train(
         if json_:
             print_json(summary)
         return
-    results = evaluate_splits(out / "best.pt", store, "test", device, cfg["eval"]["top_k"])
-    if json_:
-        print_json({**results["model"], "run": str(out), "best_epoch": summary["best_epoch"]})
-    else:
-        print_results(dataset, "test", results)
+    run_evaluation(dataset, store, "test", checkpoint=out / "best.pt", as_json=json_,
+                   top_k=cfg["eval"]["top_k"], seed=cfg["train"]["seed"],
+                   extra_json={"run": str(out), "best_epoch": summary["best_epoch"]})
     log(f"Total wall time {time.perf_counter() - t0:.0f} s")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fsan_cli.data.features import FeatureLayout
-from fsan_cli.data.prepare import Annotations, find_split_file
+from fsan_cli.data.prepare import Annotations, entry_errors, find_split_file
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
 
@@ -54,36 +54,41 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
+def _video(ann: Annotations, split: str, path: Path, video: str, entry: dict) -> list[Query]:
+    duration = float(entry["duration"])
+    if len(entry["timestamps"]) != len(entry["sentences"]):
+        raise FsanError(
+            f"{path}: video {video} has {len(entry['timestamps'])} timestamps but "
+            f"{len(entry['sentences'])} sentences",
+            "Use the official annotation file",
+        )
+    ann.durations.setdefault(video, duration)
+    queries = []
+    for (start, end), sentence in zip(entry["timestamps"], entry["sentences"], strict=True):
+        text = str(sentence).strip()
+        if not text:
+            ann.dropped[(split, "empty sentence")] += 1
+            continue
+        times = ann.span(split, float(start), float(end), duration)
+        if times is not None:
+            queries.append(Query(video, text, duration, [times]))
+    return queries
+
+
 def read_annotations(folder: Path, options: Any) -> Annotations:
     ann = Annotations({}, {}, LAYOUT, [])
+    expected = '{"duration": s, "timestamps": [[s, e], ...], "sentences": [...]}'
     for split, names in SPLIT_FILES.items():
         path = find_split_file(folder, names, "ActivityNet-Captions", split)
         ann.files.append(path)
         queries: list[Query] = []
         read = 0
         for video, entry in _load(path).items():
-            duration = float(entry["duration"])
-            if len(entry["timestamps"]) != len(entry["sentences"]):
-                raise FsanError(
-                    f"{path}: video {video} has {len(entry['timestamps'])} timestamps but "
-                    f"{len(entry['sentences'])} sentences",
-                    "Use the official annotation file",
-                )
-            ann.durations.setdefault(video, duration)
-            for (start, end), sentence in zip(entry["timestamps"], entry["sentences"], strict=True):
-                read += 1
-                text = sentence.strip()
-                if not text:
-                    ann.dropped[(split, "empty sentence")] += 1
-                    continue
-                times = ann.span(split, float(start), float(end), duration)
-                if times is not None:
-                    queries.append(Query(video, text, duration, [times]))
+            with entry_errors(f"{path}: video {video}", expected):
+                read += len(entry["sentences"])
+                queries += _video(ann, split, path, video, entry)
         ann.splits[split] = queries
         ann.read[split] = read
-    bad = ann.dropped[("train", "start >= end")]
-    if bad:
-        ann.notes.append(f"{bad} train pairs with start >= end were dropped")
     clipped = sum(ann.clipped.values())
     if clipped:
         ann.notes.append(f"{clipped} pairs reaching past [0, duration] were clipped to it")

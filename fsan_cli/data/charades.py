@@ -71,7 +71,9 @@ def _parse(line: str, path: Path, number: int) -> tuple[str, float, float, str]:
 def read_annotations(folder: Path, options: Any) -> Annotations:
     convention = getattr(options, "charades_convention", "clip")
     ann = Annotations({}, {}, LAYOUT, [])
-    files = {s: find_split_file(folder, (f"charades_sta_{s}.txt",), "Charades-STA", s) for s in SPLITS}
+    files = {
+        s: find_split_file(folder, (f"charades_sta_{s}.txt",), "Charades-STA", s) for s in SPLITS
+    }
     durations = _durations(folder, ann)
     ann.files[:0] = files.values()
     past: dict[str, int] = {}

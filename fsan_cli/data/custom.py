@@ -31,7 +31,9 @@ def _pairs(value: Any, where: str) -> list[list[float]]:
             value = [value]
         return [[float(a), float(b)] for a, b in value]
     except (TypeError, ValueError):
-        raise FsanError(f"{where}: times must be [start, end] or a list of them, got {value!r}", FIX) from None
+        raise FsanError(
+            f"{where}: times must be [start, end] or a list of them, got {value!r}", FIX
+        ) from None
 
 
 def _entry(line: str, where: str) -> tuple[str, float, str, Any, str]:
@@ -47,10 +49,18 @@ def _entry(line: str, where: str) -> tuple[str, float, str, Any, str]:
     try:
         duration = float(obj["duration"])
     except (TypeError, ValueError):
-        raise FsanError(f"{where}: duration {obj['duration']!r} is not a number of seconds", FIX) from None
+        raise FsanError(
+            f"{where}: duration {obj['duration']!r} is not a number of seconds", FIX
+        ) from None
     if not duration > 0:
         raise FsanError(f"{where}: duration must be positive, got {duration}", FIX)
-    return str(obj["video"]), duration, str(obj["query"]).strip(), obj.get("times"), str(obj.get("split", "train"))
+    return (
+        str(obj["video"]),
+        duration,
+        str(obj["query"]).strip(),
+        obj.get("times"),
+        str(obj.get("split", "train")),
+    )
 
 
 def read_annotations(path: Path, options: Any) -> Annotations:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fsan_cli.data.features import FeatureLayout
-from fsan_cli.data.prepare import Annotations, find_split_file
+from fsan_cli.data.prepare import Annotations, entry_errors, find_split_file
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
 
@@ -45,7 +45,7 @@ def _load(path: Path) -> list[dict[str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise FsanError(f"{path} is not readable JSON ({exc})", "Use the official file") from exc
-    if not isinstance(data, list) or (data and not FIELDS <= set(data[0])):
+    if not isinstance(data, list) or (data and not set(data[0]) >= FIELDS):
         found = (
             f"entries with keys {sorted(data[0])}"
             if isinstance(data, list)
@@ -69,6 +69,22 @@ def _chunks(times: list) -> list[list[int]]:
     return out
 
 
+def _query(ann: Annotations, split: str, entry: dict) -> Query | None:
+    text = str(entry["description"]).strip()
+    chunks = _chunks(entry["times"])
+    if not text:
+        ann.dropped[(split, "empty description")] += 1
+        return None
+    if not chunks:
+        ann.dropped[(split, "no valid chunk pair")] += 1
+        return None
+    video = str(entry["video"])
+    ann.durations[video] = DURATION
+    times = [[CHUNK_SECONDS * a, CHUNK_SECONDS * (b + 1)] for a, b in chunks]
+    extra = {"annotation_id": entry["annotation_id"], "chunks": chunks}
+    return Query(video, text, DURATION, times, extra)
+
+
 def read_annotations(folder: Path, options: Any) -> Annotations:
     ann = Annotations({}, {}, LAYOUT, [])
     for split, names in SPLIT_FILES.items():
@@ -76,20 +92,13 @@ def read_annotations(folder: Path, options: Any) -> Annotations:
         ann.files.append(path)
         queries: list[Query] = []
         entries = _load(path)
-        for entry in entries:
-            text = str(entry["description"]).strip()
-            chunks = _chunks(entry["times"])
-            if not text:
-                ann.dropped[(split, "empty description")] += 1
-                continue
-            if not chunks:
-                ann.dropped[(split, "no valid chunk pair")] += 1
-                continue
-            video = str(entry["video"])
-            ann.durations[video] = DURATION
-            times = [[CHUNK_SECONDS * a, CHUNK_SECONDS * (b + 1)] for a, b in chunks]
-            extra = {"annotation_id": entry["annotation_id"], "chunks": chunks}
-            queries.append(Query(video, text, DURATION, times, extra))
+        for number, entry in enumerate(entries):
+            with entry_errors(
+                f"{path}: entry {number}", "{annotation_id, description, video, times}"
+            ):
+                query = _query(ann, split, entry)
+            if query is not None:
+                queries.append(query)
         ann.splits[split] = queries
         ann.read[split] = len(entries)
     ann.notes.append("every video is stored as 30 s (six 5-second chunks)")

@@ -14,6 +14,8 @@ import importlib
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from fsan_cli.data.features import (
 )
 from fsan_cli.data.store import SPLITS, Query, store_exists, write_store
 from fsan_cli.errors import FsanError
+from fsan_cli.output import log
 from fsan_cli.text import build_vocab, load_word_vectors, tokenize
 
 ADAPTERS = ("activitynet", "didemo", "charades", "custom")
@@ -86,6 +89,18 @@ def clip_span(start: float, end: float, duration: float) -> tuple[list[float] | 
     if start >= duration:
         return None, "starts after the video ends"
     return [max(0.0, float(start)), min(float(duration), float(end))], None
+
+
+@contextmanager
+def entry_errors(where: str, expected: str) -> Iterator[None]:
+    """Turn a malformed annotation entry (KeyError, TypeError, ...) into a FsanError naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise FsanError(
+            f"{where} is malformed ({type(exc).__name__}: {exc}); expected {expected}",
+            "Use the official annotation file",
+        ) from None
 
 
 def require_file(path: Path, what: str, fix: str) -> Path:
@@ -190,7 +205,9 @@ def _missing(ann: Annotations, scan, opts: PrepareOptions, warnings: list[str]) 
     return info
 
 
-def _vocabulary(ann: Annotations, glove: str | None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+def _vocabulary(
+    ann: Annotations, glove: str | None
+) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     texts = [q.query for q in ann.splits.get("train", [])]
     if not texts:  # a custom dataset without a train split: the vocabulary of all its queries
         texts = [q.query for qs in ann.splits.values() for q in qs]
@@ -226,14 +243,15 @@ def _progress(enabled: bool):
     from fsan_cli.output import stderr_console
     from fsan_cli.state import STATE
 
+    console = stderr_console()
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=stderr_console(),
-        disable=not enabled or STATE.quiet,
+        console=console,
+        disable=not enabled or STATE.quiet or not console.is_terminal,
         transient=True,
     )
 
@@ -243,9 +261,10 @@ def _fit_pca(opts: PrepareOptions, ann: Annotations, locs: dict[str, Located], d
     fit_locs = [locs[v] for v in train if v in locs]
     fit = PcaFit(dim_in)
     total = sum(loc.rows * loc.dim * loc.dtype.itemsize for loc in fit_locs)
+    log(f"Fitting PCA to {opts.pca} dims on {len(fit_locs)} videos ({total / 1e6:,.0f} MB)")
     with _progress(opts.progress) as bar:
         task = bar.add_task(f"PCA fit ({len(fit_locs)} videos)", total=total)
-        for loc, rows in read_features(opts.features, fit_locs):
+        for _, rows in read_features(opts.features, fit_locs):
             fit.add(rows)
             bar.advance(task, rows.nbytes)
     pca = fit.fit(opts.pca)
@@ -264,12 +283,14 @@ def _stream(opts, videos: list[str], locs: dict[str, Located], pca, dim_out: int
     index = {v: i for i, v in enumerate(videos)}
     features = np.zeros((len(videos), opts.clips, dim_out), np.float32)
     total = sum(loc.rows * loc.dim * loc.dtype.itemsize for loc in locs.values())
+    log(f"Reading {len(videos)} videos ({total / 1e6:,.0f} MB) from {opts.features}")
     bad_videos: list[str] = []
     bad_rows = 0
     with _progress(opts.progress) as bar:
         task = bar.add_task(f"Reading {len(videos)} videos", total=total)
         for loc, rows in read_features(opts.features, list(locs.values())):
-            out = video_clips(rows, opts.clips, pca=pca, normalize=opts.normalize)
+            with np.errstate(invalid="ignore", over="ignore"):
+                out = video_clips(rows, opts.clips, pca=pca, normalize=opts.normalize)
             if not np.isfinite(out).all():  # NaN/inf reach at least one pooled bin
                 finite = np.isfinite(rows).all(axis=1)
                 bad_rows += int((~finite).sum())
@@ -292,7 +313,9 @@ def _load_adapter(name: str):
 
 def _validate(opts: PrepareOptions) -> None:
     if opts.clips < 1:
-        raise FsanError(f"--clips must be at least 1, got {opts.clips}", "Pass --clips N with N >= 1")
+        raise FsanError(
+            f"--clips must be at least 1, got {opts.clips}", "Pass --clips N with N >= 1"
+        )
     if opts.pca < 0:
         raise FsanError(f"--pca must be 0 (off) or positive, got {opts.pca}", "Pass --pca N")
     if opts.limit_videos is not None and opts.limit_videos < 1:
@@ -313,13 +336,14 @@ def _validate(opts: PrepareOptions) -> None:
         )
 
 
-def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
-    """Run the adapter of `opts.dataset` and write the store at `opts.out`; returns the summary."""
-    started = time.perf_counter()
+def _read(opts: PrepareOptions) -> Annotations:
+    """The adapter's annotations, splits in the canonical order, cut by --limit-videos."""
     adapter = _load_adapter(opts.dataset)
     _validate(opts)
     _check_out(opts)
     ann: Annotations = adapter.read_annotations(Path(opts.annotations), opts)
+    order = [s for s in SPLITS if s in ann.splits] + [s for s in ann.splits if s not in SPLITS]
+    ann.splits = {name: ann.splits[name] for name in order}
     for name in ann.splits:
         if not _SPLIT_NAME.match(name):
             raise FsanError(
@@ -327,6 +351,21 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
             )
     if opts.limit_videos is not None:
         _limit(ann, opts.limit_videos)
+    return ann
+
+
+def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
+    """Run the adapter of `opts.dataset` and write the store at `opts.out`; returns the summary."""
+    seconds: dict[str, float] = {}
+    mark = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = round(now - mark[0], 2)
+        mark[0] = now
+
+    ann = _read(opts)
+    lap("annotations")
     warnings: list[str] = []
     scan = scan_features(Path(opts.features), _videos(ann), ann.layout)
     missing = _missing(ann, scan, opts, warnings)
@@ -335,24 +374,23 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
         raise FsanError("no queries are left to prepare", "Check the annotation and feature files")
     locs = {v: scan.found[v] for v in videos}
     dim_in = next(iter(locs.values())).dim
+    lap("scan")
     vocab, vectors, words = _vocabulary(ann, opts.glove)
-
+    lap("vocabulary")
     pca, pca_info, read_bytes = None, None, 0
     if opts.pca:
         pca, pca_info, read_bytes = _fit_pca(opts, ann, locs, dim_in)
-    dim_out = opts.pca or dim_in
-    read_started = time.perf_counter()
-    features, stream_bytes, nonfinite = _stream(opts, videos, locs, pca, dim_out)
-    read_seconds = time.perf_counter() - read_started
+        lap("pca")
+    features, stream_bytes, nonfinite = _stream(opts, videos, locs, pca, opts.pca or dim_in)
+    lap("features")
     if nonfinite["videos"]:
         warnings.append(
             f"{nonfinite['rows']} feature rows with NaN or inf in {nonfinite['videos']} videos "
             f"(e.g. {', '.join(nonfinite['first'])}) were set to zero"
         )
-
-    summary = _summary(opts, ann, videos, dim_in, dim_out, words, missing, nonfinite, pca_info)
+    summary = _summary(opts, ann, videos, dim_in, words, missing, nonfinite, pca_info)
     summary["read_mb"] = round((read_bytes + stream_bytes) / 1e6, 1)
-    summary["read_mb_per_s"] = round(stream_bytes / 1e6 / max(read_seconds, 1e-9), 1)
+    summary["read_mb_per_s"] = round(stream_bytes / 1e6 / max(seconds["features"], 1e-2), 1)
     summary["warnings"] = warnings
     manifest = {
         "dataset": opts.dataset,
@@ -362,12 +400,10 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
         "inputs": _inputs(opts, ann),
         "summary": summary,
     }
-    video_rows = [
-        {"video": v, "duration": ann.durations[v], "rows": locs[v].rows} for v in videos
-    ]
-    splits = {name: qs for name, qs in ann.splits.items()}
-    write_store(Path(opts.out), manifest, features, video_rows, vocab, vectors, splits, pca)
-    summary["seconds"] = round(time.perf_counter() - started, 2)
+    video_rows = [{"video": v, "duration": ann.durations[v], "rows": locs[v].rows} for v in videos]
+    write_store(Path(opts.out), manifest, features, video_rows, vocab, vectors, ann.splits, pca)
+    lap("write")
+    summary["seconds"] = {**seconds, "total": round(sum(seconds.values()), 2)}
     return summary
 
 
@@ -375,7 +411,12 @@ def _inputs(opts: PrepareOptions, ann: Annotations) -> list[dict[str, Any]]:
     inputs = []
     for f in ann.files:
         inputs.append(
-            {"role": "annotations", "path": str(Path(f).resolve()), "bytes": f.stat().st_size, "md5": md5sum(f)}
+            {
+                "role": "annotations",
+                "path": str(Path(f).resolve()),
+                "bytes": f.stat().st_size,
+                "md5": md5sum(f),
+            }
         )
     feat = Path(opts.features)
     stat = feat.stat()
@@ -395,10 +436,9 @@ def _inputs(opts: PrepareOptions, ann: Annotations) -> list[dict[str, Any]]:
     return inputs
 
 
-def _summary(opts, ann, videos, dim_in, dim_out, words, missing, nonfinite, pca_info) -> dict[str, Any]:
-    order = [s for s in SPLITS if s in ann.splits] + [s for s in ann.splits if s not in SPLITS]
+def _summary(opts, ann, videos, dim_in, words, missing, nonfinite, pca_info) -> dict[str, Any]:
     splits = {}
-    for name in order:
+    for name in ann.splits:
         queries = ann.splits[name]
         splits[name] = {
             "read": ann.read.get(name, len(queries)),
@@ -415,7 +455,7 @@ def _summary(opts, ann, videos, dim_in, dim_out, words, missing, nonfinite, pca_
         "videos": len(videos),
         "splits": splits,
         "feature_dim_in": dim_in,
-        "feature_dim": dim_out,
+        "feature_dim": opts.pca or dim_in,
         "clips": opts.clips,
         "normalize": opts.normalize,
         "pca": pca_info,
@@ -434,6 +474,7 @@ __all__ = [
     "Annotations",
     "PrepareOptions",
     "clip_span",
+    "entry_errors",
     "find_split_file",
     "md5sum",
     "prepare_dataset",

@@ -93,13 +93,7 @@ def _caption(rng: np.random.Generator, verb: str, obj: str) -> str:
 
 def generate(sizes: dict[str, int] | None = None, seed: int = 1234, clips: int = 32):
     """Build the benchmark in memory: (features, videos, vocab, vectors, splits, stats)."""
-    try:
-        from fsan_cli.data.features import pool_clips
-    except ImportError:  # TEMP until features.py lands
-        def pool_clips(rows, n):
-            edges = np.linspace(0, rows.shape[0], n + 1)
-            idx = np.minimum((np.arange(n) + 0.5) * rows.shape[0] / n, rows.shape[0] - 1).astype(int)
-            return rows[idx]
+    from fsan_cli.data.features import pool_clips
 
     sizes = sizes or DEFAULT_SIZES
     rng = np.random.default_rng(seed)
@@ -156,8 +150,13 @@ def generate(sizes: dict[str, int] | None = None, seed: int = 1234, clips: int =
     return feats, videos, vocab, vectors, splits, stats
 
 
-def ensure_synthetic(data_dir: Path, clips: int = 32, seed: int = 1234) -> Path:
-    """Generate the store under data_dir/synthetic on first use (or when its recipe changed)."""
+def ensure_synthetic(
+    data_dir: Path, clips: int = 32, seed: int = 1234, sizes: dict[str, int] | None = None
+) -> Path:
+    """Generate the store under data_dir/synthetic on first use (or when its recipe changed).
+
+    `sizes` (videos per split) is for tests; an existing store of any size is reused.
+    """
     path = Path(data_dir) / "synthetic"
     if store_exists(path):
         m = load_store(path, mmap=True).manifest
@@ -166,11 +165,12 @@ def ensure_synthetic(data_dir: Path, clips: int = 32, seed: int = 1234) -> Path:
         ) == seed:
             return path
     log(f"Generating the synthetic benchmark into {path} (once) ...")
-    feats, videos, vocab, vectors, splits, stats = generate(seed=seed, clips=clips)
+    feats, videos, vocab, vectors, splits, stats = generate(sizes, seed=seed, clips=clips)
     manifest = {
         "dataset": "synthetic",
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
+        "sizes": sizes or DEFAULT_SIZES,
         "normalize": True,
         "pca": None,
         "word_vectors": {"source": "glove-6b-50d", "dim": int(vectors.shape[1])},

@@ -1,0 +1,128 @@
+"""Training throughput of FSAN: samples/s of a full training step (positive and negative pass,
+forward and backward, all losses, Adam), seconds per ActivityNet-size epoch (37,421 pairs) and
+model FLOP utilisation where the device's peak is known.
+
+    python benchmarks/train_speed.py                       # paper config: d 512, 6 layers, N_v 64
+    python benchmarks/train_speed.py --set model.hidden=128 --set model.layers=2 \
+        --set model.heads=2 --set data.clips=32 --batch-size 64
+    python benchmarks/train_speed.py --device cuda --compile --json
+
+Inputs are random with the paper's shapes: 500-d clip features, ~24 tokens, 300-d word vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from fsan_cli.config import load_config
+from fsan_cli.device import resolve_device
+from fsan_cli.engine import make_optimizer, model_config, training_step
+from models.fsan import FSAN
+
+ACTIVITYNET_PAIRS = 37_421
+# dense bf16 peak of known GPUs (TFLOP/s), for model FLOP utilisation
+PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="setting override key=value")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--feature-dim", type=int, default=500)
+    ap.add_argument("--word-dim", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on GPU, 5 on CPU)")
+    ap.add_argument("--precision", choices=["bf16", "tf32", "fp32"], default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    sets = list(args.sets) + ([f"train.batch_size={args.batch_size}"] if args.batch_size else [])
+    cfg = load_config("activitynet", overrides=sets)
+    device = resolve_device(args.device, announce=False)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    torch.manual_seed(0)
+    mc = model_config(cfg, args.word_dim, args.feature_dim)
+    model = FSAN(mc, torch.randn(5000, args.word_dim)).to(device).train()
+    opt = make_optimizer(model, cfg["train"], device)
+    b, nv = cfg["train"]["batch_size"], mc.clips
+    n_videos, n_queries = 4 * b, 8 * b
+    features = torch.randn(n_videos, nv, args.feature_dim, device=device)
+    if device.type == "cuda":
+        features = features.to(torch.bfloat16)
+    longest = min(mc.max_tokens, 2 * args.tokens - args.tokens // 2)  # lengths average ~args.tokens
+    lengths = torch.randint(args.tokens // 2, longest + 1, (n_queries,), device=device)
+    tokens = torch.randint(2, 5000, (n_queries, longest), device=device)
+    tokens = tokens.masked_fill(torch.arange(tokens.shape[1], device=device)[None] >= lengths[:, None], 0)
+    vids = torch.randint(0, n_videos, (n_queries,), device=device)
+    step_model = torch.compile(model) if args.compile else model
+    autocast = precision == "bf16" and device.type == "cuda"
+
+    def step() -> None:
+        idx = torch.randint(0, n_queries, (b,), device=device)
+        neg = torch.randint(0, n_queries, (b,), device=device)
+        losses = training_step(step_model, features, tokens, vids, idx, neg, device, autocast=autocast)
+        opt.zero_grad(set_to_none=True)
+        losses.total.backward()
+        opt.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3 if device.type == "cpu" else 10):  # warm-up (and compilation)
+        step()
+    sync()
+    flops = None
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops() / b
+    except Exception:  # noqa: BLE001 - FLOP counting is best effort (e.g. under compile)
+        flops = None
+    steps = args.steps or (20 if device.type == "cuda" else 5)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    elapsed = time.perf_counter() - t0
+    sps = steps * b / elapsed
+    result = {
+        "samples_per_s": round(sps, 2),
+        "epoch_s_activitynet": round(ACTIVITYNET_PAIRS / sps, 2),
+        "gflop_per_sample": round(flops / 1e9, 2) if flops else None,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "precision": precision,
+        "compile": args.compile,
+        "batch_size": b,
+        "clips": nv,
+        "hidden": mc.hidden,
+        "layers": mc.layers,
+    }
+    if flops and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        if peak:
+            result["mfu_percent"] = round(100 * flops * sps / (peak * 1e12), 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>22}: {v}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
