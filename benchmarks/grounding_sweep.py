@@ -51,6 +51,26 @@ GRIDS: dict[str, dict[str, list[str]]] = {
             "align.sc_map=\"centered\"", "loss.negative_video=true", "loss.sap=false"],
     },
 }
+_BEST = ['align.sc_map="centered"', "loss.negative_video=true", "align.match_tau=0.05",
+         "train.sap_warmup=0.3", 'align.inner_form="log_mean"']
+GRIDS["short"] = {
+    "best": _BEST,
+    "best, dropout 0": [*_BEST, "model.dropout=0.0"],
+    "best, SAP ramp 0.6": [*_BEST, "train.sap_warmup=0.6"],
+    "best, no SAP ramp": [*_BEST, "train.sap_warmup=0.0"],
+    "best, only L^t": [*_BEST, "loss.sap=false"],
+    "best, lr 1e-3": [*_BEST, "train.lr=1e-3"],
+    "best, lr 2e-4": [*_BEST, "train.lr=2e-4"],
+    "best, weights tau 0.05": [*_BEST, "align.tau=0.05"],
+    "best, smooth max 0.02": [*_BEST, "align.match_tau=0.02"],
+    "best, smooth max 0.1": [*_BEST, "align.match_tau=0.1"],
+    "best, margin 0.1": [*_BEST, "loss.margin=0.1"],
+    "best, no negative video": [*_BEST, "loss.negative_video=false"],
+    "best, hidden 64, dropout 0": [*_BEST, "model.hidden=64", "model.dropout=0.0"],
+    "best, 3 layers, dropout 0": [*_BEST, "model.layers=3", "model.dropout=0.0"],
+    "best, SC on P-hat": [*_BEST, 'align.sc_map="p_hat"'],
+    "best, SC on P": [*_BEST, 'align.sc_map="p"'],
+}
 
 
 def run_one(args: argparse.Namespace, name: str, sets: list[str], out_dir: Path) -> dict:

@@ -15,9 +15,11 @@ The library side of `fsan ground` (the command only parses options and calls the
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ RUNS = Path("runs")
 MEMBERS = ("c3d_features", "features")  # a video's matrix inside its group (ActivityNet, ours)
 DIDEMO_SECONDS = 30.0  # DiDeMo's six 5-second chunks: its features carry no duration
 BATCH = 128  # queries per model call
+FEW = 4  # up to this many queries run on one CPU thread (see `_threads_for`)
 LAYOUT_HELP = (
     "Pass an HDF5 file with a (T, D) dataset `features` and an attribute `duration` (seconds), "
     "or an official feature file with --video-id"
@@ -43,9 +46,11 @@ LAYOUT_HELP = (
 
 def find_checkpoint(runs: Path = RUNS) -> Path:
     """The newest best.pt under `runs` (by modification time)."""
-    found = sorted(Path(runs).glob("**/best.pt"), key=lambda p: p.stat().st_mtime) if Path(
-        runs
-    ).is_dir() else []
+    found = (
+        sorted(Path(runs).glob("**/best.pt"), key=lambda p: p.stat().st_mtime)
+        if Path(runs).is_dir()
+        else []
+    )
     if not found:
         raise FsanError(
             f"no checkpoint found under {runs}/",
@@ -75,7 +80,9 @@ def read_queries(args: Sequence[str], stdin: Any = None) -> list[tuple[str, str]
             if line.strip():
                 out.append((f"stdin line {i}", line.strip()))
         if len(out) == before:
-            raise FsanError("stdin holds no queries", "Pipe one query per line into `fsan ground VIDEO -`")
+            raise FsanError(
+                "stdin holds no queries", "Pipe one query per line into `fsan ground VIDEO -`"
+            )
     return out
 
 
@@ -93,7 +100,9 @@ def read_video(path: Path, video_id: str | None = None) -> Video:
 
     path = Path(path)
     if not path.is_file():
-        raise FsanError(f"video file {path} does not exist", "Pass the path of an HDF5 feature file")
+        raise FsanError(
+            f"video file {path} does not exist", "Pass the path of an HDF5 feature file"
+        )
     if not h5py.is_hdf5(path):
         raise FsanError(f"{path} is not an HDF5 file", LAYOUT_HELP)
     try:
@@ -209,7 +218,10 @@ def resolve_duration(video: Video, flag: float | None, dataset: str | None) -> f
             "Pass --duration SECONDS (the video's length)",
         )
     if not (math.isfinite(duration) and duration > 0):
-        raise FsanError(f"the duration of video '{video.video}' is {duration:g} s", "It must be positive; pass --duration SECONDS")
+        raise FsanError(
+            f"the duration of video '{video.video}' is {duration:g} s",
+            "It must be positive; pass --duration SECONDS",
+        )
     return float(duration)
 
 
@@ -217,11 +229,9 @@ def resolve_duration(video: Video, flag: float | None, dataset: str | None) -> f
 
 
 def load_model(path: Path, device):
-    """(model, checkpoint dict) like engine.load_checkpoint, without random initialisation.
-
-    The weights are memory-mapped and assigned to a model built on the meta device: about a
-    second less for the paper config on a CPU. Anything unusual falls back to the engine.
-    """
+    """(model, checkpoint dict) like engine.load_checkpoint, about a second faster for the paper
+    config on a CPU: the weights are memory-mapped and assigned to a model built without its
+    random initialisation. Anything unusual falls back to the engine's loader and its errors."""
     import torch
 
     from fsan_cli import engine
@@ -233,13 +243,31 @@ def load_model(path: Path, device):
         if not isinstance(ckpt, dict) or ckpt.get("format") != engine.CHECKPOINT_FORMAT:
             raise ValueError("not an fsan checkpoint")
         state = ckpt["state_dict"]
-        with torch.device("meta"):
+        with _no_init():
             words = torch.empty(state["embedding.weight"].shape)
             model = FSAN(FSANConfig.from_dict(ckpt["model_config"]), word_vectors=words)
-        model.load_state_dict(state, assign=True)
+        model.load_state_dict(state, assign=True)  # strict: every parameter comes from the file
     except Exception:  # noqa: BLE001 - the engine's loader says what is wrong with the file
         return engine.load_checkpoint(path, device)
     return model.to(device).eval(), ckpt
+
+
+@contextmanager
+def _no_init():
+    """Skip torch.nn.init while building a model whose weights are loaded next. (The meta
+    device would do it too, but its first use imports torch._dynamo: 1.5 s.)"""
+    import torch.nn.init as init
+
+    names = ("kaiming_uniform_", "uniform_", "normal_", "xavier_uniform_", "trunc_normal_",
+             "zeros_", "ones_", "constant_")  # fmt: skip
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
 
 
 @dataclass
@@ -294,7 +322,9 @@ class Grounder:
             out = video_clips(video.rows, self.clips, pca=pca, normalize=normalize)
         if not np.isfinite(out).all():  # as prepare does: non-finite rows become zero rows
             finite = np.isfinite(video.rows).all(axis=1)
-            warn(f"{int((~finite).sum())} feature rows of '{video.video}' hold NaN or inf; read as zeros")
+            warn(
+                f"{int((~finite).sum())} feature rows of '{video.video}' hold NaN or inf; read as zeros"
+            )
             rows = np.where(finite[:, None], video.rows, 0).astype(np.float32)
             out = video_clips(rows, self.clips, pca=pca, normalize=normalize)
         return out
@@ -327,7 +357,7 @@ class Grounder:
         ids, words = self.encode(queries)
         lengths = np.array([len(w) for w in words])
         out: list[Grounding] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), _threads_for(len(ids), self.device):
             for i in range(0, len(ids), BATCH):
                 n = int(lengths[i : i + BATCH].max())
                 tok = torch.from_numpy(ids[i : i + BATCH, :n]).to(self.device)
@@ -335,7 +365,9 @@ class Grounder:
                 res = self.model(video, tok)
                 segs, scores = top_k_segments(res.segment_scores, top_k, self.nms)
                 secs = segments_to_seconds(
-                    segs.cpu(), torch.full((tok.shape[0],), duration, dtype=torch.float64), self.clips
+                    segs.cpu(),
+                    torch.full((tok.shape[0],), duration, dtype=torch.float64),
+                    self.clips,
                 )
                 maps = res.alignment_map.float().cpu().numpy()
                 segs, scores = segs.cpu().numpy(), scores.float().cpu().numpy()
@@ -348,8 +380,30 @@ class Grounder:
         return out
 
 
+@contextmanager
+def _threads_for(queries: int, device):
+    """One intra-op thread for a few queries on a CPU: their ops are too small to split, and on
+    a busy machine each op's threads wait for each other (measured 0.1 s on one thread, 0.6 to
+    1.5 s on two, for one paper-config query). OMP_NUM_THREADS, when set, is left alone."""
+    import torch
+
+    if device.type != "cpu" or queries > FEW or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def ground_video(
-    grounder: Grounder, video: Video, duration: float, queries: Sequence[tuple[str, str]], top_k: int
+    grounder: Grounder,
+    video: Video,
+    duration: float,
+    queries: Sequence[tuple[str, str]],
+    top_k: int,
 ) -> list[Grounding]:
     """Prepare the video once, ground every query, and say on stderr what was read."""
     clips = grounder.prepare(video)
@@ -435,19 +489,19 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
     from rich.text import Text
 
     values = g.alignment_map
-    n_tok, nv = values.shape
-    label = min(LABEL_WIDTH, max(len(t) + 1 for t in g.tokens))
+    nv = values.shape[1]
+    names = [t + ("*" if t in g.unknown else "") for t in g.tokens]
+    label = max(5, min(LABEL_WIDTH, max(len(n) for n in names)))  # 5: "top 1"
     cw = max(1, min(3, (width - label - 3) // nv))  # characters per clip
     lo, hi = float(values.min()), float(values.max())
     scaled = (values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5)
-    out = Text()
-    shades = "characters ' .:-=+*#%@'" if not colour else "colour"
-    out.append(
-        f"Alignment map: rows are the query's words, columns the {nv} clips "
-        f"({duration / nv:.2f} s each); {shades} from {lo:.2f} (low) to {hi:.2f} (high)\n"
+    shades = (
+        f"dark {lo:.2f} to bright {hi:.2f}"
+        if colour
+        else f"shades '{PLAIN_RAMP}' from {lo:.2f} to {hi:.2f}"
     )
-    for t, word in enumerate(g.tokens):
-        name = word + ("*" if word in g.unknown else "")
+    out = Text(f"Alignment map, words x {nv} clips of {duration / nv:.2f} s; {shades}\n")
+    for t, name in enumerate(names):
         out.append(_fit(name, label).rjust(label) + " |")
         for j in range(nv):
             x = float(scaled[t, j])
@@ -468,7 +522,7 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
 
 
 def _fit(word: str, width: int) -> str:
-    return word if len(word) <= width - 1 else word[: width - 2] + "~"
+    return word if len(word) <= width else word[: width - 1] + "~"
 
 
 def _marker(n: int) -> str:
@@ -522,7 +576,9 @@ def check_plot(path: Path) -> None:
             "Install the plot extra: pip install 'fsan[plot]' (or pip install matplotlib)",
         )
     if not Path(path).parent.is_dir():
-        raise FsanError(f"folder {Path(path).parent} does not exist", "Create it first, or fix --plot")
+        raise FsanError(
+            f"folder {Path(path).parent} does not exist", "Create it first, or fix --plot"
+        )
 
 
 def save_plot(path: Path, video: str, duration: float, results: Sequence[Grounding]) -> None:
@@ -538,12 +594,22 @@ def save_plot(path: Path, video: str, duration: float, results: Sequence[Groundi
         warn(f"--plot draws the first {MAX_PANELS} of {len(results)} queries")
     shown = results[:MAX_PANELS]
     heights = [1.2 + 0.28 * len(g.tokens) for g in shown]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(10, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(shown),
+        1,
+        figsize=(10, sum(heights)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     for ax, g in zip(axes[:, 0], shown, strict=True):
         n = len(g.tokens)
-        im = ax.imshow(g.alignment_map, aspect="auto", cmap="viridis", interpolation="nearest",
-                       extent=(0, duration, n - 0.5, -0.5))
+        im = ax.imshow(
+            g.alignment_map,
+            aspect="auto",
+            cmap="viridis",
+            interpolation="nearest",
+            extent=(0, duration, n - 0.5, -0.5),
+        )
         s, e = (float(v) for v in g.moments[0])
         ax.add_patch(Rectangle((s, -0.5), e - s, n, fill=False, edgecolor="red", linewidth=2))
         ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])
@@ -554,7 +620,9 @@ def save_plot(path: Path, video: str, duration: float, results: Sequence[Groundi
     try:
         fig.savefig(path, dpi=150)
     except ValueError as exc:  # an unknown file type
-        raise FsanError(f"cannot save {path} ({exc})", "Use a .png, .pdf or .svg file name") from None
+        raise FsanError(
+            f"cannot save {path} ({exc})", "Use a .png, .pdf or .svg file name"
+        ) from None
     finally:
         plt.close(fig)
     log(f"Wrote the figure to {path}")

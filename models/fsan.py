@@ -69,6 +69,16 @@ class FSANOutput(NamedTuple):
     token_mask: Tensor  # (B, Ns) bool
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask comes from rand_like: torch's CPU bernoulli_ took a third of a
+    training step at the CPU preset; the GPU path is the stock kernel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or x.is_cuda:
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
 class Attention(nn.Module):
     """Multi-head attention (eq. 1-2) on scaled_dot_product_attention; fused QKV for self-attention."""
 
@@ -104,7 +114,7 @@ class Sublayer(nn.Module):
     def __init__(self, d: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, fx: Tensor) -> Tensor:
         return self.norm(x + self.drop(fx))
@@ -113,7 +123,7 @@ class Sublayer(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, d: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
+        self.net = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), Dropout(dropout), nn.Linear(4 * d, d))
         self.res = Sublayer(d, dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -280,7 +290,7 @@ class FSAN(nn.Module):
         self.text_encoder = nn.ModuleList(SelfBlock(d, cfg.heads, cfg.dropout) for _ in range(cfg.text_layers))
         self.video_proj = nn.Linear(cfg.feature_dim, d)
         self.video_pos = nn.Parameter(torch.randn(cfg.clips, d) * 0.02)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.icim = nn.ModuleList(ICIMLayer(cfg) for _ in range(cfg.layers))
         self.w_s = nn.Linear(d, cfg.align_dim, bias=False)  # W^s of eq. 5
         self.w_v = nn.Linear(d, cfg.align_dim, bias=False)  # W^v of eq. 5

@@ -205,6 +205,14 @@ def test_wrong_layout_says_expected_and_found(anet, tmp_path):
     assert "found keys like ['features']" in result.stderr
 
 
+def test_ids_without_the_v_prefix_are_found(anet, tmp_path):
+    folder, _, videos = anet
+    path = write_anet(tmp_path / "bare.h5", [v.removeprefix("v_") for v in videos])
+    result = invoke(*anet_args((folder, path, None), tmp_path / "s", "--json"))
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["videos"] == 11
+
+
 def test_inconsistent_dims(anet, tmp_path):
     folder, _, videos = anet
     path = write_anet(tmp_path / "mixed.h5", videos, dim=lambda i: 8 if i == 3 else DIM)

@@ -14,7 +14,8 @@ from fsan_cli.errors import FsanError, handle_errors
 def ground(
     video: Annotated[Path, typer.Argument(metavar="VIDEO.h5", help="The video's clip features.")],
     queries: Annotated[
-        list[str], typer.Argument(metavar="QUERY...", help="Sentences; '-' reads one per line from stdin.")
+        list[str],
+        typer.Argument(metavar="QUERY", help="Sentences; '-' reads one per line from stdin."),
     ],
     checkpoint: Annotated[
         Path | None,
@@ -24,14 +25,19 @@ def ground(
         str | None, typer.Option("--video-id", help="Which video of a multi-video file.")
     ] = None,
     duration: Annotated[
-        float | None, typer.Option("--duration", help="Video length in seconds, if the file has none.")
+        float | None,
+        typer.Option("--duration", help="Video length in seconds, if the file has none."),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Moments per query.")] = 5,
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON line per query (predictions format + alignment_map).")
+        bool,
+        typer.Option(
+            "--json", help="One JSON line per query (predictions format + alignment_map)."
+        ),
     ] = False,
     plot: Annotated[
-        Path | None, typer.Option("--plot", metavar="FILE.png", help="Also save the figure (needs matplotlib).")
+        Path | None,
+        typer.Option("--plot", metavar="FILE.png", help="Also save the figure (needs matplotlib)."),
     ] = None,
 ) -> None:
     """Find the moments of VIDEO.h5 that QUERY describes: top-k (start, end, score) and the
@@ -42,7 +48,7 @@ def ground(
     video; pick one with --video-id). Features are pooled, normalised and projected as at
     training time. Blank stdin lines are skipped. Example:
 
-        fsan ground v.h5 - --json < queries.txt | fsan evaluate --predictions - ...
+        fsan ground v.h5 - --json < q.txt | fsan evaluate --predictions -
     """
     from fsan_cli import grounding as g
     from fsan_cli.device import resolve_device
@@ -50,7 +56,9 @@ def ground(
     from fsan_cli.state import STATE
 
     if duration is not None and not duration > 0:
-        raise FsanError(f"--duration must be positive, got {duration:g}", "Pass the video's length in seconds")
+        raise FsanError(
+            f"--duration must be positive, got {duration:g}", "Pass the video's length in seconds"
+        )
     if plot is not None:
         g.check_plot(plot)
     asked = g.read_queries(queries)

@@ -125,7 +125,7 @@ class PcaFit:
     largest-magnitude entry of each is positive).
     """
 
-    def __init__(self, dim_in: int, block: int = 8192) -> None:
+    def __init__(self, dim_in: int, block: int = 4096) -> None:
         self.dim_in = dim_in
         self.count = 0
         self._sum = np.zeros(dim_in, np.float64)
@@ -211,7 +211,7 @@ class Located:
 @dataclass
 class Scan:
     found: dict[str, Located]
-    missing: list[str]  # no key in the file (or zero rows)
+    missing: list[str]  # no key in the file
     empty: list[str]  # present with zero rows
 
 
@@ -333,13 +333,14 @@ def scan_features(path: Path, videos: Sequence[str], layout: FeatureLayout) -> S
     return Scan(found, missing, empty)
 
 
-def _read_raw(fd: int, loc: Located) -> np.ndarray:
+def _read_raw(fh, loc: Located) -> np.ndarray:
     out = np.empty((loc.rows, loc.dim), loc.dtype)
     view = memoryview(out).cast("B")
+    fh.seek(loc.offset)
     done = 0
     while done < len(view):
-        n = os.preadv(fd, [view[done:]], loc.offset + done)
-        if n <= 0:
+        n = fh.readinto(view[done:])
+        if not n:
             raise FsanError(
                 f"the feature file ends inside video {loc.video}", "The file is truncated"
             )
@@ -360,29 +361,27 @@ def read_features(
     stop = threading.Event()
 
     def produce() -> None:
+        h5 = None
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
+            with open(path, "rb", buffering=0) as fh:
                 if hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                h5 = None
+                    os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 for loc in ordered:
                     if stop.is_set():
                         return
                     if loc.offset is not None:
-                        rows = _read_raw(fd, loc)
+                        rows = _read_raw(fh, loc)
                     else:
                         if h5 is None:
                             h5 = open_h5(path)
                         rows = h5[loc.path][()]
                     out.put((loc, rows))
-                if h5 is not None:
-                    h5.close()
-            finally:
-                os.close(fd)
             out.put(None)
         except BaseException as exc:  # handed to the consumer, raised there
             out.put(exc)
+        finally:
+            if h5 is not None:
+                h5.close()
 
     thread = threading.Thread(target=produce, name="fsan-feature-reader", daemon=True)
     thread.start()

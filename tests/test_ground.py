@@ -1,0 +1,415 @@
+"""`fsan ground` through the CLI on a tiny trained checkpoint: table, heatmap, JSON, stdin
+batches, the feature-file layouts, and every bad input's message and exit code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fsan_cli import engine, grounding
+from fsan_cli.app import app
+from fsan_cli.config import load_config
+from fsan_cli.data.store import load_store
+from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.predictions import parse_predictions
+from fsan_cli.text import tokenize
+
+TINY = [
+    "model.hidden=32",
+    "model.layers=1",
+    "model.heads=2",
+    "model.align_dim=16",
+    "train.epochs=1",
+]
+ROW_KEYS = {"video", "query", "duration", "moments", "nms", "alignment_map"}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(folder holding runs/tiny/best.pt and synthetic/, the store, its first test query)."""
+    root = tmp_path_factory.mktemp("ground")
+    store = load_store(ensure_synthetic(root, sizes={"train": 40, "val": 10, "test": 10}))
+    cfg = load_config("synthetic", overrides=TINY)
+    engine.train(cfg, store, root / "runs" / "tiny", torch.device("cpu"), progress=False)
+    return root, store, store.split("test")[0]
+
+
+@pytest.fixture
+def ckpt(trained) -> Path:
+    return trained[0] / "runs" / "tiny" / "best.pt"
+
+
+def clip_rows(store, video: str) -> np.ndarray:
+    return np.asarray(store.features[store.video_index[video]])  # (32, 128): pools to itself
+
+
+def write_video(path: Path, rows: np.ndarray, duration: float | None = None, **attrs) -> Path:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=rows)
+        if duration is not None:
+            f.attrs["duration"] = duration
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    return path
+
+
+@pytest.fixture
+def video(trained, tmp_path) -> Path:
+    _, store, q = trained
+    return write_video(tmp_path / "v.h5", clip_rows(store, q.video), q.duration, video=q.video)
+
+
+def run(args: list[str], input: str | None = None, env: dict | None = None):
+    env = {"COLUMNS": "100", **(env or {})}
+    return CliRunner().invoke(app, ["--device", "cpu", "ground", *args], input=input, env=env)
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def reference(trained, ckpt: Path, queries, top_k: int = 5) -> list[dict]:
+    """What `fsan evaluate --checkpoint` predicts for store queries (the training-time input)."""
+    _, store, _ = trained
+    model, c = engine.load_checkpoint(ckpt)
+    return engine.predict_rows(
+        model, c["vocab"], store, queries, torch.device("cpu"), top_k, c["settings"]["eval"]["nms"]
+    )
+
+
+def same_moments(a: list, b: list) -> None:
+    assert [m[:2] for m in a] == [m[:2] for m in b]
+    assert [m[2] for m in a] == pytest.approx([m[2] for m in b], abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- for people
+
+
+def test_table_with_the_newest_checkpoint(trained, video, monkeypatch):
+    root, _, q = trained
+    monkeypatch.chdir(root)
+    r = run([str(video), q.query])
+    assert r.exit_code == 0, r.output
+    assert "Checkpoint: runs/tiny/best.pt (the newest under runs/" in r.stderr
+    lines = r.stdout.splitlines()
+    assert (
+        lines[0] == f"{q.query!r} in {q.video} ({q.duration:.1f} s, {grounding.clock(q.duration)})"
+    )
+    assert re.search(r"rank .*start \(s\) .*end \(s\) .*start .*end .*score", r.stdout)
+    ref = reference(trained, Path("runs/tiny/best.pt"), [q])[0]["moments"]
+    for rank, (s, e, score) in enumerate(ref, 1):
+        row = f"│ {rank:<4} │ {s:9.2f} │ {e:7.2f} │ {grounding.clock(s):>5} │ {grounding.clock(e):>4} │ {score:.4f} │"
+        assert row in lines
+    assert "\x1b[" not in r.stdout
+
+
+def test_heatmap_is_plain_text_when_not_a_terminal(trained, video, ckpt):
+    _, _, q = trained
+    r = run([str(video), q.query, "--checkpoint", str(ckpt)])
+    assert r.exit_code == 0, r.output
+    assert "\x1b[" not in r.stdout and "█" not in r.stdout
+    tokens = tokenize(q.query)
+    rows = [line for line in r.stdout.splitlines() if re.match(r"^ *\S+ \|[ .:\-=+*#%@]+\|$", line)]
+    assert [row.split("|")[0].strip() for row in rows] == tokens
+    assert {len(row) for row in rows} == {len(rows[0])}
+    marker = next(line for line in r.stdout.splitlines() if line.strip().startswith("top 1"))
+    assert re.fullmatch(r" *top 1 +(\^|\[=*\])", marker)
+    axis = r.stdout.splitlines()[-1]
+    assert axis.split()[0] == "0:00" and axis.split()[-1] == grounding.clock(q.duration)
+
+
+def test_heatmap_in_colour_on_a_terminal_unless_no_color(trained, video, ckpt):
+    _, _, q = trained
+    r = run([str(video), q.query, "--checkpoint", str(ckpt)], env={"FORCE_COLOR": "1"})
+    assert r.exit_code == 0, r.output
+    assert "\x1b[" in r.stdout and "█" in r.stdout
+    r = run(
+        [str(video), q.query, "--checkpoint", str(ckpt)], env={"FORCE_COLOR": "1", "NO_COLOR": "1"}
+    )
+    assert "█" not in r.stdout and "\x1b[38;2" not in r.stdout
+    assert "shades ' .:-=+*#%@'" in r.stdout
+
+
+def test_unknown_words_are_marked_and_warned(trained, video, ckpt):
+    _, _, q = trained
+    r = run([str(video), q.query + " zorbly", "--checkpoint", str(ckpt)])
+    assert r.exit_code == 0, r.output
+    assert "zorbly* |" in r.stdout and "not in the vocabulary, read as <unk>" in r.stdout
+    assert "Warning: not in the model's vocabulary, read as <unk>: zorbly" in r.stderr
+
+
+# ----------------------------------------------------------------------------- for pipelines
+
+
+def test_json_schema_and_training_time_input(trained, video, ckpt):
+    _, _, q = trained
+    r = run([str(video), q.query, "--checkpoint", str(ckpt), "--json", "--top-k", "3"])
+    assert r.exit_code == 0, r.output
+    (row,) = json_lines(r.stdout)
+    assert set(row) == ROW_KEYS
+    assert (row["video"], row["query"], row["duration"]) == (q.video, q.query, q.duration)
+    assert len(row["moments"]) == 3
+    assert all(0 <= s < e <= q.duration for s, e, _ in row["moments"])
+    assert [m[2] for m in row["moments"]] == sorted((m[2] for m in row["moments"]), reverse=True)
+    amap = row["alignment_map"]
+    assert amap["tokens"] == tokenize(q.query) and amap["clips"] == 32
+    values = np.array(amap["values"])
+    assert values.shape == (len(amap["tokens"]), 32) and np.abs(values).max() <= 1
+    assert np.array_equal(values, values.round(4))
+    parse_predictions(r.stdout.splitlines(), "stdout")  # the predictions contract
+    same_moments(row["moments"], reference(trained, ckpt, [q], top_k=3)[0]["moments"])
+
+
+def test_stdin_batch_equals_one_by_one(trained, video, ckpt):
+    _, store, _ = trained
+    texts = [
+        "a person opens the door",
+        "the man cuts the bread slowly again then",
+        "someone drinks",
+        "a girl reads the zorbly book",
+    ]
+    r = run(
+        [str(video), "-", "--checkpoint", str(ckpt), "--json"],
+        input="\n".join(texts[:2]) + "\n\n  \n" + "\n".join(texts[2:]),
+    )
+    assert r.exit_code == 0, r.output
+    batch = json_lines(r.stdout)
+    assert [row["query"] for row in batch] == texts
+    for text, row in zip(texts, batch, strict=True):
+        one = run([str(video), text, "--checkpoint", str(ckpt), "--json"])
+        (single,) = json_lines(one.stdout)
+        same_moments(row["moments"], single["moments"])
+        assert np.allclose(
+            row["alignment_map"]["values"], single["alignment_map"]["values"], atol=2e-4
+        )
+        assert row["alignment_map"]["tokens"] == single["alignment_map"]["tokens"]
+
+
+def test_ground_then_evaluate_composes(trained, video, ckpt):
+    root, store, q = trained
+    queries = [x for x in store.split("test") if x.video == q.video]
+    r = run(
+        [str(video), "-", "--checkpoint", str(ckpt), "--json"],
+        input="\n".join(x.query for x in queries),
+    )
+    assert r.exit_code == 0, r.output
+    e = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--dataset",
+            "synthetic",
+            "--data-dir",
+            str(root),
+            "--predictions",
+            "-",
+            "--json",
+        ],
+        input=r.stdout,
+    )
+    assert e.exit_code == 0, e.output
+    assert json.loads(e.stdout)["predicted"] == len(queries)
+
+
+# ----------------------------------------------------------------------------- video files
+
+
+def test_official_layouts_and_video_id(trained, tmp_path, ckpt):
+    _, store, q = trained
+    other = store.split("test")[-1].video
+    want = reference(trained, ckpt, [q])[0]["moments"]
+    anet = tmp_path / "anet.h5"
+    with h5py.File(anet, "w") as f:  # a group per video holding c3d_features
+        for vid in (q.video, other):
+            f.create_group(f"v_{vid}").create_dataset("c3d_features", data=clip_rows(store, vid))
+            f[f"v_{vid}"].attrs["duration"] = q.duration
+    for vid in (f"v_{q.video}", q.video):  # with or without the v_ prefix
+        r = run([str(anet), q.query, "--checkpoint", str(ckpt), "--json", "--video-id", vid])
+        assert r.exit_code == 0, r.output
+        (row,) = json_lines(r.stdout)
+        assert row["video"] == f"v_{q.video}"
+        same_moments(row["moments"], want)
+    single = tmp_path / "didemo.h5"
+    with h5py.File(single, "w") as f:  # one (T, D) dataset, no duration: --duration gives it
+        f.create_dataset(q.video, data=clip_rows(store, q.video))
+    r = run(
+        [str(single), q.query, "--checkpoint", str(ckpt), "--json", "--duration", str(q.duration)]
+    )
+    assert r.exit_code == 0, r.output
+    (row,) = json_lines(r.stdout)
+    assert row["video"] == q.video
+    same_moments(row["moments"], want)
+
+
+def test_pooling_and_pca_come_from_the_checkpoint(trained, tmp_path, ckpt):
+    _, store, q = trained
+    want = reference(trained, ckpt, [q])[0]["moments"]
+    rows = clip_rows(store, q.video)
+    long = write_video(tmp_path / "long.h5", np.repeat(rows, 3, axis=0), q.duration)  # 96 rows
+    c = torch.load(ckpt, weights_only=False)
+    dim = rows.shape[1]
+    c["data"]["pca"] = {
+        "mean": np.full(2 * dim, 0.5, np.float32),
+        "components": np.eye(dim, 2 * dim, dtype=np.float32),
+    }
+    engine.atomic_save(c, tmp_path / "pca.pt")
+    wide = np.concatenate([rows + 0.5, np.random.default_rng(0).normal(size=rows.shape)], 1)
+    wide_file = write_video(tmp_path / "wide.h5", wide.astype(np.float32), q.duration)
+    for path, model in ((long, ckpt), (wide_file, tmp_path / "pca.pt")):
+        r = run([str(path), q.query, "--checkpoint", str(model), "--json"])
+        assert r.exit_code == 0, r.output
+        same_moments(json_lines(r.stdout)[0]["moments"], want)
+    r = run([str(long), q.query, "--checkpoint", str(tmp_path / "pca.pt")])
+    assert r.exit_code == 1
+    assert r.stderr.endswith(
+        "Error: video 'long' has 128-d features, the checkpoint expects 256-d, projected by its "
+        "PCA to 128. Use features from the extractor the model was trained on, or another "
+        "--checkpoint.\n"
+    )
+
+
+def test_fast_loader_matches_the_engine(ckpt):
+    fast, _ = grounding.load_model(ckpt, torch.device("cpu"))
+    slow, _ = engine.load_checkpoint(ckpt)
+    a, b = fast.state_dict(), slow.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not fast.training and not fast.embedding.weight.requires_grad
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def multi(path: Path, rows) -> Path:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a", data=rows)
+        f.create_dataset("b", data=rows)
+    return path
+
+
+@pytest.mark.parametrize("case, query, message", [
+    ("ok", "", "Error: query 1 ('') has no words. Pass a sentence"),
+    ("ok", "  \t ", "Error: query 1 ('  \\t ') has no words."),
+    ("ok", "xyzzy plugh!", "Error: query 1 ('xyzzy plugh!') has no word the model knows "
+                           "(unknown: xyzzy, plugh). Rephrase it with common words; the checkpoint knows"),
+    ("dim", "a person opens the door", "Error: video 'v' has 64-d features, the checkpoint expects 128-d. "
+                                       "Use features from the extractor the model was trained on"),
+    ("no_duration", "a person opens the door", "has no duration attribute. Pass --duration SECONDS"),
+    ("empty", "a person opens the door", "has no feature rows (T = 0). Extract features for at least"),
+    ("text", "a person opens the door", "is not an HDF5 file. Pass an HDF5 file with a (T, D) dataset"),
+    ("missing", "a person opens the door", "does not exist. Pass the path of an HDF5 feature file."),
+    ("multi", "a person opens the door", "holds 2 videos. Pass --video-id to pick one, e.g. --video-id a."),
+    ("3d", "a person opens the door", "holds float32 values of shape (2, 3, 4), not a (T, D) matrix"),
+])  # fmt: skip
+def test_bad_input_is_one_clear_error(trained, tmp_path, ckpt, case, query, message):
+    rows = clip_rows(trained[1], trained[2].video)
+    path = tmp_path / "v.h5"
+    if case == "ok":
+        write_video(path, rows, 10.0)
+    elif case == "dim":
+        write_video(path, rows[:, :64], 10.0)
+    elif case == "no_duration":
+        write_video(path, rows)
+    elif case == "empty":
+        write_video(path, rows[:0], 10.0)
+    elif case == "text":
+        path.write_text("not hdf5\n", encoding="utf-8")
+    elif case == "multi":
+        multi(path, rows)
+    elif case == "3d":
+        write_video(path, np.zeros((2, 3, 4), np.float32), 10.0)
+    r = run([str(path), query, "--checkpoint", str(ckpt)])
+    assert (r.exit_code, r.stdout) == (1, ""), r.output
+    assert message in r.stderr
+    assert r.stderr.count("Error:") == 1 and "Traceback" not in r.stderr
+
+
+def test_bad_stdin_names_the_line(video, ckpt):
+    r = run(
+        [str(video), "-", "--checkpoint", str(ckpt), "--json"],
+        input="a person opens the door\n\nflurb\n",
+    )
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert "Error: stdin line 3 ('flurb') has no word the model knows (unknown: flurb)." in r.stderr
+    r = run([str(video), "-", "--checkpoint", str(ckpt)], input="\n \n")
+    assert (
+        r.stderr
+        == "Error: stdin holds no queries. Pipe one query per line into `fsan ground VIDEO -`.\n"
+    )
+
+
+def test_checkpoint_errors(video, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run([str(video), "a door"])
+    assert (r.exit_code, r.stderr) == (
+        1,
+        "Error: no checkpoint found under runs/. Train one with `fsan train`, or pass --checkpoint PATH.\n",
+    )
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = run([str(video), "a door", "--checkpoint", str(bad)])
+    assert r.exit_code == 1 and "cannot be read" in r.stderr
+
+
+def test_video_id_not_in_the_file(trained, tmp_path, ckpt):
+    path = multi(tmp_path / "m.h5", clip_rows(trained[1], trained[2].video))
+    r = run([str(path), "a door", "--checkpoint", str(ckpt), "--video-id", "zz"])
+    assert r.exit_code == 1
+    assert r.stderr.endswith(
+        f"Error: video 'zz' is not in {path} (2 videos there). "
+        "Pass --video-id with one of its keys, e.g. a, b.\n"
+    )
+
+
+def test_duration_must_be_positive(video, ckpt):
+    r = run([str(video), "a door", "--checkpoint", str(ckpt), "--duration", "0"])
+    assert (r.exit_code, r.stderr) == (
+        1,
+        "Error: --duration must be positive, got 0. Pass the video's length in seconds.\n",
+    )
+
+
+# ----------------------------------------------------------------------------- --plot
+
+
+def test_plot_without_matplotlib_is_a_clear_error(video, ckpt, monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    r = run([str(video), "a door", "--checkpoint", str(ckpt), "--plot", str(tmp_path / "f.png")])
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert r.stderr == (
+        "Error: --plot needs matplotlib, which is not installed. Install the plot extra: "
+        "pip install 'fsan[plot]' (or pip install matplotlib).\n"
+    )
+
+
+def test_plot_writes_a_png(trained, video, ckpt, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "fig.png"
+    r = run(
+        [
+            str(video),
+            trained[2].query,
+            "a person opens the door",
+            "--checkpoint",
+            str(ckpt),
+            "--json",
+            "--plot",
+            str(out),
+        ]
+    )
+    assert r.exit_code == 0, r.output
+    assert len(json_lines(r.stdout)) == 2
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
