@@ -72,6 +72,16 @@ GRIDS["short"] = {
     "best, SC on P": [*_BEST, 'align.sc_map="p"'],
 }
 
+GRIDS["anchor"] = {
+    "best": _BEST,
+    "best + inner match": [*_BEST, 'align.match_score="inner"'],
+    "best + inner match, hard max": [*_BEST, 'align.match_score="inner"', "align.match_tau=0.0"],
+    "inner match, P-hat SC": [*_BEST, 'align.match_score="inner"', 'align.sc_map="p_hat"'],
+    "inner match, P SC": [*_BEST, 'align.match_score="inner"', 'align.sc_map="p"'],
+    "best + inner match, seed 1": [*_BEST, 'align.match_score="inner"', "train.seed=1"],
+    "best, seed 1": [*_BEST, "train.seed=1"],
+}
+
 
 def run_one(args: argparse.Namespace, name: str, sets: list[str], out_dir: Path) -> dict:
     """Train one setting set in this process and return its val/test metrics."""

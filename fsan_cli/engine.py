@@ -7,7 +7,8 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ import torch
 from fsan_cli.config import Config, to_toml
 from fsan_cli.data.store import Query, Store
 from fsan_cli.errors import FsanError
-from fsan_cli.output import log
 from fsan_cli.text import PAD, encode, tokenize
 from models.fsan import FSAN, FSANConfig, fsan_losses, negative_token_mask
 
@@ -49,6 +49,7 @@ def model_config(cfg: Config, word_dim: int, feature_dim: int) -> FSANConfig:
         outer=a["outer"],
         margin=lo["margin"],
         match_tau=a["match_tau"],
+        match_score=a.get("match_score", "sc"),
         negative_video=lo["negative_video"],
         w_matching=lo["matching"],
         w_inner=lo["inner"],
@@ -104,6 +105,14 @@ def split_tensors(store: Store, queries: list[Query], vocab: list[str], max_toke
         raise FsanError(
             f"{len(missing)} queries name videos missing from the store (first: {missing[0]})",
             "Run `fsan prepare` again",
+        )
+    bad = [i for i, q in enumerate(queries) if not (math.isfinite(q.duration) and q.duration > 0)]
+    if bad:
+        q = queries[bad[0]]
+        raise FsanError(
+            f"{len(bad)} queries have a duration that is not a positive number of seconds "
+            f"(first: video {q.video}, duration {q.duration})",
+            "Fix the annotations and run `fsan prepare` again",
         )
     return SplitTensors(
         encode_queries(queries, vocab, max_tokens),
@@ -275,6 +284,7 @@ def predict_queries(
     """Predictions rows (DESIGN.md format) for `queries` with the model in `checkpoint`."""
     model, ckpt = load_checkpoint(checkpoint, device)
     check_compatible(ckpt, store)
+    check_vocabulary(ckpt["vocab"], queries, checkpoint)
     nms = ckpt["settings"]["eval"]["nms"]
     return predict_rows(model, ckpt["vocab"], store, queries, device, top_k, nms)
 
@@ -291,7 +301,7 @@ def predict_rows(
     if not queries:
         return []
     data = split_tensors(store, queries, vocab, model.cfg.max_tokens)
-    features = torch.from_numpy(np.asarray(store.features)).to(device)
+    features = torch.from_numpy(np.array(store.features, dtype=np.float32)).to(device)
     didemo = store.manifest.get("dataset") == "didemo"
     k = 21 if didemo else top_k
     out = predict_segments(model, features, data, k, nms=1.0 if didemo else nms)
@@ -309,12 +319,37 @@ def predict_rows(
     return rows
 
 
+def check_vocabulary(vocab: list[str], queries: list[Query], source: Path | str) -> None:
+    """A checkpoint that knows under half of the queries' words was trained on other data."""
+    known = set(vocab)
+    words = [w for q in queries for w in tokenize(q.query)]
+    unknown = [w for w in words if w not in known]
+    if words and len(unknown) > len(words) / 2:
+        examples = ", ".join(list(dict.fromkeys(unknown))[:3])
+        raise FsanError(
+            f"the vocabulary of {source} knows only {100 * (1 - len(unknown) / len(words)):.0f}% "
+            f"of the words in these queries (unknown: {examples}, ...)",
+            "Use a checkpoint trained on this dataset, or check --dataset",
+        )
+
+
 def unknown_words(text: str, vocab: list[str]) -> list[str]:
     known = set(vocab)
     return [w for w in tokenize(text) if w not in known]
 
 
 # ----------------------------------------------------------------------------- training
+
+RUN_INFO = "run.json"  # which store a run trained on, so `--resume` finds it again
+RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt", RUN_INFO)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM turned into it) during training; the last checkpoint is intact."""
+
+    def __init__(self, out_dir: Path, step: int, saved_step: int | None) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.out_dir, self.step, self.saved_step = out_dir, step, saved_step
 
 
 def lr_at(step: int, total: int, cfg: dict) -> float:
@@ -325,9 +360,142 @@ def lr_at(step: int, total: int, cfg: dict) -> float:
     return cfg["lr"]
 
 
+def sap_schedule(step: int, total: int, tc: dict) -> float:
+    """Weight of the SAP losses (eq. 9-12) at `step`: 0 for the first `sap_start` share of the
+    steps, then a linear ramp over `sap_warmup` of the steps, then 1."""
+    start = tc.get("sap_start", 0.0) * total
+    ramp = tc.get("sap_warmup", 0.0) * total
+    if step < start:
+        return 0.0
+    return min(1.0, (step - start) / ramp) if ramp > 0 else 1.0
+
+
 def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file by temporary file, fsync and rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in last.pt so `--resume` continues bit for bit."""
+
+    epoch: int = 1  # the epoch in progress, 1-based
+    pos: int = 0  # where in this epoch's permutation the next batch starts
+    step: int = 0  # optimizer steps taken
+    perm: torch.Tensor | None = None  # this epoch's order of the train queries
+    sums: torch.Tensor | None = None  # (4,) summed losses of this epoch: total, L^t, L^i, L^o
+    seen: int = 0  # samples of this epoch so far
+    elapsed: float = 0.0  # seconds of this epoch spent before a resume
+    best: dict[str, Any] = field(default_factory=lambda: {"score": -math.inf, "epoch": 0})
+    log: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records
+    saved_step: int | None = None  # step of the newest last.pt, None before the first
+
+
+@dataclass
+class TrainingData:
+    features: torch.Tensor  # (n_videos, Nv, D) on the device (bf16 on CUDA)
+    tokens: torch.Tensor  # (Q, Ns) train queries on the device
+    vids: torch.Tensor  # (Q,) their feature rows
+    val: SplitTensors | None
+    val_queries: list[Query]
+
+
+class TrainingPass(torch.nn.Module):
+    """One training forward, (V, S) and (V, S^-) (and (V^-, S)) plus the losses of eq. 13, as a
+    module: DistributedDataParallel and torch.compile see one forward per backward."""
+
+    def __init__(self, model: FSAN, bf16: bool) -> None:
+        super().__init__()
+        self.model, self.bf16 = model, bf16
+
+    def forward(self, video, pos_tok, neg_tok, neg_ok, neg_feats, sap_scale):
+        device_type = video.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            pos = self.model(video, pos_tok)
+            neg_out = self.model(video, neg_tok, negative_token_mask(pos_tok, neg_tok))
+            neg_video = self.model(neg_feats, pos_tok) if neg_feats is not None else None
+        return fsan_losses(self.model, pos, neg_out, neg_ok, neg_video, sap_scale)
+
+
+def training_step(
+    model, features, tokens, vids, idx, neg, device, autocast: bool | None = None,
+    sap_scale: float | torch.Tensor = 1.0, runner: torch.nn.Module | None = None,
+):
+    """Positive pass (V, S) and negative pass (V, S^-) of one batch, and the losses (eq. 13).
+
+    idx, neg (B,): query rows of the batch and of its negative captions, drawn on the device;
+    a negative that happens to describe the same video is left out of L^t. `runner` is the
+    TrainingPass to call (wrapped by DDP or torch.compile); by default one around `model`.
+    """
+    core = model.module if hasattr(model, "module") else model
+    if runner is None:
+        runner = TrainingPass(core, device.type == "cuda" if autocast is None else autocast)
+    video = features[vids[idx]].float()  # (B, Nv, D)
+    neg_feats = features[vids[neg]].float() if core.cfg.negative_video else None
+    if not torch.is_tensor(sap_scale):
+        sap_scale = torch.tensor(float(sap_scale), device=video.device)
+    return runner(video, tokens[idx], tokens[neg], vids[neg] != vids[idx], neg_feats, sap_scale)
+
+
+def check_finite_features(store: Store, features: torch.Tensor) -> None:
+    bad = (~torch.isfinite(features.float())).flatten(1).any(1)  # (n_videos,)
+    if bool(bad.any()):
+        names = [store.videos[i]["video"] for i in bad.nonzero()[:, 0].tolist()]
+        raise FsanError(
+            f"the features of {len(names)} videos in {store.path} hold NaN or infinite values "
+            f"(first: {', '.join(names[:3])})",
+            "Fix the feature file and run `fsan prepare` again",
+        )
+
+
+def training_data(mc: FSANConfig, store: Store, device: torch.device) -> TrainingData:
+    """Check the store against the settings, then put the train split on the device."""
+    if mc.clips != store.clips:
+        raise FsanError(
+            f"data.clips={mc.clips} but the data at {store.path} was prepared with {store.clips} clips",
+            f"Pass --set data.clips={store.clips}, or prepare again with --clips {mc.clips}",
+        )
+    train_q = store.split("train")
+    val_q = store.splits.get("val") or []
+    if not train_q:
+        raise FsanError(f"the train split at {store.path} is empty", "Prepare the data again")
+    tr = split_tensors(store, train_q, store.vocab, mc.max_tokens)
+    va = split_tensors(store, val_q, store.vocab, mc.max_tokens) if val_q else None
+    feat_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    features = torch.from_numpy(np.asarray(store.features)).to(device=device, dtype=feat_dtype)
+    check_finite_features(store, features)
+    return TrainingData(features, tr.tokens.to(device), tr.video.to(device), va, val_q)
+
+
+@dataclass
+class Run:
+    """What the training loop works with, gathered once."""
+
+    model: FSAN
+    runner: torch.nn.Module  # the TrainingPass, maybe wrapped by DDP and torch.compile
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # permutations and negatives: the same draws on every rank
+    data: TrainingData
+    cfg: Config
+    store: Store
+    out_dir: Path
+    device: torch.device
+    dist: Any  # fsan_cli.distributed.Dist
 
 
 def train(
@@ -336,100 +504,290 @@ def train(
     out_dir: Path,
     device: torch.device,
     progress: bool = True,
+    resume: bool = False,
+    compile: bool = False,
+    dist: Any = None,
+    checkpoint_every: int | None = None,
 ) -> dict[str, Any]:
-    """Train on store's train split, select on val each epoch, write the run folder."""
+    """Train on store's train split, select on val each epoch, write the run folder.
+
+    resume: continue from out_dir/last.pt (on CPU, bit for bit the uninterrupted run).
+    compile: torch.compile the training pass. dist: a fsan_cli.distributed.Dist (one process
+    when None); only its rank 0 validates, writes files and shows progress.
+    checkpoint_every: save last.pt every N steps too (default: train.checkpoint_every, or 0).
+    """
+    from fsan_cli.distributed import Dist
+
+    dist = dist or Dist()
     tc = cfg["train"]
     set_seed(tc["seed"])
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     mc = model_config(cfg, int(store.vectors.shape[1]), store.feature_dim)
     check_model_config(mc)
-    if mc.clips != store.clips:
-        raise FsanError(
-            f"data.clips={mc.clips} but the data at {store.path} was prepared with {store.clips} clips",
-            f"Pass --set data.clips={store.clips}, or prepare again with --clips {mc.clips}",
-        )
-    vocab = store.vocab
-    train_q = store.split("train")
-    val_q = store.splits.get("val") or []
-    if not train_q:
-        raise FsanError(f"the train split at {store.path} is empty", "Prepare the data again")
-    tr = split_tensors(store, train_q, vocab, mc.max_tokens)
-    va = split_tensors(store, val_q, vocab, mc.max_tokens) if val_q else None
-    feat_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    features = torch.from_numpy(np.asarray(store.features)).to(device=device, dtype=feat_dtype)
-    tokens, vids = tr.tokens.to(device), tr.video.to(device)
-
+    dist.check_batch(tc["batch_size"])
+    data = training_data(mc, store, device)
     model = FSAN(mc, torch.from_numpy(store.vectors)).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(model, tc, device)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
-    log_path = out_dir / "metrics.jsonl"
-    log_path.write_text("", encoding="utf-8")
-
-    n, bs = tokens.shape[0], tc["batch_size"]
-    steps_per_epoch = math.ceil(n / bs)
-    total = steps_per_epoch * tc["epochs"]
     gen = torch.Generator(device=device).manual_seed(tc["seed"])
-    best = {"score": -math.inf, "epoch": 0}
-    step = 0
+    out_dir = Path(out_dir)
+    state = LoopState()
+    if resume and (out_dir / "last.pt").is_file():
+        state = restore_run(out_dir / "last.pt", model, opt, gen, cfg, store, device, dist)
+    elif dist.main:
+        start_run_folder(out_dir, cfg, store)
+    if dist.world > 1 and state.step == 0:
+        torch.manual_seed(tc["seed"] + dist.rank)  # dropout masks differ between ranks
+    runner = dist.wrap(TrainingPass(model, device.type == "cuda"), device, mc)
+    if compile:
+        runner = torch.compile(runner)
+    run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist)
+    if checkpoint_every is None:
+        checkpoint_every = int(tc.get("checkpoint_every", 0))
+    try:
+        run_epochs(run, state, progress, checkpoint_every)
+    except BaseException as exc:
+        if dist.main and state.saved_step is None and not resume:
+            remove_run_files(out_dir)  # nothing worth keeping: leave no half run behind
+        if isinstance(exc, KeyboardInterrupt):
+            raise TrainingInterrupted(out_dir, state.step, state.saved_step) from None
+        raise
+    dist.barrier()
+    return {"best_epoch": state.best["epoch"], "best_val_miou": state.best["score"],
+            "out": str(out_dir), "steps": state.step}
+
+
+def start_run_folder(out_dir: Path, cfg: Config, store: Store) -> None:
+    """Create the run folder (clearing a previous run's files) with config.toml and run.json."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_run_files(out_dir, keep_folder=True)
+        atomic_write_text(out_dir / "config.toml", to_toml(cfg))
+        info = {"dataset": store.manifest.get("dataset"), "store": str(Path(store.path).resolve())}
+        atomic_write_text(out_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
+        atomic_write_text(out_dir / "metrics.jsonl", "")
+    except OSError as exc:
+        remove_run_files(out_dir)
+        raise FsanError(
+            f"cannot write the run folder {out_dir} ({exc.strerror or exc})",
+            "Choose another --out, or fix its permissions",
+        ) from None
+
+
+def remove_run_files(out_dir: Path, keep_folder: bool = False) -> None:
+    if not out_dir.is_dir():
+        return
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for tmp in out_dir.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+    if not keep_folder and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
+def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
+    """The epoch loop from wherever `state` stands; saves last.pt at each epoch end and every
+    train.checkpoint_every steps, best.pt when val improves."""
     from fsan_cli.output import training_progress
 
-    with training_progress(total, enabled=progress) as bar:
-        for epoch in range(1, tc["epochs"] + 1):
-            model.train()
-            perm = torch.randperm(n, device=device, generator=gen)
-            t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-            parts = torch.zeros(3, device=device)
-            for i in range(0, n, bs):
-                idx = perm[i : i + bs]
-                neg = torch.randint(0, n, idx.shape, device=device, generator=gen)
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, tc)
-                ramp = tc["sap_warmup"] * total
-                sap_scale = min(1.0, step / ramp) if ramp > 0 else 1.0
-                losses = training_step(model, features, tokens, vids, idx, neg, device, sap_scale=sap_scale)
-                opt.zero_grad(set_to_none=True)
-                losses.total.backward()
-                if tc["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
-                opt.step()
-                step += 1
-                seen += idx.numel()
-                loss_sum += losses.total.detach()
-                parts += torch.stack([losses.matching, losses.inner, losses.outer]).detach()
-                if step % 10 == 0 or i + bs >= n:
-                    loss = loss_sum.item() / max(1, (i // bs) + 1)
-                    if not math.isfinite(loss):
-                        raise FsanError(
-                            f"the loss became {loss} at step {step}",
-                            "Lower train.lr or set train.grad_clip, then train again",
-                        )
-                    bar.update(step, epoch=epoch, loss=loss, rate=seen / (time.perf_counter() - t0))
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "loss": loss_sum.item() / steps_per_epoch,
-                **dict(zip(("loss_matching", "loss_inner", "loss_outer"), (parts / steps_per_epoch).tolist(), strict=True)),
-                "samples_per_s": seen / (time.perf_counter() - t0),
-            }
-            if va is not None:
-                record.update(validate(model, features, va, val_q, cfg))
-                score = record["val_miou"]
-            else:
-                score = -record["loss"]
-            improved = score > best["score"]
-            if improved:
-                best = {"score": score, "epoch": epoch}
-                atomic_save(checkpoint_payload(model, cfg, store, vocab, {"epoch": epoch, "val": record}), out_dir / "best.pt")
-            record["best"] = improved
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            bar.epoch_done(record)
-    atomic_save(checkpoint_payload(model, cfg, store, vocab, {"epoch": tc["epochs"]}), out_dir / "last.pt")
-    return {"best_epoch": best["epoch"], "best_val_miou": best["score"], "out": str(out_dir)}
+    tc = run.cfg["train"]
+    n, bs = run.data.tokens.shape[0], tc["batch_size"]
+    steps_per_epoch = math.ceil(n / bs)
+    total = steps_per_epoch * tc["epochs"]
+    watch = FiniteWatch(run)
+    with training_progress(total, enabled=progress and run.dist.main) as bar:
+        while state.epoch <= tc["epochs"]:
+            run.model.train()
+            if state.pos == 0:
+                state.perm = torch.randperm(n, device=run.device, generator=run.gen)
+                state.sums, state.seen, state.elapsed = torch.zeros(4, device=run.device), 0, 0.0
+            t0 = time.perf_counter()
+            while state.pos < n:
+                idx = state.perm[state.pos : state.pos + bs]
+                neg = torch.randint(0, n, idx.shape, device=run.device, generator=run.gen)
+                total_loss = one_step(run, state, idx, neg, total)
+                state.pos += idx.numel()
+                state.step += 1
+                state.seen += idx.numel()
+                watch.add(state, idx, total_loss)
+                if state.step % 10 == 0 or state.pos >= n:
+                    watch.check(state)
+                    rate = state.seen / (state.elapsed + time.perf_counter() - t0)
+                    loss = state.sums[0].item() / math.ceil(state.pos / bs)
+                    bar.update(state.step, epoch=state.epoch, loss=loss, rate=rate)
+                if every and state.step % every == 0 and state.pos < n:
+                    watch.check(state)
+                    state.elapsed += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    save_last(run, state)
+            state.elapsed += time.perf_counter() - t0
+            bar.epoch_done(end_epoch(run, state, steps_per_epoch))
+
+
+def one_step(run: Run, state: LoopState, idx: torch.Tensor, neg: torch.Tensor, total: int) -> torch.Tensor:
+    """One optimizer step on this rank's share of the global batch `idx`; returns the loss."""
+    tc = run.cfg["train"]
+    for g in run.opt.param_groups:
+        g["lr"] = lr_at(state.step, total, tc)
+    sap_scale = sap_schedule(state.step, total, tc)
+    mine, neg_mine, weight = run.dist.shard(idx, neg)
+    d = run.data
+    losses = training_step(run.model, d.features, d.tokens, d.vids, mine, neg_mine, run.device,
+                           sap_scale=sap_scale, runner=run.runner)
+    run.opt.zero_grad(set_to_none=True)
+    # DDP averages gradients over ranks; weighted so they are the global batch's mean
+    (losses.total * (weight * run.dist.world)).backward()
+    if tc["grad_clip"] > 0:
+        params = [p for p in run.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
+    run.opt.step()
+    parts = torch.stack([losses.total, losses.matching, losses.inner, losses.outer]).detach()
+    state.sums += parts * weight
+    return losses.total.detach()
+
+
+class FiniteWatch:
+    """Notices a non-finite loss without a device sync per step: keeps the recent steps'
+    batches and flags, and looks at them every few steps and before every save."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.recent: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, state: LoopState, idx: torch.Tensor, total: torch.Tensor) -> None:
+        self.recent.append((state.step, state.epoch, idx, torch.isfinite(total)))
+
+    def check(self, state: LoopState) -> None:
+        if not self.recent:
+            return
+        flags = self.run.dist.all_min(torch.stack([f for *_, f in self.recent]).int())
+        recent, self.recent = self.recent, []
+        bad = (flags == 0).nonzero()
+        if len(bad):
+            step, epoch, idx, _ = recent[int(bad[0, 0])]
+            raise self.error(step, epoch, idx, state)
+
+    def error(self, step: int, epoch: int, idx: torch.Tensor, state: LoopState) -> FsanError:
+        videos = self.run.store.videos
+        names = list(dict.fromkeys(videos[r]["video"] for r in self.run.data.vids[idx].tolist()))
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        last = self.run.out_dir / "last.pt"
+        kept = (f"the last good checkpoint, {last} (step {state.saved_step}), is kept"
+                if state.saved_step is not None else "no checkpoint had been saved yet")
+        return FsanError(
+            f"the loss became non-finite at step {step} (epoch {epoch}; videos in the batch: "
+            f"{shown}); {kept}",
+            "Lower train.lr or set train.grad_clip, then train again",
+        )
+
+
+def end_epoch(run: Run, state: LoopState, steps_per_epoch: int) -> dict[str, Any]:
+    """Log the epoch, validate and save best.pt (rank 0), save last.pt; returns the record."""
+    sums = (run.dist.all_sum(state.sums) / steps_per_epoch).tolist()
+    record: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "loss": sums[0]}
+    record.update(zip(("loss_matching", "loss_inner", "loss_outer"), sums[1:], strict=True))
+    record["samples_per_s"] = state.seen / max(state.elapsed, 1e-9)
+    if run.dist.main:
+        if run.data.val is not None:
+            record.update(validate(run.model, run.data.features, run.data.val, run.data.val_queries, run.cfg))
+            score = record["val_miou"]
+        else:
+            score = -record["loss"]
+        record["best"] = score > state.best["score"]
+        if record["best"]:
+            state.best = {"score": score, "epoch": state.epoch}
+            payload = checkpoint_payload(run.model, run.cfg, run.store, run.store.vocab,
+                                         {"epoch": state.epoch, "val": record})
+            atomic_save(payload, run.out_dir / "best.pt")
+        state.log.append(record)
+        text = "".join(json.dumps(r) + "\n" for r in state.log)
+        atomic_write_text(run.out_dir / "metrics.jsonl", text)
+    state.epoch, state.pos, state.perm = state.epoch + 1, 0, None
+    save_last(run, state)
+    return record
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def save_last(run: Run, state: LoopState) -> None:
+    """last.pt: a full checkpoint plus everything `--resume` needs to continue bit for bit."""
+    step = state.step
+    if run.dist.main:
+        resume = {
+            "step": step, "epoch": state.epoch, "pos": state.pos, "seen": state.seen,
+            "elapsed": state.elapsed, "best": state.best, "log": state.log,
+            "perm": None if state.perm is None else state.perm.cpu(),
+            "sums": None if state.sums is None else state.sums.cpu(),
+            "optimizer": run.opt.state_dict(),
+            "generator": run.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+            "numpy_rng": np.random.get_state(),
+            "world": run.dist.world,
+        }
+        extra = {"epoch": state.epoch - 1, "step": step, "resume": resume}
+        atomic_save(checkpoint_payload(run.model, run.cfg, run.store, run.store.vocab, extra),
+                    run.out_dir / "last.pt")
+    run.dist.barrier()
+    state.saved_step = step
+
+
+def restore_run(path: Path, model: FSAN, opt, gen, cfg: Config, store: Store, device, dist) -> LoopState:
+    """Load last.pt into the model, optimizer and RNGs; the loop state to continue from."""
+    model_, ckpt = load_checkpoint(path, "cpu")
+    r = ckpt.get("resume")
+    if r is None:
+        raise FsanError(f"{path} holds no training state", "Train again with --overwrite")
+    check_compatible(ckpt, store)
+    if ckpt["vocab"] != store.vocab:
+        raise FsanError(
+            f"the vocabulary of {path} differs from the data at {store.path}",
+            "Resume with the data the run was trained on, or train again",
+        )
+    changed = [f"{s}.{k}" for s, vals in ckpt["settings"].items() for k, v in vals.items()
+               if cfg.get(s, {}).get(k, v) != v]
+    if changed:
+        raise FsanError(
+            f"the run's config.toml differs from {path} in {', '.join(changed[:5])}",
+            "Undo the edit, or train a new run with those settings",
+        )
+    model.load_state_dict(model_.state_dict())
+    opt.load_state_dict(r["optimizer"])
+    gen.set_state(r["generator"])
+    torch.set_rng_state(r["torch_rng"])
+    if r["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(r["cuda_rng"], device)
+    np.random.set_state(r["numpy_rng"])
+    if dist.world > 1:  # other ranks' dropout states are not saved: reseed all of them
+        torch.manual_seed(cfg["train"]["seed"] + dist.rank + r["step"])
+    to = partial(torch.Tensor.to, device=device)
+    return LoopState(
+        epoch=r["epoch"], pos=r["pos"], step=r["step"], seen=r["seen"], elapsed=r["elapsed"],
+        perm=None if r["perm"] is None else to(r["perm"]),
+        sums=None if r["sums"] is None else to(r["sums"]),
+        best=r["best"], log=r["log"], saved_step=r["step"],
+    )
+
+
+def read_run(out_dir: Path) -> tuple[dict[str, Any], Path]:
+    """(run.json, config.toml path) of a run folder to resume; errors name what is missing."""
+    out_dir = Path(out_dir)
+    info_path, cfg_path = out_dir / RUN_INFO, out_dir / "config.toml"
+    if not out_dir.is_dir():
+        raise FsanError(f"run folder {out_dir} does not exist", "Pass --resume with a folder `fsan train` wrote")
+    if not info_path.is_file() or not cfg_path.is_file():
+        raise FsanError(
+            f"{out_dir} is not a resumable run folder (no {RUN_INFO} or config.toml)",
+            "Pass --resume with a folder `fsan train` wrote",
+        )
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or "dataset" not in info:
+            raise ValueError("no dataset")
+    except (ValueError, OSError):
+        raise FsanError(f"{info_path} is damaged", "Train again with --overwrite") from None
+    return info, cfg_path
 
 
 def make_optimizer(model: FSAN, tc: dict, device: torch.device) -> torch.optim.Optimizer:
@@ -437,26 +795,6 @@ def make_optimizer(model: FSAN, tc: dict, device: torch.device) -> torch.optim.O
     params = [p for p in model.parameters() if p.requires_grad]
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"], **extra)
-
-
-def training_step(
-    model, features, tokens, vids, idx, neg, device, autocast: bool | None = None, sap_scale: float = 1.0
-):
-    """Positive pass (V, S) and negative pass (V, S^-) of one batch, and the losses (eq. 13).
-
-    idx, neg (B,): query rows of the batch and of its negative captions, drawn on the device;
-    a negative that happens to describe the same video is left out of L^t.
-    """
-    video = features[vids[idx]].float()  # (B, Nv, D)
-    pos_tok, neg_tok = tokens[idx], tokens[neg]
-    neg_ok = vids[neg] != vids[idx]
-    use_bf16 = device.type == "cuda" if autocast is None else autocast
-    core = model.module if hasattr(model, "module") else model
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        pos = model(video, pos_tok)
-        neg_out = model(video, neg_tok, negative_token_mask(pos_tok, neg_tok))
-        neg_video = model(features[vids[neg]].float(), pos_tok) if core.cfg.negative_video else None
-    return fsan_losses(core, pos, neg_out, neg_ok, neg_video, sap_scale)
 
 
 def validate(model: FSAN, features: torch.Tensor, data: SplitTensors, queries: list[Query], cfg: Config) -> dict[str, float]:

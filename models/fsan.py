@@ -47,6 +47,10 @@ class FSANConfig:
     # eq. 7 takes a hard max over segments; match_tau > 0 uses tau * logsumexp(SC / tau), a
     # smooth max whose gradient reaches every good segment, not only the argmax
     match_tau: float = 0.0
+    # what S(V, S) of eq. 6-7 reads: "sc" = the best SC (paper) | "inner" = the absolute mean
+    # response of all tokens (raw P) inside the best-SC segment, so a caption must align
+    # *positively* with its moment; a centred SC alone cannot tell a moment from its complement
+    match_score: str = "sc"
     # also contrast the caption on another video, (V^-, S), beside (V, S^-) of eq. 6
     negative_video: bool = False
     w_matching: float = 1 / 3  # lambda_1..3 of eq. 13
@@ -192,6 +196,14 @@ def segment_geometry(nv: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return length > 0, length
 
 
+def segment_inner_mean(p: Tensor, token_mask: Tensor) -> Tensor:
+    """First term of eq. 8: mean of P over real tokens and the clips of [s, e], (B, Nv, Nv)."""
+    _, length = segment_geometry(p.shape[-1], p.device)
+    tm = token_mask.to(p.dtype)
+    col = (p * tm[:, :, None]).sum(1)  # (B, Nv)
+    return segment_sums(col) / (tm.sum(1).clamp_min(1)[:, None, None] * length.clamp_min(1))
+
+
 def segment_scores(p: Tensor, token_mask: Tensor) -> Tensor:
     """SC_{s,e} of eq. 8 for all segments at once: (B, Ns, Nv) -> (B, Nv, Nv).
 
@@ -200,10 +212,7 @@ def segment_scores(p: Tensor, token_mask: Tensor) -> Tensor:
     """
     nv = p.shape[-1]
     valid, length = segment_geometry(nv, p.device)
-    tm = token_mask.to(p.dtype)
-    n_tok = tm.sum(1).clamp_min(1)  # (B,)
-    col = (p * tm[:, :, None]).sum(1)  # (B, Nv)
-    inner = segment_sums(col) / (n_tok[:, None, None] * length.clamp_min(1))
+    inner = segment_inner_mean(p, token_mask)
     weakest = masked_token_min(p, token_mask)  # (B, Nv)
     outside = weakest.sum(-1)[:, None, None] - segment_sums(weakest)
     n_out = nv - length
@@ -343,12 +352,23 @@ class Losses(NamedTuple):
     outer: Tensor
 
 
-def matching_score(sc: Tensor, tau: float = 0.0) -> Tensor:
-    """S(V, S) of eq. 7: the best segment's score, (B, Nv, Nv) -> (B,); smooth when tau > 0."""
-    flat = sc.flatten(1)
-    if tau > 0:
-        return tau * torch.logsumexp(flat / tau, -1)
-    return flat.amax(-1)
+def matching_score(out: FSANOutput, cfg: FSANConfig) -> Tensor:
+    """S(V, S) of eq. 7, (B,): the best segment's SC (hard max, or tau * logsumexp when
+    match_tau > 0); with match_score="inner", the raw inner mean of P at that segment (soft:
+    weighted by softmax(SC / match_tau))."""
+    flat = out.segment_scores.flatten(1)
+    if cfg.match_score == "sc":
+        if cfg.match_tau > 0:
+            return cfg.match_tau * torch.logsumexp(flat / cfg.match_tau, -1)
+        return flat.amax(-1)
+    if cfg.match_score != "inner":
+        raise ValueError(f"unknown match_score {cfg.match_score!r}")
+    inner = segment_inner_mean(out.alignment_map, out.token_mask).flatten(1)
+    if cfg.match_tau > 0:
+        w = torch.softmax(flat / cfg.match_tau, -1)
+    else:
+        w = F.one_hot(flat.argmax(-1), flat.shape[-1]).to(inner.dtype)
+    return (w * inner).sum(-1)
 
 
 def negative_token_mask(pos_tokens: Tensor, neg_tokens: Tensor) -> Tensor:
@@ -373,10 +393,10 @@ def fsan_losses(
     neg_video is the optional pass (V^-, S); sap_scale ramps the SAP losses in (0..1).
     """
     cfg = model.cfg
-    s_pos = matching_score(pos.segment_scores, cfg.match_tau)
-    gap = F.relu(cfg.margin - s_pos + matching_score(neg.segment_scores, cfg.match_tau))
+    s_pos = matching_score(pos, cfg)
+    gap = F.relu(cfg.margin - s_pos + matching_score(neg, cfg))
     if neg_video is not None:
-        gap = gap + F.relu(cfg.margin - s_pos + matching_score(neg_video.segment_scores, cfg.match_tau))
+        gap = gap + F.relu(cfg.margin - s_pos + matching_score(neg_video, cfg))
     okf = neg_ok.float()
     l_t = (gap * okf).sum() / okf.sum().clamp_min(1)  # eq. 6
     zero = l_t.new_zeros(())

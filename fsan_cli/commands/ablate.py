@@ -1,11 +1,77 @@
-"""`fsan ablate`: not built yet (it answers with a clear error, never fake output)."""
+"""`fsan ablate`: train and score the paper's Table 4 variants (and the design ones) in one go."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from fsan_cli.errors import FsanError, handle_errors
+from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, SetOpt
 
 
 @handle_errors
-def ablate() -> None:
-    """Not available yet in this version of fsan."""
-    raise FsanError("`fsan ablate` is not available yet in this version", "See README.md for what is")
+def ablate(
+    dataset: DatasetOpt = "synthetic",
+    data_dir: DataDirOpt = Path("data"),
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder of the runs (default runs/ablate-<dataset>).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Shortcut for --set train.epochs=N.")] = None,
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=1, help="Runs per variant (seeds train.seed + 0..N-1).")
+    ] = 1,
+    variants: Annotated[
+        str,
+        typer.Option("--variants", help="Comma list of variants or groups: table4 (default), design, all."),
+    ] = "table4",
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows.")] = False,
+    csv_: Annotated[bool, typer.Option("--csv", help="Print CSV rows.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start over: retrain even finished variants.")
+    ] = False,
+) -> None:
+    """Train and test the full model and the ablations of the paper's Table 4.
+
+    Every variant trains with `fsan train`'s engine into OUT/<variant>[-seed<k>]/ and is scored on
+    the test split. An interrupted run resumes: finished variants (with results.json) are skipped.
+    """
+    from fsan_cli import ablation
+    from fsan_cli.commands.train import open_store
+    from fsan_cli.device import resolve_device
+    from fsan_cli.output import print_json, stdout_console
+    from fsan_cli.state import STATE
+
+    if json_ and csv_:
+        raise FsanError("--json and --csv both choose what stdout carries", "Pass only one")
+    overrides = [*(set_ or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
+    out = out or Path("runs") / f"ablate-{dataset}"
+    jobs = ablation.plan(dataset, config, overrides, ablation.select_variants(variants), seeds, out)
+    base = jobs[0].cfg
+    store = open_store(dataset, data_dir, base["data"]["clips"])
+    ablation.check_models(jobs, store)
+    device = resolve_device(STATE.device)
+    ablation.open_out(out, dataset, jobs, overwrite)
+    try:
+        ablation.run(jobs, store, dataset, device)
+    except KeyboardInterrupt:
+        print(f"Error: interrupted. Finished variants are kept in {out}; run the same command "
+              "again to resume.", file=sys.stderr)
+        raise typer.Exit(130) from None
+    rows = [*ablation.paper_rows(dataset), *ablation.variant_rows(jobs, dataset),
+            *ablation.baseline_rows(store, dataset, base["train"]["seed"], base["eval"]["top_k"])]
+    if json_:
+        print_json(rows)
+    elif csv_:
+        ablation.write_csv(dataset, rows)
+    else:
+        text = ablation.caption(dataset, jobs, rows, len(store.split("test")))
+        stdout_console().print(ablation.render_table(dataset, rows, text))
+    failed = [j.title for j in jobs if j.error and j.same_as is None]
+    if failed:
+        raise FsanError(f"{len(failed)} runs failed: {', '.join(failed)}",
+                        "See the warnings above; fix the settings and run again (finished ones are skipped)")

@@ -1,0 +1,475 @@
+"""Ablations (paper Table 4, §4.4) and this project's design decisions (DESIGN.md), as variants.
+
+A variant is a list of `--set` overrides applied after the dataset preset, `--config` and the
+user's `--set`, so it composes with whatever the defaults are. Each (variant, seed) trains with
+the same engine as `fsan train` into its own run folder `<out>/<variant>[-seed<k>]/`; its best.pt
+(chosen on val) is then scored on the test split and `results.json` is written atomically. A
+folder with results.json is finished: a later `fsan ablate` skips it (after checking its settings
+are the ones asked for); a folder without one is trained again from scratch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from fsan_cli.config import Config, load_config, to_toml
+from fsan_cli.data.store import Store
+from fsan_cli.errors import FsanError
+from fsan_cli.metrics import check_annotated, metric_keys, score
+from fsan_cli.output import fmt, log, warn
+from fsan_cli.report import DATASET_NAMES, PAPER_TABLE4, column_header
+
+MANIFEST = "ablation.json"
+MANIFEST_FORMAT = "fsan-ablation"
+RESULTS = "results.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    overrides: tuple[str, ...]
+    group: str  # "table4" (the paper's Table 4) or "design" (DESIGN.md decisions)
+    what: str  # what the variant changes, one clause
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("full", "full model", (), "table4", "nothing: the reference"),
+    Variant("no_grounding", "w/o grounding module", ('model.grounding="mlp"',), "table4",
+            "attention pooling on V'' and a 3-layer MLP score every segment instead of eq. 8"),
+    Variant("no_sap_loss", "w/o loss on SAP", ("loss.sap=false",), "table4",
+            "only L^t trains; the inner and outer losses on the alignment map are off"),
+    Variant("no_cross_attention", "w/o cross-modal attention", ("model.cross_attention=false",),
+            "table4", "ICIM keeps only self-attention per modality (no eq. 3-4)"),
+    Variant("no_inner_attention", "w/o inner-modal attention", ("model.inner_attention=false",),
+            "table4", "ICIM keeps only the cross-modal attention"),
+    Variant("weights_raw", "weights: raw SC (paper)", ('align.weights="raw"',), "design",
+            "eq. 10/12 weight segments by raw SC as the paper writes"),
+    Variant("weights_softmax", "weights: softmax(SC/tau)", ('align.weights="softmax"',), "design",
+            "eq. 10/12 weight segments by softmax(SC / tau), detached"),
+    Variant("sc_p", "SC on raw P", ('align.sc_map="p"',), "design", "eq. 8 reads the raw cosine P"),
+    Variant("sc_p_hat", "SC on P^ = (1+P)/2", ('align.sc_map="p_hat"',), "design",
+            "eq. 8 reads P^ = (1 + P) / 2"),
+    Variant("sc_centered", "SC on centred P", ('align.sc_map="centered"',), "design",
+            "eq. 8 reads P minus each token's mean over clips"),
+    Variant("outer_literal", "outer loss: literal sign", ('align.outer="literal"',), "design",
+            "eq. 11 as printed, -log(min P^), which raises the weakest outside response"),
+    Variant("outer_lower", "outer loss: lowers min P^", ('align.outer="lower"',), "design",
+            "eq. 11 as -log(1 - min P^), which lowers the weakest outside response"),
+    Variant("inner_sigmoid_sum", "inner loss: sigmoid of sum (paper)",
+            ('align.inner_form="sigmoid_sum"',), "design", "eq. 9 as printed, -sigmoid(sum P^)"),
+    Variant("inner_log_mean", "inner loss: -log mean P^", ('align.inner_form="log_mean"',),
+            "design", "eq. 9 as -log(mean P^ inside)"),
+)
+BY_NAME = {v.name: v for v in VARIANTS}
+GROUPS = {
+    "table4": [v.name for v in VARIANTS if v.group == "table4"],
+    "design": [v.name for v in VARIANTS if v.group == "design"],
+    "all": [v.name for v in VARIANTS],
+}
+# Table 4's row order: the ablations, then the full model
+TABLE4_ORDER = [name for name, _, _ in PAPER_TABLE4]
+PAPER_METRICS = {name: metrics for name, _, metrics in PAPER_TABLE4}
+
+
+def select_variants(spec: str) -> list[Variant]:
+    """Variants named by a comma list of names and groups (table4, design, all); full is always in."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part in GROUPS:
+            names += GROUPS[part]
+        elif part in BY_NAME:
+            names.append(part)
+        else:
+            raise FsanError(
+                f"unknown variant '{part}'",
+                f"Use a comma list of: {', '.join(GROUPS)} (groups) or {', '.join(BY_NAME)}",
+            )
+    if "full" not in names:
+        log("Adding the full model: every variant is compared with it")
+    chosen = {"full", *names}
+    return [v for v in VARIANTS if v.name in chosen]
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Job:
+    """One (variant, seed) run; `same_as` is an earlier job with identical settings."""
+
+    variant: Variant
+    seed: int
+    folder: Path
+    cfg: Config
+    same_as: Job | None = None
+    result: dict[str, Any] | None = field(default=None, repr=False)
+    error: str | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.variant.name} (seed {self.seed})"
+
+
+def plan(dataset: str, config_file: Path | None, overrides: list[str], variants: list[Variant],
+         seeds: int, out: Path) -> list[Job]:
+    """Resolve every (variant, seed) config; variants whose settings coincide train once."""
+    if seeds < 1:
+        raise FsanError(f"--seeds must be at least 1, got {seeds}", "Pass --seeds 1 or more")
+    base = load_config(dataset, config_file, overrides)
+    for key in ("epochs", "batch_size"):
+        if base["train"][key] < 1:
+            raise FsanError(f"train.{key} must be at least 1, got {base['train'][key]}",
+                            "Pass a positive number")
+    jobs: list[Job] = []
+    seen: dict[str, Job] = {}
+    for variant in variants:
+        for k in range(seeds):
+            seed = base["train"]["seed"] + k
+            cfg = load_config(dataset, config_file,
+                              [*overrides, *variant.overrides, f"train.seed={seed}"])
+            folder = out / (variant.name if seeds == 1 else f"{variant.name}-seed{seed}")
+            job = Job(variant, seed, folder, cfg)
+            key = to_toml(cfg)
+            job.same_as = seen.get(key)
+            seen.setdefault(key, job)
+            jobs.append(job)
+    return jobs
+
+
+def check_models(jobs: list[Job], store: Store) -> None:
+    """Every variant's model settings are valid for the store, before anything trains."""
+    from fsan_cli.engine import check_model_config, model_config
+
+    for job in jobs:
+        mc = model_config(job.cfg, int(store.vectors.shape[1]), store.feature_dim)
+        check_model_config(mc)
+        if mc.clips != store.clips:
+            raise FsanError(
+                f"data.clips={mc.clips} but the data at {store.path} has {store.clips} clips",
+                f"Pass --set data.clips={store.clips}, or prepare again with --clips {mc.clips}",
+            )
+
+
+# ----------------------------------------------------------------------------- the out folder
+
+
+def open_out(out: Path, dataset: str, jobs: list[Job], overwrite: bool) -> None:
+    """Claim `out` for this ablation: a new folder, or one an earlier `fsan ablate` of the same
+    dataset wrote (resumed); --overwrite removes the folders of the planned jobs first."""
+    manifest = out / MANIFEST
+    if out.exists() and not out.is_dir():
+        raise FsanError(f"{out} is a file", "Choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not manifest.is_file():
+            raise FsanError(f"{out} exists and was not written by `fsan ablate`",
+                            "Choose another --out")
+        info = json.loads(manifest.read_text("utf-8"))
+        if info.get("dataset") != dataset:
+            raise FsanError(f"{out} holds an ablation of {info.get('dataset')}, not {dataset}",
+                            "Choose another --out")
+    if overwrite:
+        for job in jobs:
+            if job.folder.exists():
+                shutil.rmtree(job.folder)
+        log(f"--overwrite: starting over in {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(manifest, {"format": MANIFEST_FORMAT, "version": 1, "dataset": dataset})
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def finished_result(job: Job) -> dict[str, Any] | None:
+    """The job's results.json when it is finished with the settings asked for, else None."""
+    path = job.folder / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text("utf-8"))
+        settings = result["settings"]
+    except (ValueError, KeyError, TypeError):
+        log(f"{path} is unreadable; training {job.title} again")
+        return None
+    if settings != job.cfg:
+        diff = [f"{s}.{k}: {settings.get(s, {}).get(k)!r} there, {v!r} now"
+                for s, values in job.cfg.items() for k, v in values.items()
+                if settings.get(s, {}).get(k) != v]
+        raise FsanError(
+            f"{job.folder} was trained with other settings ({'; '.join(diff[:3]) or 'keys differ'})",
+            "Pass --overwrite to start over, or choose another --out",
+        )
+    return result
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool = True,
+        trainer: Callable[..., dict[str, Any]] | None = None) -> None:
+    """Train and score every unfinished job in order; fills job.result (or job.error)."""
+    from fsan_cli import engine
+
+    trainer = trainer or engine.train
+    queries = store.split("test")
+    check_annotated(dataset, queries)  # before hours of training
+    todo = [j for j in jobs if j.same_as is None]
+    for job in jobs:
+        if job.same_as is not None:
+            log(f"{job.title}: the same settings as {job.same_as.title}; not trained again")
+    for i, job in enumerate(todo, 1):
+        job.result = finished_result(job)
+        if job.result is not None:
+            log(f"[{i}/{len(todo)}] skip {job.title}: finished in {job.folder}")
+            continue
+        if job.folder.exists():
+            log(f"[{i}/{len(todo)}] {job.folder} is unfinished; training {job.title} from scratch")
+            shutil.rmtree(job.folder)
+        log(f"[{i}/{len(todo)}] training {job.title}: {job.variant.label} -> {job.folder}")
+        try:
+            job.result = train_and_score(job, store, dataset, queries, device, progress, trainer)
+        except FsanError as exc:  # e.g. a diverging loss: the other variants still run
+            job.error = str(exc)
+            warn(f"{job.title} failed: {exc}")
+    for job in jobs:
+        if job.same_as is not None:
+            job.result, job.error = job.same_as.result, job.same_as.error
+
+
+def train_and_score(job: Job, store: Store, dataset: str, queries: list, device: Any,
+                    progress: bool, trainer: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    from fsan_cli.engine import predict_queries
+
+    t0 = time.perf_counter()
+    summary = trainer(job.cfg, store, job.folder, device, progress=progress)
+    train_s = time.perf_counter() - t0
+    rows = predict_queries(job.folder / "best.pt", store, queries, device, job.cfg["eval"]["top_k"])
+    metrics, _ = score(dataset, queries, rows)
+    result = {
+        "variant": job.variant.name,
+        "label": job.variant.label,
+        "seed": job.seed,
+        "overrides": list(job.variant.overrides),
+        "dataset": dataset,
+        "split": "test",
+        "queries": len(queries),
+        "metrics": {k: round(v, 4) for k, v in metrics.items()},
+        "best_epoch": summary.get("best_epoch"),
+        "best_val_miou": summary.get("best_val_miou"),
+        "train_seconds": round(train_s, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "settings": job.cfg,
+    }
+    write_json(job.folder / RESULTS, result)
+    log(f"  {job.title}: test mIoU {metrics['miou']:.2f} in {result['seconds']:.0f} s")
+    return result
+
+
+# ----------------------------------------------------------------------------- aggregating
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
+
+
+def variant_rows(jobs: list[Job], dataset: str) -> list[dict[str, Any]]:
+    """One row per variant (mean and sample std over seeds), in Table 4's order, design last."""
+    keys = metric_keys(dataset)
+    by_variant: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_variant.setdefault(job.variant.name, []).append(job)
+    order = [n for n in TABLE4_ORDER if n in by_variant] + [
+        n for n in by_variant if n not in TABLE4_ORDER]
+    rows = []
+    for name in order:
+        group = by_variant[name]
+        first = group[0]
+        same = first.same_as.variant.name if first.same_as is not None else None
+        row: dict[str, Any] = {
+            "variant": name, "label": first.variant.label, "source": "this run",
+            "seeds": [j.seed for j in group],
+            "runs": [str((j.same_as or j).folder) for j in group],
+        }
+        done = [j.result for j in group if j.result is not None]
+        for key in keys:
+            if len(done) == len(group):
+                mean, std = _mean_std([r["metrics"][key] for r in done])
+                row[key], row[f"{key}_std"] = round(mean, 4), None if std is None else round(std, 4)
+            else:
+                row[key] = row[f"{key}_std"] = None
+        row["same_as"] = same
+        errors = [j.error for j in group if j.error]
+        row["error"] = errors[0] if errors else None
+        rows.append(row)
+    return rows
+
+
+def baseline_rows(store: Store, dataset: str, seed: int, top_k: int) -> list[dict[str, Any]]:
+    from fsan_cli import baselines
+
+    queries = store.split("test")
+    made = [("random", f"Random baseline (seed {seed})",
+             baselines.random_predictions(queries, top_k, seed, dataset))]
+    if store.splits.get("train"):
+        made.append(("prior", "Prior baseline (on train)",
+                     baselines.prior_predictions(store.splits["train"], queries, top_k, dataset)))
+    rows = []
+    for name, label, preds in made:
+        metrics, _ = score(dataset, queries, preds)
+        rows.append({"variant": name, "label": label, "source": "baseline",
+                     **{k: round(metrics[k], 4) for k in metric_keys(dataset)}})
+    return rows
+
+
+def paper_rows(dataset: str) -> list[dict[str, Any]]:
+    """The paper's Table 4 (ActivityNet-Captions val_2), only beside an ActivityNet ablation."""
+    if dataset != "activitynet":
+        return []
+    return [{"variant": name, "label": label, "source": "paper", **metrics}
+            for name, label, metrics in PAPER_TABLE4]
+
+
+def direction_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per variant: what it changed, its mIoU against the full model, and whether
+    that goes the way of the paper's Table 4."""
+    ours = {r["variant"]: r for r in rows if r["source"] == "this run"}
+    full = ours.get("full")
+    if full is None or full.get("miou") is None:
+        return []
+    notes, same = [], []
+    for name, row in ours.items():
+        if name == "full":
+            continue
+        if row.get("same_as") == "full":
+            same.append(row["label"])
+            continue
+        if row.get("same_as"):
+            notes.append(f"{row['label']}: the same settings as {row['same_as']} here; not trained again.")
+            continue
+        if row.get("miou") is None:
+            notes.append(f"{row['label']}: failed: {row.get('error') or 'no result.'}")
+            continue
+        delta = row["miou"] - full["miou"]
+        text = f"{row['label']}: {BY_NAME[name].what}; mIoU {delta:+.2f} vs the full model"
+        noise = [s for s in (row.get("miou_std"), full.get("miou_std")) if s is not None]
+        if noise and abs(delta) <= math.sqrt(sum(s * s for s in noise)):
+            text += " (within seed noise)"
+        if name in PAPER_METRICS:
+            paper = PAPER_METRICS[name]["miou"] - PAPER_METRICS["full"]["miou"]
+            agree = ("no change" if delta == 0 else
+                     "the paper's direction" if (delta < 0) == (paper < 0) else "opposite to the paper")
+            text += f" (paper {paper:+.2f}): {agree}"
+        notes.append(text + ".")
+    if same:
+        notes.append(f"Same settings as the full model here, so not trained again: {', '.join(same)}.")
+    return notes
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _cell(row: dict[str, Any], key: str, bold: bool) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    text = fmt(float(value))
+    if bold:
+        text = f"[bold]{text}[/bold]"
+    std = row.get(f"{key}_std")
+    return text if std is None else f"{text}\n±{fmt(float(std))}"
+
+
+def _best(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return max(values) if values else None
+
+
+def render_table(dataset: str, rows: list[dict[str, Any]], caption: str) -> Table:
+    """Table 4's layout: the paper's rows (ActivityNet), this run's variants, the baselines;
+    the best value per column is bold within the paper's rows and within this run's variants."""
+    keys = metric_keys(dataset)
+    name = DATASET_NAMES.get(dataset, dataset)
+    table = Table(title=f"{name}: ablations (layout of the paper's Table 4)", caption=caption,
+                  caption_justify="left")
+    table.add_column("Method", justify="left")
+    for key in keys:
+        table.add_column(column_header(key), justify="right", no_wrap=True)
+    blocks = [[r for r in rows if r["source"] == s] for s in ("paper", "this run", "baseline")]
+    for block in (b for b in blocks if b):
+        eligible = block[0]["source"] != "baseline"
+        best = {k: _best(block, k) for k in keys} if eligible else {}
+        for r in block:
+            suffix = {"paper": " (paper)", "this run": "", "baseline": ""}[r["source"]]
+            label = r["label"] + suffix
+            if r.get("same_as"):
+                label += f" (= {r['same_as']})"
+            if r.get("error"):
+                label += " (failed)"
+            cells = [_cell(r, k, eligible and r.get(k) is not None and r[k] == best[k]) for k in keys]
+            table.add_row(escape(label), *cells)
+        table.add_section()
+    return table
+
+
+def caption(dataset: str, jobs: list[Job], rows: list[dict[str, Any]], queries: int) -> str:
+    seeds = sorted({j.seed for j in jobs})
+    lines = [
+        f"Test split, {queries} queries; every run's best.pt chosen on val by mIoU. "
+        + (f"Mean and sample std (±) over seeds {', '.join(map(str, seeds))}."
+           if len(seeds) > 1 else f"One seed ({seeds[0]}).")
+    ]
+    if dataset == "activitynet":
+        lines.append("(paper) rows: the paper's Table 4 on val_2, typed in, not recomputed.")
+    lines.append("Bold: best per column among this run's variants"
+                 + (" and, apart, among the paper's rows." if dataset == "activitynet" else "."))
+    lines += direction_notes(rows)
+    return "\n".join(lines)
+
+
+CSV_FIXED = ["variant", "label", "source", "seeds", "runs"]
+
+
+def csv_header(dataset: str) -> list[str]:
+    keys = metric_keys(dataset)
+    return [*CSV_FIXED, *keys, *(f"{k}_std" for k in keys), "same_as", "error"]
+
+
+def write_csv(dataset: str, rows: list[dict[str, Any]]) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    header = csv_header(dataset)
+    writer.writerow(header)
+    for row in rows:
+        cells = []
+        for key in header:
+            value = row.get(key)
+            if isinstance(value, list):
+                value = " ".join(map(str, value))
+            cells.append("" if value is None else value)
+        writer.writerow(cells)

@@ -1,0 +1,112 @@
+"""Several processes under `torchrun`: DistributedDataParallel with one shard of every global
+batch per rank. One process (the default) makes every helper here a no-op.
+
+Every rank draws the same permutation and negatives from the same seeded generator and takes a
+contiguous share of each global batch (train.batch_size); the loss on each rank is weighted by
+its share, so DDP's gradient average is the gradient of the global batch's mean loss. Only rank
+0 validates, writes files and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from fsan_cli.errors import FsanError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size < self.world:
+            raise FsanError(
+                f"train.batch_size={batch_size} is smaller than the {self.world} processes",
+                f"Pass --batch-size {self.world} or more (it is the global batch)",
+            )
+
+    def shard(self, idx: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This rank's rows of the global batch and its share of the batch (its loss weight)."""
+        if self.world == 1:
+            return idx, neg, 1.0
+        mine = idx.tensor_split(self.world)[self.rank]
+        neg_mine = neg.tensor_split(self.world)[self.rank]
+        if mine.numel() == 0:  # a last batch smaller than the world: take part with weight 0
+            return idx[:1], neg[:1], 0.0
+        return mine, neg_mine, mine.numel() / idx.numel()
+
+    def wrap(self, module: torch.nn.Module, device: torch.device, mc) -> torch.nn.Module:
+        if self.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        unused = mc.grounding == "mlp" or not mc.sap_losses  # some parameters get no gradient
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        import torch.distributed as td
+
+        x = x.clone()
+        td.all_reduce(x, op=td.ReduceOp.SUM)
+        return x
+
+    def all_min(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        import torch.distributed as td
+
+        x = x.clone()
+        td.all_reduce(x, op=td.ReduceOp.MIN)
+        return x
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+
+def launched() -> bool:
+    """True under torchrun (or any launcher that sets WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun set up: NCCL on CUDA (cuda:LOCAL_RANK), gloo on CPU."""
+    if not launched():
+        return Dist(), device
+    import torch.distributed as td
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise FsanError(
+                f"local rank {local} has no GPU ({torch.cuda.device_count()} here)",
+                "Pass --nproc_per_node at most the number of GPUs",
+            )
+        device = torch.device(f"cuda:{local}")
+        torch.cuda.set_device(device)
+    if not td.is_initialized():
+        td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def shutdown() -> None:
+    if launched():
+        import torch.distributed as td
+
+        if td.is_initialized():
+            td.destroy_process_group()

@@ -1,0 +1,212 @@
+"""Interrupted training: the last complete checkpoint survives, and `fsan train --resume`
+continues to the same weights and metrics log as an uninterrupted run (bit for bit on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fsan_cli import engine
+from fsan_cli.app import app
+from fsan_cli.config import load_config
+from fsan_cli.data.store import load_store
+from fsan_cli.data.synthetic import ensure_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8",
+        "train.epochs=2", "train.batch_size=16"]
+CPU = torch.device("cpu")
+EVERY = 3  # a mid-epoch last.pt every 3 steps; 30 videos give 7 steps an epoch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same reductions in every run (and fast on a loaded CPU)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume")
+    ensure_synthetic(root, sizes={"train": 30, "val": 8, "test": 8})
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(data_dir):
+    return load_store(data_dir / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, store) -> Path:
+    """An uninterrupted run."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    engine.train(load_config("synthetic", overrides=TINY), store, out, CPU, progress=False,
+                 checkpoint_every=EVERY)
+    torch.set_num_threads(old)
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    """metrics.jsonl without the one timing field."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "samples_per_s"} for line in lines]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for name in ("last.pt", "best.pt"):
+        sa = torch.load(a / name, weights_only=False)["state_dict"]
+        sb = torch.load(b / name, weights_only=False)["state_dict"]
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    assert metrics(a) == metrics(b)
+    assert len(metrics(a)) == 2
+
+
+def stop_at(monkeypatch, step: int) -> None:
+    """KeyboardInterrupt just before optimizer step `step + 1`."""
+    real = engine.one_step
+
+    def one_step(run, state, *args):
+        if state.step == step:
+            raise KeyboardInterrupt
+        return real(run, state, *args)
+
+    monkeypatch.setattr(engine, "one_step", one_step)
+
+
+@pytest.mark.parametrize("stop", [4, 7, 11], ids=["mid-epoch-1", "epoch-boundary", "mid-epoch-2"])
+def test_resume_equals_uninterrupted(store, reference, tmp_path, monkeypatch, stop):
+    cfg = load_config("synthetic", overrides=TINY)
+    out = tmp_path / "run"
+    stop_at(monkeypatch, stop)
+    with pytest.raises(engine.TrainingInterrupted) as info:
+        engine.train(cfg, store, out, CPU, progress=False, checkpoint_every=EVERY)
+    saved = stop // EVERY * EVERY if stop != 7 else 7  # the epoch end saves too
+    assert (info.value.step, info.value.saved_step) == (stop, saved)
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == saved
+    assert not list(out.glob(".*tmp*"))
+    monkeypatch.undo()
+    engine.train(cfg, store, out, CPU, progress=False, resume=True, checkpoint_every=EVERY)
+    assert_same_run(reference, out)
+
+
+def test_interrupt_before_the_first_checkpoint_keeps_nothing(store, tmp_path, monkeypatch):
+    stop_at(monkeypatch, 1)
+    out = tmp_path / "run"
+    with pytest.raises(engine.TrainingInterrupted) as info:
+        engine.train(load_config("synthetic", overrides=TINY), store, out, CPU, progress=False,
+                     checkpoint_every=EVERY)
+    assert info.value.saved_step is None
+    assert not out.exists()
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    engine.atomic_save({"old": 1}, path)
+
+    def broken(obj, fh):
+        fh.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        engine.atomic_save({"new": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def cli(args: list[str]):
+    return CliRunner().invoke(app, ["--device", "cpu", "-q", "train", *args])
+
+
+def test_cli_ctrl_c_then_resume(data_dir, reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = ["--data-dir", str(data_dir), "--out", str(out), "--no-test"]
+    args += [f"--set={s}" for s in TINY]
+    monkeypatch.setattr(engine, "train", _with_every(engine.train))
+    stop_at(monkeypatch, 8)
+    result = cli(args)
+    assert result.exit_code == 130
+    assert result.stderr == (
+        f"Error: interrupted at step 8; the last checkpoint, {out / 'last.pt'} (step 7), is intact. "
+        f"Continue with: fsan train --resume {out}\n"
+    )
+    monkeypatch.setattr(engine, "one_step", _real_one_step)
+    again = cli(args)  # the folder exists: no silent overwrite
+    assert again.exit_code == 1 and "--resume to continue it" in again.stderr
+    result = cli(["--resume", str(out), "--no-test"])
+    assert result.exit_code == 0, result.stderr
+    assert_same_run(reference, out)
+
+
+_real_one_step = engine.one_step
+
+
+def _with_every(train):
+    def wrapped(*args, **kwargs):
+        kwargs.setdefault("checkpoint_every", EVERY)
+        return train(*args, **kwargs)
+
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--epochs", "3"], "--epochs cannot go with it"),
+        (["--set", "train.lr=1"], "--set cannot go with it"),
+        (["--overwrite"], "--overwrite cannot go with it"),
+    ],
+)
+def test_resume_refuses_new_settings(reference, extra, message):
+    result = cli(["--resume", str(reference), *extra])
+    assert result.exit_code == 1
+    assert message in result.stderr and result.stderr.startswith("Error: ")
+
+
+def test_resume_a_finished_run_changes_nothing(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = (out / "last.pt").read_bytes()
+    result = cli(["--resume", str(out), "--no-test"])
+    assert result.exit_code == 0, result.stderr
+    assert (out / "last.pt").read_bytes() == before
+    assert metrics(out) == metrics(reference)
+
+
+def test_sigterm_keeps_a_loadable_checkpoint(data_dir, reference, tmp_path):
+    """A real process, killed with SIGTERM once it has written a checkpoint: exit 130, the
+    resume line, no traceback, no temporary files."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "fsan_cli", "--device", "cpu", "-q", "train", "--data-dir",
+           str(data_dir), "--out", str(out), "--no-test", *[f"--set={s}" for s in TINY],
+           "--epochs", "200"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 60
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "is intact. Continue with: fsan train --resume" in err
+    assert "Traceback" not in err
+    model, ckpt = engine.load_checkpoint(out / "last.pt")
+    assert ckpt["step"] >= 7 and not list(out.glob(".*tmp*"))

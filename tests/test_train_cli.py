@@ -1,0 +1,88 @@
+"""`fsan train` through the CLI: the run folder, --json, --overwrite, --compile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fsan_cli import engine
+from fsan_cli.app import app
+from fsan_cli.data.synthetic import ensure_synthetic
+
+SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
+                               "model.align_dim=8", "train.epochs=1")]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("traincli")
+    ensure_synthetic(root, sizes={"train": 30, "val": 8, "test": 8})
+    return root
+
+
+def train(*args: str):
+    return CliRunner().invoke(app, ["--device", "cpu", "-q", "train", *args])
+
+
+def test_run_folder_and_json_summary(data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = train("--data-dir", str(data_dir), "--out", str(out), "--no-test", "--json", *SETS)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["best_epoch"] == 1 and summary["steps"] == 2 and summary["out"] == str(out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt", "config.toml", "last.pt", "metrics.jsonl", "run.json"]
+    info = json.loads((out / "run.json").read_text())
+    assert info == {"dataset": "synthetic", "store": str((data_dir / "synthetic").resolve())}
+    _, last = engine.load_checkpoint(out / "last.pt")
+    assert last["resume"]["epoch"] == 2 and last["step"] == 2  # finished: nothing left to run
+
+
+def test_overwrite_replaces_every_file_of_the_old_run(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert train("--data-dir", str(data_dir), "--out", str(out), "--no-test", *SETS).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    result = train("--data-dir", str(data_dir), "--out", str(out), "--no-test", "--overwrite",
+                   *SETS, "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.stderr
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
+
+
+def test_compile_wraps_the_training_pass(data_dir, tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = train("--data-dir", str(data_dir), "--out", str(tmp_path / "r"), "--no-test",
+                   "--compile", *SETS)
+    assert result.exit_code == 0, result.stderr
+    assert compiled == ["TrainingPass"]
+
+
+def test_training_step_keeps_its_signature_for_benchmarks():
+    """benchmarks/train_speed.py calls training_step(model, features, tokens, vids, idx, neg, device)."""
+    from models.fsan import FSAN, FSANConfig
+
+    cfg = FSANConfig(word_dim=4, feature_dim=6, clips=4, hidden=8, layers=1, heads=2, align_dim=4)
+    model = FSAN(cfg, torch.randn(10, 4))
+    features, tokens = torch.randn(3, 4, 6), torch.randint(1, 10, (5, 3))
+    vids, idx = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 2])
+    losses = engine.training_step(model, features, tokens, vids, idx, idx.flip(0), torch.device("cpu"))
+    assert torch.isfinite(losses.total)
+    losses.total.backward()
