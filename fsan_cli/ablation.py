@@ -241,8 +241,9 @@ def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool
     for job in jobs:
         if job.same_as is not None:
             log(f"{job.title}: the same settings as {job.same_as.title}; not trained again")
-    for i, job in enumerate(todo, 1):
+    for job in todo:  # refuses other settings before anything trains
         job.result = finished_result(job)
+    for i, job in enumerate(todo, 1):
         if job.result is not None:
             log(f"[{i}/{len(todo)}] skip {job.title}: finished in {job.folder}")
             continue

@@ -331,7 +331,11 @@ class Grounder:
 
     def encode(self, queries: Sequence[tuple[str, str]]) -> tuple[np.ndarray, list[list[str]]]:
         """Token ids (Q, Ns) zero-padded, and each query's words as read (truncated)."""
-        words = [tokenize(q)[: self.max_tokens] for _, q in queries]
+        full = [tokenize(q) for _, q in queries]
+        words = [ws[: self.max_tokens] for ws in full]
+        for (where, _), ws in zip(queries, full, strict=True):
+            if len(ws) > self.max_tokens:
+                warn(f"{where} has {len(ws)} words; the model reads the first {self.max_tokens}")
         unk = self.word_to_id[UNK]
         for (where, q), ws in zip(queries, words, strict=True):
             if not ws:

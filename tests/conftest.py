@@ -17,6 +17,13 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def pytest_configure(config):
+    # One thread: two threads on a loaded 2-core CI machine made tiny training runs 10-20x slower.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _reset_state():
     from fsan_cli.state import STATE

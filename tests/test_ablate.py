@@ -241,6 +241,7 @@ def test_table4_json_then_resume_with_csv(data_dir, tmp_path):
     assert third.exit_code == 1
     assert "was trained with other settings (train.epochs: 1 there, 2 now)" in third.stderr
     assert third.stderr.rstrip().endswith("Pass --overwrite to start over, or choose another --out.")
+    assert "training" not in third.stderr  # refused before anything trained
 
     fourth = fsan_ablate(data_dir, out)  # all finished: the table alone
     assert fourth.exit_code == 0

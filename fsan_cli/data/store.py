@@ -167,10 +167,16 @@ def write_store(
 ) -> None:
     """Write a store atomically: into a temporary folder, then renamed over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if features.ndim != 3 or features.shape[0] != len(videos):
         raise ValueError(f"features must be (n_videos, clips, dim), got {features.shape}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as exc:
+        raise FsanError(
+            f"cannot write the store at {path} ({exc.strerror or exc})",
+            "Choose another --out or --data-dir that can be written",
+        ) from None
     try:
         manifest = dict(manifest)
         manifest["format_version"] = FORMAT_VERSION
