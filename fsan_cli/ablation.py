@@ -444,7 +444,8 @@ def caption(dataset: str, jobs: list[Job], rows: list[dict[str, Any]], queries: 
     lines = [
         f"Test split, {queries} queries; every run's best.pt chosen on val by mIoU. "
         + (f"Mean and sample std (±) over seeds {', '.join(map(str, seeds))}."
-           if len(seeds) > 1 else f"One seed ({seeds[0]}).")
+           if len(seeds) > 1 else
+           f"One seed ({seeds[0]}): pass --seeds 3 to tell small differences from noise.")
     ]
     if dataset == "activitynet":
         lines.append("(paper) rows: the paper's Table 4 on val_2, typed in, not recomputed.")

@@ -49,5 +49,5 @@ def resolve_device(spec: str, announce: bool = True):
         if device.type == "cuda":
             log(f"Device: {device} ({torch.cuda.get_device_name(device)})")
         else:
-            log(f"Device: cpu ({torch.get_num_threads()} threads)")
+            log("Device: cpu")
     return device

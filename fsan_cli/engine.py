@@ -18,6 +18,7 @@ import torch
 from fsan_cli.config import Config, to_toml
 from fsan_cli.data.store import Query, Store
 from fsan_cli.errors import FsanError
+from fsan_cli.output import log
 from fsan_cli.text import PAD, encode, tokenize
 from models.fsan import FSAN, FSANConfig, fsan_losses, negative_token_mask
 
@@ -523,6 +524,10 @@ def train(
     set_seed(tc["seed"])
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+        if tc.get("threads", 0) > 0:
+            torch.set_num_threads(tc["threads"])
+        if progress:
+            log(f"Training on {torch.get_num_threads()} CPU thread(s)")
     mc = model_config(cfg, int(store.vectors.shape[1]), store.feature_dim)
     check_model_config(mc)
     dist.check_batch(tc["batch_size"])

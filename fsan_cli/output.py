@@ -14,7 +14,9 @@ from rich.table import Table
 
 def stdout_console() -> Console:
     # Created per call so CliRunner's captured stdout is used in tests.
-    return Console(file=sys.stdout, no_color="NO_COLOR" in os.environ, soft_wrap=True)
+    # Not a terminal (a pipe, a file, a test): wide enough for the paper's tables, unless COLUMNS says
+    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+    return Console(file=sys.stdout, no_color="NO_COLOR" in os.environ, soft_wrap=True, width=width)
 
 
 def stderr_console() -> Console:

@@ -80,8 +80,8 @@ DATASET_NAMES = {
     "activitynet": "ActivityNet-Captions",
     "didemo": "DiDeMo",
     "charades": "Charades-STA",
-    "synthetic": "synthetic",
-    "custom": "custom",
+    "synthetic": "Embedded synthetic benchmark",
+    "custom": "Custom dataset",
 }
 
 
@@ -117,7 +117,7 @@ def results_table(
         where = f" (layout of the paper's {TABLE_NAMES[dataset]})" if dataset in TABLE_NAMES else ""
         title = f"{name}{where}"
     table = Table(title=title, caption=caption, caption_justify="left")
-    table.add_column("Method", justify="left")
+    table.add_column("Method", justify="left", no_wrap=True)
     for key in keys:
         table.add_column(column_header(key), justify="right", no_wrap=True)
     paper = PAPER_TABLES.get(dataset, []) if paper_rows else []

@@ -143,6 +143,14 @@ def test_select_variants_groups_and_full_always_in():
         ablation.select_variants("table4,nope")
 
 
+def test_help_names_every_variant():
+    from fsan_cli.commands.ablate import ablate
+
+    text = " ".join(ablate.__doc__.split())
+    for group in ("table4", "design"):
+        assert f"{group} = {', '.join(ablation.GROUPS[group])}" in text
+
+
 def test_plan_trains_identical_settings_once(tmp_path):
     variants = ablation.select_variants("sc_p,sc_p_hat")
     jobs = ablation.plan("synthetic", None, [*TINY, 'align.sc_map="p"'], variants, 2, tmp_path)

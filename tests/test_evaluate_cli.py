@@ -168,8 +168,8 @@ def test_table_has_run_and_both_baselines(data_dir, preds_file):
     assert lines[0].strip() == "synthetic"
     run_line = next(line for line in lines if line.startswith(f"│ predictions ({preds_file})"))
     assert [c.strip() for c in run_line.split("│")[2:-1]] == [f"{v:.2f}" for v in EXPECTED.values()]
-    assert any(line.startswith("│ Random baseline (seed 0)") for line in lines)
-    assert any(line.startswith("│ Prior baseline (on train)") for line in lines)
+    assert any(line.startswith("│ Random (seed 0)") for line in lines)
+    assert any(line.startswith("│ Prior (best fixed segment on train)") for line in lines)
     assert "(paper)" not in r.stdout  # no paper rows for synthetic data
     assert "A hit is IoU >= threshold with any annotated moment" in r.stdout
     assert "NMS behind this run's moments: as in the file; evaluate applies none." in r.stdout
@@ -215,7 +215,7 @@ def test_didemo_table_and_json(data_dir, tmp_path):
     r = run(["--dataset", "didemo", "--predictions", str(path)], data_dir)
     assert r.exit_code == 0, r.output
     assert "│ FSAN (paper)" in r.stdout and "│ fully supervised (paper)" in r.stdout
-    assert "│ Prior baseline (on val)" in r.stdout  # no DiDeMo train split: chosen on val
+    assert "│ Prior (best fixed segment on val)" in r.stdout  # no DiDeMo train split: chosen on val
     assert "Official DiDeMo protocol" in r.stdout
 
 

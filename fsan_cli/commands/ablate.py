@@ -39,6 +39,11 @@ def ablate(
 
     Every variant trains with `fsan train`'s engine into OUT/<variant>[-seed<k>]/ and is scored on
     the test split. An interrupted run resumes: finished variants (with results.json) are skipped.
+
+    Variants: table4 = full, no_grounding, no_sap_loss, no_cross_attention, no_inner_attention
+    (the default); design = weights_raw, weights_softmax, sc_p, sc_p_hat, sc_centered,
+    outer_literal, outer_lower, inner_sigmoid_sum, inner_log_mean (DESIGN.md's decisions, each
+    beside its alternative); all. A variant whose settings equal the full model's trains once.
     """
     from fsan_cli import ablation
     from fsan_cli.commands.train import open_store

@@ -104,6 +104,8 @@ def run_evaluation(dataset: str, store: Store, split: str, checkpoint: Path | No
         table_rows += _baseline_rows(dataset, store, queries, split, top_k, seed, baseline)
         caption = _caption(dataset, split, len(queries), predicted, nms, top_k, seed,
                            _prior_source(store, split))
+        if checkpoint is not None:
+            caption += f"\nCheckpoint: {checkpoint}"
         stdout_console().print(results_table(dataset, table_rows, caption=caption))
     return metrics
 
@@ -140,7 +142,7 @@ def _run_rows(dataset: str, store: Store, queries: list[Query], split: str, chec
 
         log(f"Predicting {len(queries)} queries of {dataset} {split} with {checkpoint}")
         rows = predict_queries(checkpoint, store, queries, resolve_device(STATE.device), top_k)
-        return rows, f"FSAN, this run ({checkpoint})", _row_nms(rows, "the checkpoint's eval.nms")
+        return rows, "FSAN (this run)", _row_nms(rows, "the checkpoint's eval.nms")
     if predictions is not None:
         rows = read_predictions(predictions)
         name = "stdin" if predictions == "-" else predictions
@@ -184,13 +186,13 @@ def _baseline_rows(dataset: str, store: Store, queries: list[Query], split: str,
     out = []
     if skip is not Baseline.random:
         rows = baselines.random_predictions(queries, top_k, seed, dataset)
-        out.append((f"Random baseline (seed {seed})", score(dataset, queries, rows)[0]))
+        out.append((f"Random (seed {seed})", score(dataset, queries, rows)[0]))
     source = _prior_source(store, split)
     if skip is not Baseline.prior and source is None:
         warn("the store has no train split, so the table has no prior row")
     elif skip is not Baseline.prior:
         rows = baselines.prior_predictions(store.splits[source], queries, top_k, dataset)
-        out.append((f"Prior baseline (on {source})", score(dataset, queries, rows)[0]))
+        out.append((f"Prior (best fixed segment on {source})", score(dataset, queries, rows)[0]))
     return out
 
 
