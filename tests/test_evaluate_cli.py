@@ -165,7 +165,7 @@ def test_table_has_run_and_both_baselines(data_dir, preds_file):
     r = run(["--predictions", str(preds_file)], data_dir)
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0].strip() == "synthetic"
+    assert lines[0].strip() == "Embedded synthetic benchmark"
     run_line = next(line for line in lines if line.startswith(f"│ predictions ({preds_file})"))
     assert [c.strip() for c in run_line.split("│")[2:-1]] == [f"{v:.2f}" for v in EXPECTED.values()]
     assert any(line.startswith("│ Random (seed 0)") for line in lines)
