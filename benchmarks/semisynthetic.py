@@ -156,7 +156,7 @@ def main() -> None:
         run = args.work / "runs" / f"{args.dataset}-{args.size}"
         subprocess.run([*fsan, "train", "--dataset", args.dataset, "--data-dir", str(data_dir),
                         "--out", str(run), "--overwrite", *rest], check=True)
-        for split in ("val",):
+        for split in ("val", "test"):
             subprocess.run([*fsan, "evaluate", "--dataset", args.dataset, "--data-dir", str(data_dir),
                             "--split", split, "--checkpoint", str(run / "best.pt")], check=True)
 
