@@ -156,7 +156,8 @@ def main() -> None:
         run = args.work / "runs" / f"{args.dataset}-{args.size}"
         subprocess.run([*fsan, "train", "--dataset", args.dataset, "--data-dir", str(data_dir),
                         "--out", str(run), "--overwrite", *rest], check=True)
-        for split in ("val", "test"):
+        splits = ("val", "test") if args.dataset == "activitynet" else ("test",)  # Charades-STA has no val
+        for split in splits:
             subprocess.run([*fsan, "evaluate", "--dataset", args.dataset, "--data-dir", str(data_dir),
                             "--split", split, "--checkpoint", str(run / "best.pt")], check=True)
 

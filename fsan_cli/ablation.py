@@ -5,7 +5,8 @@ user's `--set`, so it composes with whatever the defaults are. Each (variant, se
 the same engine as `fsan train` into its own run folder `<out>/<variant>[-seed<k>]/`; its best.pt
 (chosen on val) is then scored on the test split and `results.json` is written atomically. A
 folder with results.json is finished: a later `fsan ablate` skips it (after checking its settings
-are the ones asked for); a folder without one is trained again from scratch.
+are the ones asked for); a folder without one resumes from its last.pt when its config.toml
+holds the same settings (the engine's resume), else trains again from scratch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,12 +249,16 @@ def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool
         if job.result is not None:
             log(f"[{i}/{len(todo)}] skip {job.title}: finished in {job.folder}")
             continue
-        if job.folder.exists():
+        resume = job.folder.exists() and same_settings(job)
+        if resume:
+            log(f"[{i}/{len(todo)}] {job.folder} is unfinished; resuming {job.title} from its last checkpoint")
+        elif job.folder.exists():
             log(f"[{i}/{len(todo)}] {job.folder} is unfinished; training {job.title} from scratch")
             shutil.rmtree(job.folder)
         log(f"[{i}/{len(todo)}] training {job.title}: {job.variant.label} -> {job.folder}")
         try:
-            job.result = train_and_score(job, store, dataset, queries, device, progress, trainer)
+            job.result = train_and_score(job, store, dataset, queries, device, progress, trainer,
+                                         resume)
         except FsanError as exc:  # e.g. a diverging loss: the other variants still run
             job.error = str(exc)
             warn(f"{job.title} failed: {exc}")
@@ -261,12 +267,21 @@ def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool
             job.result, job.error = job.same_as.result, job.same_as.error
 
 
+def same_settings(job: Job) -> bool:
+    """Whether an unfinished run folder was started with the job's settings (so it resumes)."""
+    try:
+        return tomllib.loads((job.folder / "config.toml").read_text("utf-8")) == job.cfg
+    except (OSError, ValueError):
+        return False
+
+
 def train_and_score(job: Job, store: Store, dataset: str, queries: list, device: Any,
-                    progress: bool, trainer: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+                    progress: bool, trainer: Callable[..., dict[str, Any]],
+                    resume: bool = False) -> dict[str, Any]:
     from fsan_cli.engine import predict_queries
 
     t0 = time.perf_counter()
-    summary = trainer(job.cfg, store, job.folder, device, progress=progress)
+    summary = trainer(job.cfg, store, job.folder, device, progress=progress, resume=resume)
     train_s = time.perf_counter() - t0
     rows = predict_queries(job.folder / "best.pt", store, queries, device, job.cfg["eval"]["top_k"])
     metrics, _ = score(dataset, queries, rows)

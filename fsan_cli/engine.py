@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fsan_cli.atomic import atomic_write, atomic_write_text
 from fsan_cli.config import Config, to_toml
 from fsan_cli.data.store import Query, Store
 from fsan_cli.errors import FsanError
@@ -215,18 +215,8 @@ def top1_iou(pred: np.ndarray, gt: list[list[list[float]]]) -> np.ndarray:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, fsync, rename: a crash never leaves a half file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save through a temporary file, fsync and rename: a crash never leaves a half file."""
+    atomic_write(path, lambda fh: torch.save(obj, fh), binary=True)
 
 
 def checkpoint_payload(model: FSAN, cfg: Config, store: Store, vocab: list[str], extra: dict) -> dict:
@@ -374,21 +364,6 @@ def sap_schedule(step: int, total: int, tc: dict) -> float:
 def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small text file by temporary file, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass

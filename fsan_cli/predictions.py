@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fsan_cli.atomic import atomic_write
 from fsan_cli.errors import FsanError
 
 FORMAT_HELP = (
@@ -131,14 +130,4 @@ def write_predictions(path: str | Path, rows: Iterable[dict]) -> None:
         raise FsanError(f"{path} is a folder", "Pass a file name for --save-predictions")
     if not path.parent.is_dir():
         raise FsanError(f"folder {path.parent} does not exist", "Create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(_dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fh.writelines(_dumps(row) + "\n" for row in rows))

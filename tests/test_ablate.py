@@ -228,21 +228,29 @@ def test_table4_json_then_resume_with_csv(data_dir, tmp_path):
         assert result["metrics"]["miou"] == next(r["miou"] for r in rows if r["variant"] == name)
         assert (out / name / "best.pt").is_file()
 
-    # an unfinished folder is trained again; finished ones are skipped and left untouched
+    # an unfinished folder resumes (here: at its end), one with other settings restarts;
+    # finished ones are skipped and left untouched
     (out / "no_sap_loss" / "results.json").unlink()
-    kept = {n: (out / n / "results.json").stat().st_mtime_ns for n in TABLE4 if n != "no_sap_loss"}
+    (out / "no_cross_attention" / "results.json").unlink()
+    (out / "no_cross_attention" / "config.toml").write_text("[model]\nhidden = 99\n")
+    redo = ("no_sap_loss", "no_cross_attention")
+    kept = {n: (out / n / "results.json").stat().st_mtime_ns for n in TABLE4 if n not in redo}
     second = fsan_ablate(data_dir, out, "--csv")
     assert second.exit_code == 0, second.stderr
     for name in kept:
         assert f"skip {name} (seed 0): finished in {out / name}" in second.stderr
         assert (out / name / "results.json").stat().st_mtime_ns == kept[name]
-    assert "is unfinished; training no_sap_loss (seed 0) from scratch" in second.stderr
-    assert (out / "no_sap_loss" / "results.json").is_file()
+    assert "is unfinished; resuming no_sap_loss (seed 0) from its last checkpoint" in second.stderr
+    assert "is unfinished; training no_cross_attention (seed 0) from scratch" in second.stderr
+    for name in redo:
+        assert (out / name / "results.json").is_file()
     table = list(csv.reader(io.StringIO(second.stdout)))
     assert table[0] == ["variant", "label", "source", "seeds", "runs", *KEYS,
                         *(f"{k}_std" for k in KEYS), "same_as", "error"]
     assert [r[0] for r in table[1:]] == [*TABLE4, "random", "prior"]
-    assert float(table[5][table[0].index("miou")]) == rows[4]["miou"]  # full, skipped: same numbers
+    miou = table[0].index("miou")
+    assert float(table[5][miou]) == rows[4]["miou"]  # full, skipped: the same numbers
+    assert float(table[2][miou]) == rows[1]["miou"]  # resumed at its end: the same model
 
     # asking for other settings in the same folder is refused, never mixed in silently
     third = fsan_ablate(data_dir, out, "--epochs", "2")
@@ -253,7 +261,7 @@ def test_table4_json_then_resume_with_csv(data_dir, tmp_path):
 
     fourth = fsan_ablate(data_dir, out)  # all finished: the table alone
     assert fourth.exit_code == 0
-    assert "synthetic: ablations (layout of the paper's Table 4)" in fourth.stdout
+    assert "ablations (layout of the paper's Table 4)" in fourth.stdout
     assert "w/o loss on SAP: only L^t trains" in fourth.stdout
     assert "the paper's direction" in fourth.stdout or "opposite to the paper" in fourth.stdout
     assert "training" not in fourth.stderr
@@ -284,13 +292,11 @@ def test_interrupted_run_resumes_and_failures_are_reported(data_dir, tmp_path, m
     real = engine.train
     calls = []
 
-    def interrupt_second(cfg, store, out_dir, device, progress=True):
+    def interrupt_second(cfg, store, out_dir, device, **kw):
         calls.append(out_dir.name)
         if len(calls) == 2:
-            out_dir.mkdir(parents=True)
-            (out_dir / "last.pt").write_text("partial")
-            raise KeyboardInterrupt
-        return real(cfg, store, out_dir, device, progress=progress)
+            raise engine.TrainingInterrupted(out_dir, 1, None)
+        return real(cfg, store, out_dir, device, **kw)
 
     monkeypatch.setattr(engine, "train", interrupt_second)
     result = fsan_ablate(data_dir, out, "--variants", "full,no_sap_loss")
@@ -300,7 +306,7 @@ def test_interrupted_run_resumes_and_failures_are_reported(data_dir, tmp_path, m
     assert (out / "full" / "results.json").is_file()
     assert not (out / "no_sap_loss" / "results.json").exists()
 
-    def fail(cfg, store, out_dir, device, progress=True):
+    def fail(cfg, store, out_dir, device, **kw):
         raise FsanError("the loss became nan at step 1", "Lower train.lr")
 
     monkeypatch.setattr(engine, "train", fail)
