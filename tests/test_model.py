@@ -236,3 +236,14 @@ def test_top_k_nms_matches_loop_reference(thr):
         assert [tuple(x) for x in segs[b].tolist()] == nms_reference(sc[b], 5, thr)
     assert (scores[:, :-1] >= scores[:, 1:]).all() or thr < 1.0
     assert math.isfinite(float(scores.min()))
+
+
+def test_cpu_dropout_keeps_the_expectation_and_drop_rate():
+    from models.fsan import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.1).train()
+    y = drop(torch.ones(200_000))
+    assert abs((y == 0).float().mean().item() - 26 / 256) < 0.005  # p rounded to 26/256
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))

@@ -79,7 +79,8 @@ def train(
         distributed.shutdown()
     if not dist.main:
         return
-    log(f"Trained in {time.perf_counter() - t0:.0f} s; best epoch {summary['best_epoch']} on val; run folder {out}")
+    chosen = "on val" if store.splits.get("val") else "by training loss (the data has no val split)"
+    log(f"Trained in {time.perf_counter() - t0:.0f} s; best epoch {summary['best_epoch']} {chosen}; run folder {out}")
     if no_test:
         if json_:
             print_json(summary)
