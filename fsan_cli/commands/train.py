@@ -58,16 +58,19 @@ def train(
 
     if int(os.environ.get("RANK", "0")) > 0:
         STATE.quiet = True  # under torchrun only rank 0 speaks
+    # options and settings first, then the device, then the data (which may be generated)
     if resume is not None:
         _check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite)
+        device = resolve_device(STATE.device)
         cfg, store, dataset = _resumed(resume, data_dir)
         out = resume
     else:
         cfg = _settings(dataset, config, set_, epochs, batch_size)
         out = out or Path("runs") / f"{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
         _check_out(out, overwrite)
+        device = resolve_device(STATE.device)
         store = open_store(dataset, data_dir, cfg["data"]["clips"])
-    dist, device = distributed.init(resolve_device(STATE.device))
+    dist, device = distributed.init(device)
     t0 = time.perf_counter()
     try:
         with _sigterm_as_interrupt():

@@ -1,0 +1,58 @@
+"""The app itself: every subcommand's help, the global options, exit codes."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from fsan_cli import __version__
+from fsan_cli.app import app
+
+runner = CliRunner()
+COMMANDS = ["prepare", "train", "evaluate", "ground", "ablate"]
+
+
+def test_top_level_help_lists_every_subcommand():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert f"  {name} " in result.stdout
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_subcommand_has_help(name):
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"Usage: fsan {name} [OPTIONS]")
+    assert result.stderr == ""
+
+
+def test_no_arguments_shows_help_with_usage_exit_code():
+    result = runner.invoke(app, [])
+    assert result.exit_code == 2
+    assert "Usage: fsan [OPTIONS] COMMAND [ARGS]..." in result.stdout + result.stderr
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert (result.exit_code, result.stdout) == (0, f"fsan {__version__}\n")
+
+
+@pytest.mark.parametrize("device", ["cuda:9", "tpu"])
+def test_unavailable_device_is_one_error_line_naming_the_devices(device, tmp_path):
+    result = runner.invoke(app, ["--device", device, "train", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert "cpu" in lines[0] and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before any data was generated
+
+
+def test_unknown_setting_suggests_close_matches(tmp_path):
+    result = runner.invoke(app, ["train", "--set", "model.hiden=64", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: unknown setting 'model.hiden' in --set. Did you mean model.hidden or model.heads "
+        "or model.align_dim?"
+    )
