@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from fsan_cli.atomic import atomic_write
 from fsan_cli.config import Config, load_config, to_toml
 from fsan_cli.data.store import Store
 from fsan_cli.errors import FsanError
@@ -193,17 +193,8 @@ def open_out(out: Path, dataset: str, jobs: list[Job], overwrite: bool) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write JSON atomically: a crash never leaves half a file."""
+    atomic_write(path, lambda fh: json.dump(obj, fh, indent=1))
 
 
 def finished_result(job: Job) -> dict[str, Any] | None:

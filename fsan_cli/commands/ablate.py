@@ -57,9 +57,9 @@ def ablate(
     out = out or Path("runs") / f"ablate-{dataset}"
     jobs = ablation.plan(dataset, config, overrides, ablation.select_variants(variants), seeds, out)
     base = jobs[0].cfg
+    device = resolve_device(STATE.device)  # before any data is read or generated
     store = open_store(dataset, data_dir, base["data"]["clips"])
     ablation.check_models(jobs, store)
-    device = resolve_device(STATE.device)
     ablation.open_out(out, dataset, jobs, overwrite)
     try:
         ablation.run(jobs, store, dataset, device)
