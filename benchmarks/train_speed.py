@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--exact-tokens", action="store_true",
+                    help="every query exactly --tokens long (no padding), as the plain reference")
     ap.add_argument("--feature-dim", type=int, default=500)
     ap.add_argument("--word-dim", type=int, default=300)
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on GPU, 5 on CPU)")
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
         features = features.to(torch.bfloat16)
     longest = min(mc.max_tokens, 2 * args.tokens - args.tokens // 2)  # lengths average ~args.tokens
     lengths = torch.randint(args.tokens // 2, longest + 1, (n_queries,), device=device)
+    if args.exact_tokens:
+        longest = args.tokens
+        lengths = torch.full((n_queries,), args.tokens, device=device)
     tokens = torch.randint(2, 5000, (n_queries, longest), device=device)
     tokens = tokens.masked_fill(torch.arange(tokens.shape[1], device=device)[None] >= lengths[:, None], 0)
     vids = torch.randint(0, n_videos, (n_queries,), device=device)

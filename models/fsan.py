@@ -87,7 +87,7 @@ class Dropout(nn.Dropout):
         n = x.numel()
         draws = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
         keep = draws.view(torch.uint8)[:n].view(x.shape) >= t
-        return x * keep * (256.0 / (256 - t))
+        return torch.where(keep, x * (256.0 / (256 - t)), 0.0)
 
 
 class Attention(nn.Module):
