@@ -28,8 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-STOP = set("a an the and or of to in on at with his her their its is are was were be by for from as "
-           "it he she they them this that then while who which into up down out over".split())
+STOP = set(["a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "with", "his", "her", "their", "its", "is", "are", "was", "were", "be", "by", "for", "from", "as", "it", "he", "she", "they", "them", "this", "that", "then", "while", "who", "which", "into", "up", "down", "out", "over"])
 SIZES = {"small": {"train": 1500, "val": 250, "test": 250}, "full": None}
 
 

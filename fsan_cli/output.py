@@ -85,7 +85,13 @@ class _Bar:
         self.enabled = enabled and not STATE.quiet
         self.progress = None
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}"),

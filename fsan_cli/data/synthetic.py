@@ -27,18 +27,10 @@ from fsan_cli.text import build_vocab, load_word_vectors
 
 GENERATOR_VERSION = 3
 
-VERBS = (
-    "opens closes cuts throws catches kicks paints washes cleans pours drinks eats holds lifts "
-    "pushes pulls carries drops folds climbs rides plays fixes builds writes reads cooks "
-    "shakes brushes mixes sweeps"
-).split()
-OBJECTS = (
-    "door window box ball bottle cup plate knife bike car horse guitar piano table chair bed "
-    "book paper phone laptop shirt towel floor wall fence rope boat kite dog cat tree bread "
-    "cake rock drum hat shoe bag"
-).split()
+VERBS = ["opens", "closes", "cuts", "throws", "catches", "kicks", "paints", "washes", "cleans", "pours", "drinks", "eats", "holds", "lifts", "pushes", "pulls", "carries", "drops", "folds", "climbs", "rides", "plays", "fixes", "builds", "writes", "reads", "cooks", "shakes", "brushes", "mixes", "sweeps"]
+OBJECTS = ["door", "window", "box", "ball", "bottle", "cup", "plate", "knife", "bike", "car", "horse", "guitar", "piano", "table", "chair", "bed", "book", "paper", "phone", "laptop", "shirt", "towel", "floor", "wall", "fence", "rope", "boat", "kite", "dog", "cat", "tree", "bread", "cake", "rock", "drum", "hat", "shoe", "bag"]
 SUBJECTS = ("a person", "the man", "a woman", "someone", "the boy", "a girl", "the player")
-DISTRACTORS = "slowly quickly again carefully still also then finally".split()
+DISTRACTORS = ["slowly", "quickly", "again", "carefully", "still", "also", "then", "finally"]
 
 # ActivityNet-Captions train: share (per mille) of pairs by relative length (rows: 0-0.1, ...,
 # 0.9-1.0) and relative start within the room left, start / (1 - length) (columns: 5 bins).
