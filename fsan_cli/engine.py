@@ -199,16 +199,11 @@ def segments_to_seconds(segments: torch.Tensor, duration: torch.Tensor, nv: int)
 
 
 def top1_iou(pred: np.ndarray, gt: list[list[list[float]]]) -> np.ndarray:
-    """IoU of each query's top-1 moment with its best-matching ground-truth moment."""
-    m = max(len(g) for g in gt)
-    gts = np.full((len(gt), m, 2), np.nan)
-    for i, g in enumerate(gt):
-        gts[i, : len(g)] = g
-    p = pred[:, None, :]
-    inter = (np.minimum(p[..., 1], gts[..., 1]) - np.maximum(p[..., 0], gts[..., 0])).clip(0)
-    union = np.maximum(p[..., 1], gts[..., 1]) - np.minimum(p[..., 0], gts[..., 0])
-    ious = inter / np.where(union > 0, union, 1)
-    return np.nan_to_num(ious, nan=-1.0).max(1)
+    """IoU of each query's top-1 moment (Q, 2) with its best-matching ground-truth moment."""
+    from fsan_cli.metrics import iou, pad_ragged
+
+    gts, valid = pad_ragged(gt)  # (Q, M, 2), (Q, M)
+    return np.where(valid, iou(pred[:, None, :], gts), -1.0).max(1)
 
 
 # ----------------------------------------------------------------------------- checkpoints
