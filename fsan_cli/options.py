@@ -12,18 +12,19 @@ DatasetOpt = Annotated[
     typer.Option(
         "--dataset",
         "-d",
+        metavar="NAME",
         help="synthetic (embedded, default), activitynet, didemo, charades or custom.",
     ),
 ]
 DataDirOpt = Annotated[
     Path,
-    typer.Option("--data-dir", envvar="FSAN_DATA_DIR", help="Folder of prepared stores."),
+    typer.Option("--data-dir", envvar="FSAN_DATA_DIR", metavar="DIR", help="Folder of prepared stores."),
 ]
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML file of settings over the dataset's preset.")
+    Path | None, typer.Option("--config", metavar="FILE.toml", help="TOML file of settings over the dataset's preset.")
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override one setting, e.g. --set model.hidden=256 (repeatable)."),
+    typer.Option("--set", metavar="KEY=VALUE", help="Override one setting, e.g. --set model.hidden=256 (repeatable)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]

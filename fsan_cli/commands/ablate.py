@@ -27,7 +27,7 @@ def ablate(
     ] = 1,
     variants: Annotated[
         str,
-        typer.Option("--variants", help="Comma list of variants or groups: table4 (default), design, all."),
+        typer.Option("--variants", metavar="NAMES", help="Comma list of variants or groups: table4 (default), design, all."),
     ] = "table4",
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows.")] = False,
     csv_: Annotated[bool, typer.Option("--csv", help="Print CSV rows.")] = False,

@@ -30,7 +30,7 @@ class Baseline(StrEnum):
 @handle_errors
 def evaluate(
     dataset: Annotated[
-        str, typer.Option("--dataset", help="activitynet, didemo, charades, synthetic or custom.")
+        str, typer.Option("--dataset", metavar="NAME", help="activitynet, didemo, charades, synthetic or custom.")
     ] = "synthetic",
     data_dir: Annotated[
         Path,

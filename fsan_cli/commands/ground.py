@@ -22,7 +22,7 @@ def ground(
         typer.Option("--checkpoint", help="The model (default: the newest best.pt under runs/)."),
     ] = None,
     video_id: Annotated[
-        str | None, typer.Option("--video-id", help="Which video of a multi-video file.")
+        str | None, typer.Option("--video-id", metavar="ID", help="Which video of a multi-video file.")
     ] = None,
     duration: Annotated[
         float | None,
