@@ -54,21 +54,18 @@ class Dist:
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
 
     def all_sum(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
-            return x
-        import torch.distributed as td
-
-        x = x.clone()
-        td.all_reduce(x, op=td.ReduceOp.SUM)
-        return x
+        return self._all_reduce(x, "SUM")
 
     def all_min(self, x: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(x, "MIN")
+
+    def _all_reduce(self, x: torch.Tensor, op: str) -> torch.Tensor:
         if self.world == 1:
             return x
         import torch.distributed as td
 
         x = x.clone()
-        td.all_reduce(x, op=td.ReduceOp.MIN)
+        td.all_reduce(x, op=getattr(td.ReduceOp, op))
         return x
 
     def barrier(self) -> None:

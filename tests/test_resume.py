@@ -28,14 +28,6 @@ CPU = torch.device("cpu")
 EVERY = 3  # a mid-epoch last.pt every 3 steps; 30 videos give 7 steps an epoch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same reductions in every run (and fast on a loaded CPU)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume")

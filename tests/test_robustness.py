@@ -25,14 +25,6 @@ SETS = [f"--set={s}" for s in TINY]
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """Shared, read-only inputs: a tiny synthetic store, a checkpoint trained on it, a video."""

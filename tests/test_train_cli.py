@@ -17,14 +17,6 @@ SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads
                                "model.align_dim=8", "train.epochs=1")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("traincli")
