@@ -17,10 +17,10 @@ from fsan_cli import ablation, engine
 from fsan_cli.app import app
 from fsan_cli.config import load_config, parse_value
 from fsan_cli.data.store import load_store
-from fsan_cli.data.synthetic import ensure_synthetic
 from fsan_cli.errors import FsanError
 from fsan_cli.metrics import metric_keys
 from models.fsan import FSAN
+from tests.conftest import tiny_synthetic
 
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=1"]
 TINY_ARGS = [a for s in TINY for a in ("--set", s)]
@@ -31,7 +31,7 @@ TABLE4 = ["no_grounding", "no_sap_loss", "no_cross_attention", "no_inner_attenti
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    ensure_synthetic(root, sizes={"train": 30, "val": 8, "test": 8})
+    tiny_synthetic(root)
     return root
 
 

@@ -19,7 +19,7 @@ from fsan_cli import engine
 from fsan_cli.app import app
 from fsan_cli.config import load_config
 from fsan_cli.data.store import load_store
-from fsan_cli.data.synthetic import ensure_synthetic
+from tests.conftest import tiny_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8",
@@ -31,7 +31,7 @@ EVERY = 3  # a mid-epoch last.pt every 3 steps; 30 videos give 7 steps an epoch
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume")
-    ensure_synthetic(root, sizes={"train": 30, "val": 8, "test": 8})
+    tiny_synthetic(root)
     return root
 
 

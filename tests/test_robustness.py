@@ -18,7 +18,7 @@ from fsan_cli import engine
 from fsan_cli.app import app
 from fsan_cli.config import load_config
 from fsan_cli.data.store import Query, load_store, write_store
-from fsan_cli.data.synthetic import ensure_synthetic
+from tests.conftest import tiny_synthetic
 
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=1"]
 SETS = [f"--set={s}" for s in TINY]
@@ -29,7 +29,7 @@ CPU = torch.device("cpu")
 def world(tmp_path_factory) -> dict[str, Path]:
     """Shared, read-only inputs: a tiny synthetic store, a checkpoint trained on it, a video."""
     root = tmp_path_factory.mktemp("robust")
-    store = load_store(ensure_synthetic(root / "data", sizes={"train": 30, "val": 8, "test": 8}))
+    store = load_store(tiny_synthetic(root / "data"))
     torch.set_num_threads(1)
     engine.train(load_config("synthetic", overrides=TINY), store, root / "run", CPU, progress=False)
     q = store.split("test")[0]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fsan_cli import engine
 from fsan_cli.app import app
-from fsan_cli.data.synthetic import ensure_synthetic
+from tests.conftest import tiny_synthetic
 
 SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
                                "model.align_dim=8", "train.epochs=1")]
@@ -20,7 +20,7 @@ SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("traincli")
-    ensure_synthetic(root, sizes={"train": 30, "val": 8, "test": 8})
+    tiny_synthetic(root)
     return root
 
 
