@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
 import tomllib
 from importlib import resources
@@ -86,10 +85,6 @@ def load_config(
         key, value = item.split("=", 1)
         _set(cfg, key.strip(), parse_value(value.strip()), "--set")
     return cfg
-
-
-def copy_config(cfg: Config) -> Config:
-    return copy.deepcopy(cfg)
 
 
 def to_toml(cfg: Config) -> str:

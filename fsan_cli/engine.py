@@ -319,11 +319,6 @@ def check_vocabulary(vocab: list[str], queries: list[Query], source: Path | str)
         )
 
 
-def unknown_words(text: str, vocab: list[str]) -> list[str]:
-    known = set(vocab)
-    return [w for w in tokenize(text) if w not in known]
-
-
 # ----------------------------------------------------------------------------- training
 
 RUN_INFO = "run.json"  # which store a run trained on, so `--resume` finds it again
