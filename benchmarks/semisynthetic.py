@@ -131,6 +131,21 @@ def build_charades(src: Path, dst: Path, size: str, args) -> Path:
     return path
 
 
+def build_and_prepare(dataset: str, annotations: Path, work: Path, size: str, dim: int = 128,
+                      rows_per_second: float = 1.0, noise: float = 0.6, seed: int = 7) -> Path:
+    """Write the semi-synthetic files under WORK/DATASET-SIZE and `fsan prepare` them into
+    WORK/data; returns that data folder."""
+    opts = argparse.Namespace(dim=dim, rows_per_second=rows_per_second, noise=noise, seed=seed)
+    dst = work / f"{dataset}-{size}"
+    build = build_activitynet if dataset == "activitynet" else build_charades
+    features = build(annotations, dst, size, opts)
+    data_dir = work / "data"
+    subprocess.run([sys.executable, "-m", "fsan_cli", "prepare", "--dataset", dataset,
+                    "--annotations", str(dst / "annotations"), "--features", str(features),
+                    "--data-dir", str(data_dir), "--overwrite"], check=True)
+    return data_dir
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["activitynet", "charades"], required=True)
@@ -144,13 +159,9 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="then train and evaluate")
     args, rest = ap.parse_known_args()
     rest = [a for a in rest if a != "--"]
-    dst = args.work / f"{args.dataset}-{args.size}"
-    build = build_activitynet if args.dataset == "activitynet" else build_charades
-    features = build(args.annotations, dst, args.size, args)
-    data_dir = args.work / "data"
+    data_dir = build_and_prepare(args.dataset, args.annotations, args.work, args.size, args.dim,
+                                 args.rows_per_second, args.noise, args.seed)
     fsan = [sys.executable, "-m", "fsan_cli"]
-    subprocess.run([*fsan, "prepare", "--dataset", args.dataset, "--annotations", str(dst / "annotations"),
-                    "--features", str(features), "--data-dir", str(data_dir), "--overwrite"], check=True)
     if args.train:
         run = args.work / "runs" / f"{args.dataset}-{args.size}"
         subprocess.run([*fsan, "train", "--dataset", args.dataset, "--data-dir", str(data_dir),

@@ -661,8 +661,8 @@ def end_epoch(run: Run, state: LoopState, steps_per_epoch: int) -> dict[str, Any
         if run.data.val is not None:
             record.update(validate(run.model, run.data.features, run.data.val, run.data.val_queries, run.cfg))
             score = record["val_miou"]
-        else:
-            score = -record["loss"]
+        else:  # no val split: the last epoch (the loss is no guide: the SAP terms join late)
+            score = float(state.epoch)
         record["best"] = score > state.best["score"]
         if record["best"]:
             state.best = {"score": score, "epoch": state.epoch}

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from fsan_cli.errors import FsanError
 from fsan_cli.data.prepare import PrepareOptions, prepare_dataset
 from fsan_cli.data.store import load_store
 
@@ -176,7 +177,8 @@ def test_didemo_full_official_protocol_and_pca(didemo_files, tmp_path):
 
 
 def test_charades_full_clip_convention(shared_data, charades_features, tmp_path):
-    s = _prepare(tmp_path, "charades", shared_data / "charades", charades_features)
+    s = _prepare(tmp_path, "charades", shared_data / "charades", charades_features, val_share=0)
+    assert list(s["splits"]) == ["train", "test", "test_clean"]
     assert s["splits"]["train"]["read"] == 12408 and s["splits"]["test"]["read"] == 3720
     assert s["splits"]["test"]["queries"] == 3720
     assert s["splits"]["test_clean"]["queries"] == 3158
@@ -188,6 +190,31 @@ def test_charades_full_clip_convention(shared_data, charades_features, tmp_path)
     past = [q for q in store.splits["test"] if q.extra["past_end"]]
     assert len(past) == 562 and all(q.times[0][1] == q.duration for q in past)
     assert not any(q.extra["past_end"] for q in store.splits["test_clean"])
+
+
+def test_charades_val_carved_from_train(shared_data, charades_features, tmp_path):
+    """No val split in the files: 10% of the train videos (all their lines) become val, the same
+    ones on every run; test is untouched."""
+    s = _prepare(tmp_path, "charades", shared_data / "charades", charades_features)
+    sp = s["splits"]
+    assert list(sp) == ["train", "val", "test", "test_clean"]
+    assert sp["train"]["read"] + sp["val"]["read"] == 12408
+    assert sp["train"]["queries"] + sp["val"]["queries"] == 12408 - 4
+    videos = sp["train"]["videos"] + sp["val"]["videos"]
+    assert sp["val"]["videos"] == round(0.1 * videos)
+    assert sp["test"]["queries"] == 3720
+    assert any("held out as val" in n for n in s["notes"])
+    store = load_store(tmp_path / "charades")
+    train, val = ({q.video for q in store.splits[k]} for k in ("train", "val"))
+    assert not train & val
+    again = _prepare(tmp_path / "again", "charades", shared_data / "charades", charades_features)
+    assert again["splits"]["val"] == sp["val"]
+    assert {q.video for q in load_store(tmp_path / "again" / "charades").splits["val"]} == val
+
+
+def test_val_share_out_of_range(shared_data, charades_features, tmp_path):
+    with pytest.raises(FsanError, match="--val-share must be in"):
+        _prepare(tmp_path, "charades", shared_data / "charades", charades_features, val_share=1.0)
 
 
 def test_charades_drop_convention(shared_data, charades_features, tmp_path):
@@ -213,5 +240,6 @@ def test_charades_word2vec_vectors(shared_data, charades_features, tmp_path):
         glove=str(shared_data / "charades" / "glove_charades_300d_subset.word2vec.bin"),
         limit_videos=50,
     )
-    assert s["word_vectors"]["dim"] == 300 and s["splits"]["train"]["videos"] == 50
+    sp = s["splits"]
+    assert s["word_vectors"]["dim"] == 300 and sp["train"]["videos"] + sp["val"]["videos"] == 50
     assert load_store(tmp_path / "charades").vectors.shape[1] == 300

@@ -78,6 +78,15 @@ def prepare(
         int | None,
         typer.Option("--limit-videos", metavar="N", help="Only the first N videos of each split."),
     ] = None,
+    val_share: Annotated[
+        float,
+        typer.Option(
+            "--val-share",
+            metavar="FRACTION",
+            help="Share of train videos held out as val when the files have no val split "
+            "(Charades-STA); 0 keeps train whole.",
+        ),
+    ] = 0.1,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing store.")
     ] = False,
@@ -105,6 +114,7 @@ def prepare(
         skip_missing=skip_missing,
         charades_convention=charades_convention.value,
         limit_videos=limit_videos,
+        val_share=val_share,
         overwrite=overwrite,
     )
     summary = prepare_dataset(opts)

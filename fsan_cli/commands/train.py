@@ -82,7 +82,7 @@ def train(
         distributed.shutdown()
     if not dist.main:
         return
-    chosen = "on val" if store.splits.get("val") else "by training loss (the data has no val split)"
+    chosen = "on val" if store.splits.get("val") else "as the last (the data has no val split)"
     log(f"Trained in {time.perf_counter() - t0:.0f} s; best epoch {summary['best_epoch']} {chosen}; run folder {out}")
     if no_test:
         if json_:

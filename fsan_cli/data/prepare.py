@@ -53,6 +53,7 @@ class PrepareOptions:
     skip_missing: bool = False
     charades_convention: str = "clip"
     limit_videos: int | None = None
+    val_share: float = 0.1  # of train videos held out as val when the benchmark has none
     overwrite: bool = False
     progress: bool = True
 
@@ -322,6 +323,11 @@ def _validate(opts: PrepareOptions) -> None:
         raise FsanError(
             f"--limit-videos must be at least 1, got {opts.limit_videos}", "Pass --limit-videos N"
         )
+    if not 0 <= opts.val_share < 1:
+        raise FsanError(
+            f"--val-share must be in [0, 1), got {opts.val_share:g}",
+            "Pass a fraction such as 0.1, or 0 to keep train whole",
+        )
     if opts.charades_convention not in CONVENTIONS:
         raise FsanError(
             f"unknown --charades-convention '{opts.charades_convention}'",
@@ -351,7 +357,35 @@ def _read(opts: PrepareOptions) -> Annotations:
             )
     if opts.limit_videos is not None:
         _limit(ann, opts.limit_videos)
+    if opts.val_share > 0 and "val" not in ann.splits and ann.splits.get("train"):
+        _carve_val(ann, opts.val_share)
     return ann
+
+
+def _carve_val(ann: Annotations, share: float) -> None:
+    """Hold out `share` of the train videos (all their queries) as a val split for model
+    selection, drawn by a fixed seed from the sorted video ids, so the same files give the
+    same split. Benchmarks without a val split (Charades-STA) otherwise invite selecting on test."""
+    train = ann.splits["train"]
+    videos = sorted({q.video for q in train})
+    n = min(len(videos) - 1, max(1, round(share * len(videos))))
+    if n < 1:
+        return
+    held = set(np.random.default_rng(0).permutation(len(videos))[:n].tolist())
+    held_ids = {videos[i] for i in held}
+    val = [q for q in train if q.video in held_ids]
+    ann.splits["train"] = [q for q in train if q.video not in held_ids]
+    order = list(ann.splits)
+    ann.splits["val"] = val
+    at = order.index("train") + 1
+    ann.splits = {k: ann.splits[k] for k in [*order[:at], "val", *order[at:]]}
+    read = ann.read.get("train", len(train))
+    ann.read["val"], ann.read["train"] = len(val), read - len(val)
+    ann.notes.append(
+        f"no val split in the files: {n} of {len(videos)} train videos ({len(val)} queries, "
+        f"{100 * n / len(videos):.0f}%) held out as val for model selection (--val-share {share:g}; "
+        "0 keeps train whole)"
+    )
 
 
 def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
