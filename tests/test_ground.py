@@ -67,7 +67,11 @@ def video(trained, tmp_path) -> Path:
 
 
 def run(args: list[str], input: str | None = None, env: dict | None = None):
+    """`fsan ground ARGS`, in fp32 unless ARGS choose: exact comparisons with evaluate need it
+    (auto is bf16 on CPUs with AMX)."""
     env = {"COLUMNS": "100", **(env or {})}
+    if "--precision" not in args:
+        args = [*args, "--precision", "fp32"]
     return CliRunner().invoke(app, ["--device", "cpu", "ground", *args], input=input, env=env)
 
 
@@ -190,6 +194,33 @@ def test_stdin_batch_equals_one_by_one(trained, video, ckpt):
             row["alignment_map"]["values"], single["alignment_map"]["values"], atol=2e-4
         )
         assert row["alignment_map"]["tokens"] == single["alignment_map"]["tokens"]
+
+
+def test_bf16_close_to_fp32(trained, video, ckpt):
+    """bf16 arithmetic (the default on CUDA and AMX CPUs) keeps the alignment map within bf16's
+    rounding of fp32 and ranks the same moments first for nearly every query."""
+    _, store, _ = trained
+    texts = "\n".join(q.query for q in store.split("test")) + "\n"
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        r = run([str(video), "-", "--checkpoint", str(ckpt), "--json", "--precision", precision], input=texts)
+        assert r.exit_code == 0, r.output
+        assert f"{precision})" in r.stderr  # the log line says which arithmetic ran
+        rows[precision] = json_lines(r.stdout)
+    maps = [np.asarray(r["alignment_map"]["values"]) for r in rows["bf16"]]
+    ref = [np.asarray(r["alignment_map"]["values"]) for r in rows["fp32"]]
+    assert max(np.abs(a - b).max() for a, b in zip(maps, ref, strict=True)) < 0.05
+    assert any(not np.array_equal(a, b) for a, b in zip(maps, ref, strict=True))  # bf16 did run
+    top1 = [a["moments"][0][:2] == b["moments"][0][:2] for a, b in zip(rows["bf16"], rows["fp32"], strict=True)]
+    assert sum(top1) >= 0.8 * len(top1)
+
+
+@pytest.mark.parametrize(("fast", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_follows_the_hardware(monkeypatch, fast, expected):
+    monkeypatch.setattr(grounding, "fast_bf16", lambda device: fast)
+    assert grounding.resolve_precision("auto", torch.device("cpu")) == expected
+    assert grounding.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert grounding.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
 def test_ground_then_evaluate_composes(trained, video, ckpt):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fsan_cli.errors import FsanError, handle_errors
+
+
+class Precision(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 @handle_errors
@@ -35,6 +42,14 @@ def ground(
             "--json", help="One JSON line per query (predictions format + alignment_map)."
         ),
     ] = False,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            "--precision",
+            help="Model arithmetic. auto: bf16 on CUDA and on CPUs with AMX (about 4x faster; "
+            "moments can differ slightly), else fp32. fp32 matches `fsan evaluate` exactly.",
+        ),
+    ] = Precision.auto,
     plot: Annotated[
         Path | None,
         typer.Option("--plot", metavar="FILE.png", help="Also save the figure (needs matplotlib)."),
@@ -66,7 +81,7 @@ def ground(
     if checkpoint is None:
         checkpoint = g.find_checkpoint()
         log(f"Checkpoint: {checkpoint} (the newest under {g.RUNS}/; --checkpoint picks another)")
-    grounder = g.Grounder(checkpoint, resolve_device(STATE.device))
+    grounder = g.Grounder(checkpoint, resolve_device(STATE.device), precision.value)
     seconds = g.resolve_duration(clip, duration, grounder.dataset)
     results = g.ground_video(grounder, clip, seconds, asked, top_k)
     if as_json:
