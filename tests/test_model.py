@@ -247,3 +247,44 @@ def test_cpu_dropout_keeps_the_expectation_and_drop_rate():
     assert abs((y == 0).float().mean().item() - 26 / 256) < 0.005  # p rounded to 26/256
     assert abs(y.mean().item() - 1.0) < 0.01
     assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
+
+
+def test_cpu_dropout_residual_is_x_plus_dropout():
+    """residual(x, fx) = x + dropout(fx) with the same mask draw: compare against forward on
+    the same random state, and check its gradient is the mask times the scale."""
+    from models.fsan import Dropout
+
+    drop = Dropout(0.25).train()
+    x, fx = torch.randn(4, 7, 16), torch.randn(4, 7, 16, requires_grad=True)
+    torch.manual_seed(3)
+    out = drop.residual(x, fx)
+    torch.manual_seed(3)
+    ref = x + drop(fx.detach())
+    assert torch.allclose(out, ref, atol=1e-6)
+    out.sum().backward()
+    kept = ref != x
+    assert torch.allclose(fx.grad[kept], torch.full_like(fx.grad[kept], 256 / (256 - 64)))
+    assert (fx.grad[~kept] == 0).all()
+    assert torch.equal(drop.eval().residual(x, fx), x + fx)
+
+
+def test_cpu_dropout_attention_matches_sdpa():
+    """The CPU training path (explicit softmax + byte-mask dropout) equals scaled_dot_product_
+    attention when nothing is dropped, masks padded keys the same way, and drops about p of
+    the attention weights otherwise."""
+    from models.fsan import Attention
+
+    torch.manual_seed(0)
+    att = Attention(16, 2, 0.1, self_attention=False).train()
+    q, k, v = (torch.randn(3, 2, 5, 8) for _ in range(3))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)[:, None, None, :]
+    k, v = k[:, :, :4], v[:, :, :4]
+    att.drop.p = 0.0  # the path itself, exactly
+    att.drop.cheap = lambda x: False
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(att._cpu_dropout_attention(q, k, v, mask), ref, atol=1e-5)
+    att.drop = type(att.drop)(0.5).train()
+    ones = torch.ones(2000, 1, 1, 1)  # attention weights all 1 / Nk: each output = mean kept
+    out = att._cpu_dropout_attention(torch.zeros(2000, 1, 1, 4), torch.zeros(2000, 1, 4, 4), ones.expand(-1, 1, 4, 1), None)
+    assert abs((out == 0).float().mean().item() - 0.5**4) < 0.02  # all four weights dropped
+    assert abs(out.mean().item() - 1.0) < 0.05  # expectation kept
