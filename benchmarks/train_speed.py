@@ -21,7 +21,7 @@ import torch
 
 from fsan_cli.config import load_config
 from fsan_cli.device import resolve_device
-from fsan_cli.engine import make_optimizer, model_config, training_step
+from fsan_cli.engine import TrainingPass, make_optimizer, model_config, training_step
 from models.fsan import FSAN
 
 ACTIVITYNET_PAIRS = 37_421
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on GPU, 5 on CPU)")
     ap.add_argument("--precision", choices=["bf16", "tf32", "fp32"], default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -69,13 +71,15 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = torch.randint(2, 5000, (n_queries, longest), device=device)
     tokens = tokens.masked_fill(torch.arange(tokens.shape[1], device=device)[None] >= lengths[:, None], 0)
     vids = torch.randint(0, n_videos, (n_queries,), device=device)
-    step_model = torch.compile(model) if args.compile else model
     autocast = precision == "bf16" and device.type == "cuda"
+    runner = TrainingPass(model, autocast)  # what `fsan train` runs (and compiles) per step
+    if args.compile:
+        runner = torch.compile(runner, mode=args.compile_mode)
 
     def step() -> None:
         idx = torch.randint(0, n_queries, (b,), device=device)
         neg = torch.randint(0, n_queries, (b,), device=device)
-        losses = training_step(step_model, features, tokens, vids, idx, neg, device, autocast=autocast)
+        losses = training_step(model, features, tokens, vids, idx, neg, device, runner=runner)
         opt.zero_grad(set_to_none=True)
         losses.total.backward()
         opt.step()
@@ -84,9 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    t_warm = time.perf_counter()
     for _ in range(3 if device.type == "cpu" else 10):  # warm-up (and compilation)
         step()
     sync()
+    warmup_s = time.perf_counter() - t_warm
     flops = None
     try:
         from torch.utils.flop_counter import FlopCounterMode
@@ -110,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
         "gflop_per_sample": round(flops / 1e9, 2) if flops else None,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "precision": precision,
-        "compile": args.compile,
+        "compile": args.compile_mode if args.compile else False,
+        "warmup_s": round(warmup_s, 1),
         "batch_size": b,
         "clips": nv,
         "hidden": mc.hidden,

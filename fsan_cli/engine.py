@@ -321,6 +321,7 @@ def check_vocabulary(vocab: list[str], queries: list[Query], source: Path | str)
 
 # ----------------------------------------------------------------------------- training
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 RUN_INFO = "run.json"  # which store a run trained on, so `--resume` finds it again
 RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt", RUN_INFO)
 
@@ -486,6 +487,9 @@ def train(
 
     dist = dist or Dist()
     tc = cfg["train"]
+    if compile and tc.get("compile_mode", "default") not in COMPILE_MODES:
+        raise FsanError(f"unknown train.compile_mode '{tc['compile_mode']}'",
+                        f"Use one of: {', '.join(COMPILE_MODES)}")
     set_seed(tc["seed"])
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -510,7 +514,7 @@ def train(
         torch.manual_seed(tc["seed"] + dist.rank)  # dropout masks differ between ranks
     runner = dist.wrap(TrainingPass(model, device.type == "cuda"), device, mc)
     if compile:
-        runner = torch.compile(runner)
+        runner = torch.compile(runner, mode=tc.get("compile_mode", "default"))
     run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist)
     if checkpoint_every is None:
         checkpoint_every = int(tc.get("checkpoint_every", 0))

@@ -56,15 +56,18 @@ def test_overwrite_replaces_every_file_of_the_old_run(data_dir, tmp_path):
 def test_compile_wraps_the_training_pass(data_dir, tmp_path, monkeypatch):
     compiled = []
 
-    def fake_compile(module):
-        compiled.append(type(module).__name__)
+    def fake_compile(module, mode="default"):
+        compiled.append((type(module).__name__, mode))
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     result = train("--data-dir", str(data_dir), "--out", str(tmp_path / "r"), "--no-test",
                    "--compile", *SETS)
     assert result.exit_code == 0, result.stderr
-    assert compiled == ["TrainingPass"]
+    result = train("--data-dir", str(data_dir), "--out", str(tmp_path / "g"), "--no-test",
+                   "--compile", "--set", "train.compile_mode=reduce-overhead", *SETS)
+    assert result.exit_code == 0, result.stderr
+    assert compiled == [("TrainingPass", "default"), ("TrainingPass", "reduce-overhead")]
 
 
 def test_training_step_keeps_its_signature_for_benchmarks():
