@@ -416,7 +416,16 @@ def training_step(
     neg_feats = features[vids[neg]].float() if core.cfg.negative_video else None
     if not torch.is_tensor(sap_scale):
         sap_scale = torch.tensor(float(sap_scale), device=video.device)
-    return runner(video, tokens[idx], tokens[neg], vids[neg] != vids[idx], neg_feats, sap_scale)
+    pos_tok, neg_tok = tokens[idx], tokens[neg]
+    if video.device.type == "cpu":  # no fixed shapes to keep: drop columns that are all padding
+        pos_tok, neg_tok = trim_padding(pos_tok), trim_padding(neg_tok)
+    return runner(video, pos_tok, neg_tok, vids[neg] != vids[idx], neg_feats, sap_scale)
+
+
+def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, Ns) zero-padded token ids cut to the batch's longest query. Exact: padded tokens are
+    masked everywhere; the split pads to its longest query (ActivityNet: 32, mean 13)."""
+    return tokens[:, : max(1, int((tokens != 0).sum(1).max()))]
 
 
 def check_finite_features(store: Store, features: torch.Tensor) -> None:
