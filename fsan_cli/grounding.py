@@ -33,7 +33,7 @@ from fsan_cli.text import UNK, tokenize
 RUNS = Path("runs")
 MEMBERS = ("c3d_features", "features")  # a video's matrix inside its group (ActivityNet, ours)
 DIDEMO_SECONDS = 30.0  # DiDeMo's six 5-second chunks: its features carry no duration
-BATCH = 128  # queries per model call
+BATCH = 64  # queries per model call
 FEW = 4  # up to this many queries run on one CPU thread (see `_threads_for`)
 LAYOUT_HELP = (
     "Pass an HDF5 file with a (T, D) dataset `features` and an attribute `duration` (seconds), "
