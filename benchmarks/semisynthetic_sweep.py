@@ -10,8 +10,8 @@ prior baselines, on val (where settings are chosen) and test.
 
 Each setting is one `fsan train` with the CPU model below plus the setting's `--set` overrides,
 one CPU thread per run and `--jobs` runs at a time; then `fsan evaluate --json` of its best.pt
-on val and test. Charades-STA has no val split: train holds out `train.holdout` of its train
-videos for selection, and the val rows score that held-out part. Results go to
+on val and test. Charades-STA has no val split in its files: `fsan prepare` holds out 10% of
+the train videos as val (`--val-share`), where train selects and the settings are compared. Results go to
 WORK/sweep-DATASET.jsonl (one line per row, with the command that reproduces it), and a
 markdown table is printed.
 """
@@ -113,7 +113,7 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     results = []
     for base in ("random", "prior"):
-        for split in ("val", "test") if args.dataset == "activitynet" else ("test",):
+        for split in ("val", "test"):  # Charades-STA's val is carved from train by prepare
             m = evaluate(data_dir, args.dataset, split, ["--baseline", base])
             results.append({"setting": base, "split": split, "metrics": m,
                             "command": f"fsan evaluate --dataset {args.dataset} --split {split} --baseline {base}"})  # fmt: skip
