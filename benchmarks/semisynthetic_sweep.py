@@ -72,7 +72,7 @@ def evaluate(data_dir: Path, dataset: str, split: str, source: list[str]) -> dic
 
 def train_row(name: str, args, data_dir: Path, runs: Path) -> list[dict]:
     sets, what = SETTINGS[name]
-    sets = [*CPU_MODEL, f"train.epochs={args.epochs}", *sets]
+    sets = [*CPU_MODEL, f"train.epochs={args.epochs}", *args.sets, *sets]
     out = runs / name
     cmd = fsan("-q", "train", "--dataset", args.dataset, "--data-dir", str(data_dir), "--out",
                str(out), "--overwrite", "--no-test", *(x for s in sets for x in ("--set", s)))  # fmt: skip
@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one CPU thread each")
     ap.add_argument("--only", default="", help="comma-separated setting names (default: all)")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="an override for every row, e.g. --set train.seed=1 (repeatable)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(SETTINGS)
     unknown = set(names) - set(SETTINGS)
@@ -123,7 +125,8 @@ def main() -> None:
     path = args.work / f"sweep-{args.dataset}.jsonl"
     with path.open("a") as fh:
         for r in results:
-            fh.write(json.dumps({"dataset": args.dataset, "size": args.size, "epochs": args.epochs, **r}) + "\n")
+            fh.write(json.dumps({"dataset": args.dataset, "size": args.size, "epochs": args.epochs,
+                                 "common_sets": args.sets, **r}) + "\n")
     print(markdown(results, args.dataset))
     print(f"\n(rows appended to {path})", file=sys.stderr)
 
