@@ -81,3 +81,27 @@ def test_training_step_keeps_its_signature_for_benchmarks():
     losses = engine.training_step(model, features, tokens, vids, idx, idx.flip(0), torch.device("cpu"))
     assert torch.isfinite(losses.total)
     losses.total.backward()
+
+
+def test_cpu_step_trims_padding_exactly():
+    """On a CPU the step cuts token columns that are padding in the whole batch; the losses
+    are those of the untrimmed batch (padding is masked everywhere)."""
+    from models.fsan import FSAN, FSANConfig
+
+    torch.manual_seed(0)
+    cfg = FSANConfig(word_dim=4, feature_dim=6, clips=5, hidden=8, layers=2, heads=2, align_dim=4,
+                     dropout=0.0, max_tokens=9, negative_video=True)
+    model = FSAN(cfg, torch.randn(10, 4))
+    features = torch.randn(3, 5, 6)
+    tokens = torch.zeros(6, 9, dtype=torch.long)  # longest query 4 of 9 columns
+    for i, n in enumerate([2, 4, 3, 1, 4, 2]):
+        tokens[i, :n] = torch.randint(1, 10, (n,))
+    vids = torch.tensor([0, 1, 2, 0, 1, 2])
+    idx, neg = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 0, 1])
+    assert engine.trim_padding(tokens[idx]).shape == (4, 4)
+    trimmed = engine.training_step(model, features, tokens, vids, idx, neg, torch.device("cpu"))
+    full = engine.TrainingPass(model, False)(
+        features[vids[idx]], tokens[idx], tokens[neg], vids[neg] != vids[idx], features[vids[neg]],
+        torch.tensor(1.0))  # fmt: skip
+    for a, b in zip(trimmed, full, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
