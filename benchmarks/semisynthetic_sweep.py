@@ -3,10 +3,11 @@ Charades-like spans (the semi-synthetic benchmark of `semisynthetic.py`), beside
 prior baselines, on val (where settings are chosen) and test.
 
     python benchmarks/semisynthetic_sweep.py --dataset activitynet \
-        --annotations ../shared/data/activitynet --work /tmp/sweep --epochs 12 --jobs 2
+        --annotations ../shared/data/activitynet --work /tmp/sweep --epochs 16 --jobs 2
     python benchmarks/semisynthetic_sweep.py --dataset charades \
         --annotations ../shared/data/charades --work /tmp/sweep --epochs 12 --jobs 2
     python benchmarks/semisynthetic_sweep.py ... --only default,paper     # some rows
+    python benchmarks/semisynthetic_sweep.py ... --set train.seed=1       # another seed
 
 Each setting is one `fsan train` with the CPU model below plus the setting's `--set` overrides,
 one CPU thread per run and `--jobs` runs at a time; then `fsan evaluate --json` of its best.pt
