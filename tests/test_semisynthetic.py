@@ -1,0 +1,55 @@
+"""The semi-synthetic benchmark (benchmarks/semisynthetic.py): caption signal inside the real
+spans, and the official layouts read back through `fsan prepare`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import semisynthetic  # noqa: E402
+
+from fsan_cli.data.store import load_store  # noqa: E402
+
+
+def _signal(x: np.ndarray, duration: float, span: tuple[float, float]) -> np.ndarray:
+    centres = (np.arange(len(x)) + 0.5) / len(x) * duration
+    inside = (centres >= span[0]) & (centres < span[1])
+    return x[inside].mean(0) - x[~inside].mean(0)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_same_caption_same_signal_inside_its_span():
+    """Rows inside a caption's span carry that caption's vector over the video's background:
+    the same words in two videos give the same inside-minus-outside direction, other words
+    another one."""
+    videos = {
+        "a": {"duration": 100.0, "spans": [(20.0, 50.0)], "captions": ["a man plays the guitar"]},
+        "b": {"duration": 80.0, "spans": [(40.0, 70.0)], "captions": ["the man plays a guitar"]},
+        "c": {"duration": 90.0, "spans": [(10.0, 40.0)], "captions": ["a woman rides a horse"]},
+    }
+    feats = semisynthetic.synthesise(videos, dim=64, rows_per_s=1.0, noise=0.3, seed=0)
+    assert {k: v.shape for k, v in feats.items()} == {"a": (100, 64), "b": (80, 64), "c": (90, 64)}
+    sig = {k: _signal(feats[k], v["duration"], v["spans"][0]) for k, v in videos.items()}
+    assert _cos(sig["a"], sig["b"]) > 0.95
+    assert _cos(sig["a"], sig["c"]) < _cos(sig["a"], sig["b"]) - 0.2
+
+
+@pytest.mark.parametrize("dataset", ["activitynet", "charades"])
+def test_official_layouts_through_prepare(shared_data, tmp_path, monkeypatch, dataset):
+    monkeypatch.setitem(semisynthetic.SIZES, "tiny", {"train": 20, "val": 5, "test": 5})
+    data_dir = semisynthetic.build_and_prepare(dataset, shared_data / dataset, tmp_path, "tiny", dim=16)
+    store = load_store(data_dir / dataset)
+    assert store.feature_dim == 16
+    splits = {k: len({q.video for q in v}) for k, v in store.splits.items()}
+    if dataset == "activitynet":
+        assert (splits["train"], splits["val"], splits["test"]) == (20, 5, 5)
+    else:  # Charades-STA has no val: prepare holds out 10% of train videos (2 of 20)
+        assert (splits["train"], splits["val"], splits["test"]) == (18, 2, 5)
