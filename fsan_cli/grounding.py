@@ -397,7 +397,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def fast_bf16(device) -> bool:
     """Whether `device` multiplies bf16 matrices natively: CUDA with bf16, or a CPU with AMX
-    tiles (measured on one: 4x the fp32 rate of the paper-config model)."""
+    tiles (measured on one: 2 to 4 times the fp32 rate of the paper-config model)."""
     import torch
 
     if device.type == "cuda":

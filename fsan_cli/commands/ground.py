@@ -46,7 +46,7 @@ def ground(
         Precision,
         typer.Option(
             "--precision",
-            help="Model arithmetic. auto: bf16 on CUDA and on CPUs with AMX (about 4x faster; "
+            help="Model arithmetic. auto: bf16 on CUDA and on CPUs with AMX (2-4x faster; "
             "moments can differ slightly), else fp32. fp32 matches `fsan evaluate` exactly.",
         ),
     ] = Precision.auto,
