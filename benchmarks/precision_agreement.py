@@ -24,14 +24,10 @@ def top1(checkpoint: Path, store, queries, dtype: torch.dtype) -> torch.Tensor:
     """(Q, 2) top-1 clip segments with the whole model (weights and inputs) in `dtype`."""
     model, ckpt = engine.load_checkpoint(checkpoint)
     model = model.to(dtype)
-    feats = torch.from_numpy(np.asarray(store.features, dtype=np.float32)).to(dtype)
+    feats = torch.from_numpy(np.asarray(store.features, dtype=np.float32))
     data = engine.split_tensors(store, queries, ckpt["vocab"], model.cfg.max_tokens)
-    out = []
     with torch.inference_mode():
-        for i in range(0, len(queries), 128):
-            res = model(feats[data.video[i : i + 128]], data.tokens[i : i + 128])
-            out.append(engine.top_k_segments(res.segment_scores, 1, 1.0)[0][:, 0])
-    return torch.cat(out)
+        return engine.predict_segments(model, feats, data, 1, 1.0, batch_size=128)["segments"][:, 0]
 
 
 def main() -> None:

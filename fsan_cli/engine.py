@@ -172,13 +172,15 @@ def predict_segments(
     batch_size: int = 256,
     return_maps: bool = False,
 ) -> dict[str, Any]:
-    """Top-k segments (clip ids) and scores for every query, batched; optional alignment maps."""
+    """Top-k segments (clip ids) and scores for every query, batched; optional alignment maps.
+    Features are cast to the model's dtype (fp32, or bf16 for a model cast to it)."""
     model.eval()
     device = features.device
+    dtype = next(model.parameters()).dtype
     segs, scores, maps, scs = [], [], [], []
     for i in range(0, data.tokens.shape[0], batch_size):
         tok = data.tokens[i : i + batch_size].to(device)
-        out = model(features[data.video[i : i + batch_size].to(device)].float(), tok)
+        out = model(features[data.video[i : i + batch_size].to(device)].to(dtype), tok)
         seg, score = top_k_segments(out.segment_scores, k, nms)
         segs.append(seg.cpu())
         scores.append(score.cpu())
@@ -496,8 +498,9 @@ def train(
 
     dist = dist or Dist()
     tc = cfg["train"]
-    if compile and tc.get("compile_mode", "default") not in COMPILE_MODES:
-        raise FsanError(f"unknown train.compile_mode '{tc['compile_mode']}'",
+    compile_mode = tc.get("compile_mode", "default")
+    if compile and compile_mode not in COMPILE_MODES:
+        raise FsanError(f"unknown train.compile_mode '{compile_mode}'",
                         f"Use one of: {', '.join(COMPILE_MODES)}")
     set_seed(tc["seed"])
     if device.type == "cpu":
@@ -523,7 +526,7 @@ def train(
         torch.manual_seed(tc["seed"] + dist.rank)  # dropout masks differ between ranks
     runner = dist.wrap(TrainingPass(model, device.type == "cuda"), device, mc)
     if compile:
-        runner = torch.compile(runner, mode=tc.get("compile_mode", "default"))
+        runner = torch.compile(runner, mode=compile_mode)
     run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist)
     if checkpoint_every is None:
         checkpoint_every = int(tc.get("checkpoint_every", 0))

@@ -129,7 +129,7 @@ class Attention(nn.Module):
             q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
             k, v = self.kv(y).view(b, y.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Nk)
-        if self.training and self.dropout > 0 and not x.is_cuda:
+        if self.drop.cheap(x):
             a = self._cpu_dropout_attention(q, k, v, mask)
         else:
             a = F.scaled_dot_product_attention(

@@ -371,8 +371,7 @@ def _carve_val(ann: Annotations, share: float) -> None:
     n = min(len(videos) - 1, max(1, round(share * len(videos))))
     if n < 1:
         return
-    held = set(np.random.default_rng(0).permutation(len(videos))[:n].tolist())
-    held_ids = {videos[i] for i in held}
+    held_ids = {videos[i] for i in np.random.default_rng(0).permutation(len(videos))[:n]}
     val = [q for q in train if q.video in held_ids]
     ann.splits["train"] = [q for q in train if q.video not in held_ids]
     order = list(ann.splits)
