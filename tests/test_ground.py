@@ -215,6 +215,39 @@ def test_bf16_close_to_fp32(trained, video, ckpt):
     assert sum(top1) >= 0.8 * len(top1)
 
 
+def test_cpu_workers_match_one_thread(trained, ckpt, monkeypatch):
+    """Batches that run side by side on one thread each (the CPU path for many queries) give
+    bit-identical fp32 results to the same batches one after another, and leave the thread
+    count as it was."""
+    _, store, _ = trained
+    queries = [(f"query {i}", q.query) for i, q in enumerate(store.split("test") * 3)]
+    grounder = grounding.Grounder(ckpt, torch.device("cpu"), "fp32")
+    clips = torch.from_numpy(clip_rows(store, store.split("test")[0].video))
+    monkeypatch.setattr(grounding, "CPU_BATCH", 4)  # several batches from 30 queries
+    pools = []
+
+    class Recording(grounding.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(grounding, "ThreadPoolExecutor", Recording)
+    before = torch.get_num_threads()
+    try:
+        results = {}
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            results[threads] = grounder.ground(clips, 60.0, queries, top_k=3)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert pools == [3]  # one thread: no pool; three: three workers
+    for a, b in zip(results[1], results[3], strict=True):
+        assert a.query == b.query and a.tokens == b.tokens
+        assert np.array_equal(a.segments, b.segments) and np.array_equal(a.scores, b.scores)
+        assert np.array_equal(a.alignment_map, b.alignment_map)
+
+
 @pytest.mark.parametrize(("fast", "expected"), [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_follows_the_hardware(monkeypatch, fast, expected):
     monkeypatch.setattr(grounding, "fast_bf16", lambda device: fast)
