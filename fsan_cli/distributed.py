@@ -68,6 +68,16 @@ class Dist:
         td.all_reduce(x, op=getattr(td.ReduceOp, op))
         return x
 
+    def gather(self, obj):
+        """Every rank's `obj`, in rank order, on every rank (a list of one without torchrun)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as td
+
+        out = [None] * self.world
+        td.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as td

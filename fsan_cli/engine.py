@@ -699,18 +699,27 @@ def end_epoch(run: Run, state: LoopState, steps_per_epoch: int) -> dict[str, Any
 def save_last(run: Run, state: LoopState) -> None:
     """last.pt: a full checkpoint plus everything `--resume` needs to continue bit for bit."""
     step = state.step
+    cuda = run.device.type == "cuda"
+    # each rank's own dropout stream and share of the epoch's loss sums, so that a resumed DDP
+    # run continues bit for bit
+    ranks = run.dist.gather({
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(run.device) if cuda else None,
+        "sums": None if state.sums is None else state.sums.cpu(),
+    })
     if run.dist.main:
         resume = {
             "step": step, "epoch": state.epoch, "pos": state.pos, "seen": state.seen,
             "elapsed": state.elapsed, "best": state.best, "log": state.log,
             "perm": None if state.perm is None else state.perm.cpu(),
-            "sums": None if state.sums is None else state.sums.cpu(),
+            "sums": None if state.sums is None else sum(r["sums"] for r in ranks),  # all ranks'
             "optimizer": run.opt.state_dict(),
             "generator": run.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+            "cuda_rng": ranks[0]["cuda"],
             "numpy_rng": np.random.get_state(),
             "world": run.dist.world,
+            "ranks": ranks,
         }
         extra = {"epoch": state.epoch - 1, "step": step, "resume": resume}
         atomic_save(checkpoint_payload(run.model, run.cfg, run.store, run.store.vocab, extra),
@@ -745,13 +754,23 @@ def restore_run(path: Path, model: FSAN, opt, gen, cfg: Config, store: Store, de
     if r["cuda_rng"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(r["cuda_rng"], device)
     np.random.set_state(r["numpy_rng"])
-    if dist.world > 1:  # other ranks' dropout states are not saved: reseed all of them
+    ranks = r.get("ranks") or []
+    sums = r["sums"]
+    if len(ranks) == dist.world:  # this rank's own dropout stream and share of the sums
+        mine = ranks[dist.rank]
+        torch.set_rng_state(mine["torch"])
+        if mine["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], device)
+        sums = mine["sums"]
+    elif dist.world > 1:  # resumed on another number of processes: fresh streams per rank,
         torch.manual_seed(cfg["train"]["seed"] + dist.rank + r["step"])
+        if sums is not None and not dist.main:  # and rank 0 carries the epoch's sums so far
+            sums = torch.zeros_like(sums)
     to = partial(torch.Tensor.to, device=device)
     return LoopState(
         epoch=r["epoch"], pos=r["pos"], step=r["step"], seen=r["seen"], elapsed=r["elapsed"],
         perm=None if r["perm"] is None else to(r["perm"]),
-        sums=None if r["sums"] is None else to(r["sums"]),
+        sums=None if sums is None else to(sums),
         best=r["best"], log=r["log"], saved_step=r["step"],
     )
 
