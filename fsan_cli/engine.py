@@ -715,7 +715,7 @@ def save_last(run: Run, state: LoopState) -> None:
             "sums": None if state.sums is None else sum(r["sums"] for r in ranks),  # all ranks'
             "optimizer": run.opt.state_dict(),
             "generator": run.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": ranks[0]["torch"],
             "cuda_rng": ranks[0]["cuda"],
             "numpy_rng": np.random.get_state(),
             "world": run.dist.world,
@@ -750,19 +750,17 @@ def restore_run(path: Path, model: FSAN, opt, gen, cfg: Config, store: Store, de
     model.load_state_dict(model_.state_dict())
     opt.load_state_dict(r["optimizer"])
     gen.set_state(r["generator"])
-    torch.set_rng_state(r["torch_rng"])
-    if r["cuda_rng"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(r["cuda_rng"], device)
     np.random.set_state(r["numpy_rng"])
     ranks = r.get("ranks") or []
-    sums = r["sums"]
-    if len(ranks) == dist.world:  # this rank's own dropout stream and share of the sums
-        mine = ranks[dist.rank]
-        torch.set_rng_state(mine["torch"])
-        if mine["cuda"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(mine["cuda"], device)
-        sums = mine["sums"]
-    elif dist.world > 1:  # resumed on another number of processes: fresh streams per rank,
+    same_world = len(ranks) == dist.world
+    # this rank's own dropout stream and share of the epoch's sums; rank 0's for a file that
+    # holds none per rank
+    mine = ranks[dist.rank] if same_world else {"torch": r["torch_rng"], "cuda": r["cuda_rng"], "sums": r["sums"]}
+    torch.set_rng_state(mine["torch"])
+    if mine["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    sums = mine["sums"]
+    if not same_world and dist.world > 1:  # another number of processes: fresh streams per rank,
         torch.manual_seed(cfg["train"]["seed"] + dist.rank + r["step"])
         if sums is not None and not dist.main:  # and rank 0 carries the epoch's sums so far
             sums = torch.zeros_like(sums)
