@@ -33,6 +33,22 @@ def test_no_arguments_shows_help_with_usage_exit_code():
     assert "Usage: fsan [OPTIONS] COMMAND [ARGS]..." in result.stdout + result.stderr
 
 
+def test_main_raises_only_the_young_generation_threshold(monkeypatch, capsys):
+    import gc
+
+    import fsan_cli.app as cli
+
+    before = gc.get_threshold()
+    monkeypatch.setattr("sys.argv", ["fsan", "--version"])
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.main()
+        assert stop.value.code == 0 and capsys.readouterr().out == f"fsan {__version__}\n"
+        assert gc.get_threshold() == (cli.GC_YOUNG, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert (result.exit_code, result.stdout) == (0, f"fsan {__version__}\n")
