@@ -22,7 +22,8 @@ import torch
 
 from fsan_cli.config import load_config
 from fsan_cli.device import resolve_device
-from fsan_cli.engine import TrainingPass, make_optimizer, model_config, training_step
+from fsan_cli.engine import TrainingData, TrainingPass, accumulate, make_optimizer, model_config
+from fsan_cli.memory import activation_bytes, step_bytes
 from models.fsan import FSAN
 
 ACTIVITYNET_PAIRS = 37_421
@@ -30,10 +31,23 @@ ACTIVITYNET_PAIRS = 37_421
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak GPU memory allocated by tensors, or the process's peak resident set on a CPU (the
+    model, Adam's state and the data included: compare with step_memory_estimate_gb plus about
+    1.6 GB at the paper config)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="setting override key=value")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--micro-batch", type=int, default=0,
+                    help="split each batch into pieces of this many samples (train.micro_batch)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--exact-tokens", action="store_true",
@@ -81,12 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         runner = torch.compile(runner, mode=args.compile_mode)
 
-    def step() -> None:
+    data = TrainingData(features, tokens, vids, None, [])
+
+    def step() -> None:  # what fsan train's one_step does, without DDP and the logs
         idx = torch.randint(0, n_queries, (b,), device=device)
         neg = torch.randint(0, n_queries, (b,), device=device)
-        losses = training_step(model, features, tokens, vids, idx, neg, device, runner=runner)
         opt.zero_grad(set_to_none=True)
-        losses.total.backward()
+        accumulate(runner, model, data, idx, neg, device, 1.0, 1.0, args.micro_batch)
         opt.step()
 
     def sync() -> None:
@@ -98,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         step()
     sync()
     warmup_s = time.perf_counter() - t_warm
+    peak_gb = peak_memory_gb(device)  # before FLOP counting, whose dispatch mode holds more
     flops = None
     try:
         from torch.utils.flop_counter import FlopCounterMode
@@ -132,6 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
         "compile": args.compile_mode if args.compile else False,
         "warmup_s": round(warmup_s, 1),
         "batch_size": b,
+        "micro_batch": args.micro_batch,
+        "peak_memory_gb": peak_gb,
+        "step_memory_estimate_gb": round(
+            step_bytes(activation_bytes(mc, longest), args.micro_batch or b) / 2**30, 2),
         "clips": nv,
         "hidden": mc.hidden,
         "layers": mc.layers,

@@ -3,6 +3,7 @@ batches are gathered by index, negatives are sampled on the device, checkpoints 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -336,6 +337,30 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.out_dir, self.step, self.saved_step = out_dir, step, saved_step
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def memory_error(cfg: Config, dist: Any, device: torch.device, state: LoopState, out_dir: Path) -> FsanError:
+    """What to do when a step does not fit: smaller pieces per forward/backward, same gradient."""
+    tc = cfg["train"]
+    share = math.ceil(tc["batch_size"] / dist.world)
+    piece = min(tc.get("micro_batch", 0) or share, share)
+    half = max(1, piece // 2)
+    what = (f"{'the GPU' if device.type == 'cuda' else 'RAM'} ran out at step {state.step + 1} with "
+            f"{piece} samples per forward/backward on each process (train.batch_size="
+            f"{tc['batch_size']}, train.micro_batch={tc.get('micro_batch', 0)})")
+    how = (f"each batch goes through in pieces of {half} samples, with the same gradient and less "
+           "memory")
+    if state.saved_step is None:
+        return FsanError(what, f"Train again with --micro-batch {half}: {how}")
+    return FsanError(f"{what}; {out_dir / 'last.pt'} (step {state.saved_step}) is kept",
+                     f"Continue with: fsan train --resume {out_dir} --micro-batch {half} ({how})")
+
+
 def lr_at(step: int, total: int, cfg: dict) -> float:
     """Linear warm-up over `warmup` of the steps, then constant (the paper's plain Adam)."""
     warm = int(cfg["warmup"] * total)
@@ -460,6 +485,28 @@ def training_data(mc: FSANConfig, store: Store, device: torch.device) -> Trainin
     return TrainingData(features, tr.tokens.to(device), tr.video.to(device), va, val_q)
 
 
+def split_to_fit(cfg: Config, mc: FSANConfig, data: TrainingData, model: FSAN, dist: Any) -> None:
+    """On a CPU with train.micro_batch = 0, set it to the most samples whose backward pass fits
+    in the free RAM (fsan_cli/memory.py), when a whole batch share does not: running out of RAM
+    gets the process killed without a message. The chosen value is recorded in the run's settings."""
+    from fsan_cli import memory
+
+    free = memory.available_bytes()
+    if free is None:
+        return
+    tc = cfg["train"]
+    share = math.ceil(tc["batch_size"] / dist.world)
+    per_sample = memory.activation_bytes(mc, int(data.tokens.shape[1]))
+    # Adam's two moments and the gradients come at the first step
+    later = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    piece = memory.fitting_piece(share, per_sample, free - later, memory.local_processes())
+    if piece < share:
+        tc["micro_batch"] = piece
+        log(f"A batch share of {share} needs about {memory.step_bytes(per_sample, share) / 2**30:.1f} "
+            f"GB for its forward and backward and {free / 2**30:.1f} GB of RAM are free: training "
+            f"in pieces of {piece} (train.micro_batch; the same gradient)")
+
+
 @dataclass
 class Run:
     """What the training loop works with, gathered once."""
@@ -514,6 +561,8 @@ def train(
     dist.check_batch(tc["batch_size"])
     data = training_data(mc, store, device)
     model = FSAN(mc, torch.from_numpy(store.vectors)).to(device)
+    if device.type == "cpu" and not tc.get("micro_batch", 0):
+        split_to_fit(cfg, mc, data, model, dist)
     opt = make_optimizer(model, tc, device)
     gen = torch.Generator(device=device).manual_seed(tc["seed"])
     out_dir = Path(out_dir)
@@ -537,6 +586,8 @@ def train(
             remove_run_files(out_dir)  # nothing worth keeping: leave no half run behind
         if isinstance(exc, KeyboardInterrupt):
             raise TrainingInterrupted(out_dir, state.step, state.saved_step) from None
+        if out_of_memory(exc):
+            raise memory_error(cfg, dist, device, state, out_dir) from None
         raise
     dist.barrier()
     return {"best_epoch": state.best["epoch"], "best_val_miou": state.best["score"],
@@ -617,19 +668,43 @@ def one_step(run: Run, state: LoopState, idx: torch.Tensor, neg: torch.Tensor, t
         g["lr"] = lr_at(state.step, total, tc)
     sap_scale = sap_schedule(state.step, total, tc)
     mine, neg_mine, weight = run.dist.shard(idx, neg)
-    d = run.data
-    losses = training_step(run.model, d.features, d.tokens, d.vids, mine, neg_mine, run.device,
-                           sap_scale=sap_scale, runner=run.runner)
     run.opt.zero_grad(set_to_none=True)
     # DDP averages gradients over ranks; weighted so they are the global batch's mean
-    (losses.total * (weight * run.dist.world)).backward()
+    parts = accumulate(run.runner, run.model, run.data, mine, neg_mine, run.device, sap_scale,
+                       weight * run.dist.world, int(tc.get("micro_batch", 0)))
     if tc["grad_clip"] > 0:
         params = [p for p in run.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
     run.opt.step()
-    parts = torch.stack([losses.total, losses.matching, losses.inner, losses.outer]).detach()
     state.sums += parts * weight
-    return losses.total.detach()
+    return parts[0]
+
+
+def accumulate(
+    runner: torch.nn.Module, model: FSAN, data: TrainingData, idx: torch.Tensor, neg: torch.Tensor,
+    device: torch.device, sap_scale: float, scale: float, micro_batch: int,
+) -> torch.Tensor:
+    """Backward of the losses of rows `idx` (negatives `neg`), times `scale`, into the
+    parameters' .grad; returns the detached (total, matching, inner, outer) losses.
+
+    With micro_batch > 0 the rows go through in pieces of at most that many, each loss weighted
+    by its piece's share of the rows, so the gradient is the whole batch's: activation memory
+    scales with the piece, not the batch. (Eq. 6 averages L^t over samples whose negative comes
+    from another video; a piece's average stands in for its share of that.) Under DDP the
+    gradients are all-reduced once, on the last piece."""
+    size = micro_batch if 0 < micro_batch < idx.numel() else idx.numel()
+    pieces = list(zip(idx.split(size), neg.split(size), strict=True))
+    no_sync = getattr(runner, "no_sync", None)  # DDP (also through torch.compile's wrapper)
+    parts = torch.zeros(4, device=device)
+    for i, (rows, negs) in enumerate(pieces):
+        share = rows.numel() / idx.numel()
+        quiet = no_sync() if no_sync is not None and i < len(pieces) - 1 else contextlib.nullcontext()
+        with quiet:
+            losses = training_step(model, data.features, data.tokens, data.vids, rows, negs, device,
+                                   sap_scale=sap_scale, runner=runner)
+            (losses.total * (scale * share)).backward()
+        parts += torch.stack([losses.total, losses.matching, losses.inner, losses.outer]).detach() * share
+    return parts
 
 
 class FiniteWatch:
@@ -728,6 +803,10 @@ def save_last(run: Run, state: LoopState) -> None:
     state.saved_step = step
 
 
+# settings that decide how the work is split, not what is learnt: `--resume` may change them
+FREE_ON_RESUME = {"train.micro_batch"}
+
+
 def restore_run(path: Path, model: FSAN, opt, gen, cfg: Config, store: Store, device, dist) -> LoopState:
     """Load last.pt into the model, optimizer and RNGs; the loop state to continue from."""
     model_, ckpt = load_checkpoint(path, "cpu")
@@ -741,7 +820,7 @@ def restore_run(path: Path, model: FSAN, opt, gen, cfg: Config, store: Store, de
             "Resume with the data the run was trained on, or train again",
         )
     changed = [f"{s}.{k}" for s, vals in ckpt["settings"].items() for k, v in vals.items()
-               if cfg.get(s, {}).get(k, v) != v]
+               if cfg.get(s, {}).get(k, v) != v and f"{s}.{k}" not in FREE_ON_RESUME]
     if changed:
         raise FsanError(
             f"the run's config.toml differs from {path} in {', '.join(changed[:5])}",

@@ -149,6 +149,40 @@ def test_cli_ctrl_c_then_resume(data_dir, reference, tmp_path, monkeypatch):
 _real_one_step = engine.one_step
 
 
+def test_out_of_memory_mid_run_then_resume_in_smaller_pieces(data_dir, reference, tmp_path, monkeypatch):
+    """RAM runs out at step 9, after last.pt of step 7: the error says to resume with
+    --micro-batch, and that resume finishes the run in pieces of that size."""
+    out = tmp_path / "run"
+    args = ["--data-dir", str(data_dir), "--out", str(out), "--no-test", *(f"--set={s}" for s in TINY)]
+    monkeypatch.setattr(engine, "train", _with_every(engine.train))
+
+    def one_step(run, state, *rest):
+        if state.step == 8:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+        return _real_one_step(run, state, *rest)
+
+    monkeypatch.setattr(engine, "one_step", one_step)
+    result = cli(args)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: RAM ran out at step 9 with 16 samples per forward/backward on each process "
+        f"(train.batch_size=16, train.micro_batch=0); {out / 'last.pt'} (step 7) is kept. Continue "
+        f"with: fsan train --resume {out} --micro-batch 8 (each batch goes through in pieces of 8 "
+        "samples, with the same gradient and less memory).\n")
+    monkeypatch.setattr(engine, "one_step", _real_one_step)
+    pieces: list[int] = []
+    real = engine.accumulate
+    monkeypatch.setattr(engine, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
+    result = CliRunner().invoke(app, ["--device", "cpu", "train", "--resume", str(out), "--no-test",
+                                      "--micro-batch", "8"])
+    assert result.exit_code == 0, result.stderr
+    assert "--micro-batch 8: the same gradients up to rounding" in result.stderr
+    assert len(pieces) == 7 and set(pieces) == {8}  # steps 8-14
+    ours, theirs = metrics(out), metrics(reference)
+    assert len(ours) == 2 and ours[0] == theirs[0]  # epoch 1 ran before
+    assert ours[1]["loss"] == pytest.approx(theirs[1]["loss"], rel=0.05)
+
+
 def _with_every(train):
     def wrapped(*args, **kwargs):
         kwargs.setdefault("checkpoint_every", EVERY)

@@ -105,3 +105,85 @@ def test_cpu_step_trims_padding_exactly():
         torch.tensor(1.0))  # fmt: skip
     for a, b in zip(trimmed, full, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("micro", [1, 3, 5])
+def test_micro_batches_give_the_whole_batch_gradient(micro):
+    """train.micro_batch splits a batch into pieces whose weighted backward passes add up to the
+    whole batch's gradient and losses (every negative here comes from another video, so eq. 6's
+    average over valid negatives splits exactly)."""
+    from models.fsan import FSAN, FSANConfig
+
+    torch.manual_seed(0)
+    cfg = FSANConfig(word_dim=4, feature_dim=6, clips=5, hidden=8, layers=2, heads=2, align_dim=4,
+                     dropout=0.0, max_tokens=6, negative_video=True)
+    model = FSAN(cfg, torch.randn(10, 4))
+    tokens = torch.zeros(8, 6, dtype=torch.long)
+    for i, n in enumerate([2, 6, 3, 1, 4, 2, 5, 3]):
+        tokens[i, :n] = torch.randint(1, 10, (n,))
+    vids = torch.arange(8) % 4
+    data = engine.TrainingData(torch.randn(4, 5, 6), tokens, vids, None, [])
+    idx, neg = torch.tensor([0, 1, 2, 3, 4, 5, 6]), torch.tensor([1, 2, 3, 4, 5, 6, 7])
+    assert bool((vids[idx] != vids[neg]).all())
+    runner, cpu = engine.TrainingPass(model, False), torch.device("cpu")
+
+    def grads(size):
+        model.zero_grad(set_to_none=True)
+        parts = engine.accumulate(runner, model, data, idx, neg, cpu, 0.5, 2.0, size)
+        return parts, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    whole, whole_grads = grads(0)
+    parts, piece_grads = grads(micro)
+    torch.testing.assert_close(parts, whole, atol=1e-6, rtol=1e-5)
+    assert len(piece_grads) == len(whole_grads) > 10
+    for a, b in zip(piece_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_micro_batch_option_is_recorded_and_trains_like_whole_batches(data_dir, tmp_path, monkeypatch):
+    sizes: list[int] = []
+    step = engine.training_step
+
+    def spy(model, features, tokens, vids, idx, *args, **kwargs):
+        sizes.append(idx.numel())
+        return step(model, features, tokens, vids, idx, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "training_step", spy)
+    runs = {}
+    for name, extra in (("whole", []), ("pieces", ["--micro-batch", "3"])):
+        out, sizes[:] = tmp_path / name, []
+        result = train("--data-dir", str(data_dir), "--out", str(out), "--no-test", *SETS,
+                       "--set", "model.dropout=0", *extra)
+        assert result.exit_code == 0, result.stderr
+        runs[name] = (list(sizes), json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]))
+    (whole, whole_log), (pieces, pieces_log) = runs["whole"], runs["pieces"]
+    assert max(whole) > 3 and max(pieces) == 3 and sum(pieces) == sum(whole)
+    assert "micro_batch = 3" in (tmp_path / "pieces" / "config.toml").read_text()
+    assert pieces_log["loss"] == pytest.approx(whole_log["loss"], rel=0.05)
+
+
+def test_negative_micro_batch_is_refused(data_dir, tmp_path):
+    result = train("--data-dir", str(data_dir), "--out", str(tmp_path / "r"), *SETS, "--micro-batch", "-1")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == (
+        "Error: train.micro_batch must be 0 (whole batches) or more, got -1. Pass e.g. --micro-batch 32.")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+], ids=["cpu", "cuda"])
+def test_out_of_memory_says_how_to_split_batches(data_dir, tmp_path, monkeypatch, error):
+    def full(*args):
+        raise error
+
+    monkeypatch.setattr(engine, "accumulate", full)
+    out = tmp_path / "r"
+    result = train("--data-dir", str(data_dir), "--out", str(out), *SETS, "--batch-size", "6")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        "Error: RAM ran out at step 1 with 6 samples per forward/backward on each process "
+        "(train.batch_size=6, train.micro_batch=0). Train again with --micro-batch 3: each batch goes "
+        "through in pieces of 3 samples, with the same gradient and less memory.\n")
+    assert not out.exists()  # nothing was saved: no half run left behind

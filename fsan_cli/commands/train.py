@@ -31,6 +31,11 @@ def train(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Shortcut for --set train.batch_size=N (the global batch).")
     ] = None,
+    micro_batch: Annotated[
+        int | None,
+        typer.Option("--micro-batch", help="Shortcut for --set train.micro_batch=N: at most N samples per "
+                     "forward/backward on each process (less memory, the same gradient)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
     resume: Annotated[
         Path | None,
@@ -48,7 +53,9 @@ def train(
     metrics.jsonl, best.pt and last.pt (saved each epoch and every train.checkpoint_every
     steps). After Ctrl-C or a crash, `fsan train --resume RUN_DIR` continues to the same
     result; it takes the settings from the run folder, so it refuses --set, --config,
-    --epochs and --batch-size. Several GPUs: torchrun --nproc_per_node=N -m fsan_cli train ...
+    --epochs and --batch-size (--micro-batch may change). Memory: --micro-batch N sends each
+    batch through in pieces of N samples with the same gradient; on a CPU, batches that would
+    not fit the free RAM are split so by themselves. Several GPUs: torchrun --nproc_per_node=N -m fsan_cli train ...
     """
     from fsan_cli import distributed, engine
     from fsan_cli.commands.evaluate import run_evaluation
@@ -63,9 +70,12 @@ def train(
         _check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite)
         device = resolve_device(STATE.device)
         cfg, store, dataset = _resumed(resume, data_dir)
+        if micro_batch is not None:  # how a batch is split, not what is learnt: may change
+            cfg["train"]["micro_batch"] = _check_micro_batch(micro_batch)
+            log(f"--micro-batch {micro_batch}: the same gradients up to rounding (not bit for bit)")
         out = resume
     else:
-        cfg = _settings(dataset, config, set_, epochs, batch_size)
+        cfg = _settings(dataset, config, set_, epochs, batch_size, micro_batch)
         out = out or Path("runs") / f"{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
         _check_out(out, overwrite)
         device = resolve_device(STATE.device)
@@ -94,7 +104,7 @@ def train(
     log(f"Total wall time {time.perf_counter() - t0:.0f} s")
 
 
-def _settings(dataset, config, set_, epochs, batch_size):
+def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None):
     from fsan_cli.config import load_config
 
     overrides = list(set_ or [])
@@ -102,11 +112,21 @@ def _settings(dataset, config, set_, epochs, batch_size):
         overrides.append(f"train.epochs={epochs}")
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
+    if micro_batch is not None:
+        overrides.append(f"train.micro_batch={micro_batch}")
     cfg = load_config(dataset, config, overrides)
     for key in ("epochs", "batch_size"):
         if cfg["train"][key] < 1:
             raise FsanError(f"train.{key} must be at least 1, got {cfg['train'][key]}", "Pass a positive number")
+    _check_micro_batch(cfg["train"]["micro_batch"])
     return cfg
+
+
+def _check_micro_batch(n: int) -> int:
+    if n < 0:
+        raise FsanError(f"train.micro_batch must be 0 (whole batches) or more, got {n}",
+                        "Pass e.g. --micro-batch 32")
+    return n
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
