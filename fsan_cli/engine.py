@@ -562,7 +562,9 @@ def train(
     data = training_data(mc, store, device)
     model = FSAN(mc, torch.from_numpy(store.vectors)).to(device)
     if device.type == "cpu" and not tc.get("micro_batch", 0):
+        cfg = {**cfg, "train": dict(tc)}  # the caller's settings stay as they were
         split_to_fit(cfg, mc, data, model, dist)
+        tc = cfg["train"]
     opt = make_optimizer(model, tc, device)
     gen = torch.Generator(device=device).manual_seed(tc["seed"])
     out_dir = Path(out_dir)

@@ -318,3 +318,18 @@ def test_interrupted_run_resumes_and_failures_are_reported(data_dir, tmp_path, m
     assert failed["miou"] is None
     assert result.stderr.endswith("Error: 1 runs failed: no_sap_loss (seed 0). See the warnings "
                                   "above; fix the settings and run again (finished ones are skipped).\n")
+
+
+def test_an_unfinished_run_that_split_its_batches_still_resumes(tmp_path):
+    """A CPU run may record the train.micro_batch it chose (fsan_cli/memory.py); the job is the
+    same, so `fsan ablate` resumes it. Any other difference trains from scratch."""
+    from fsan_cli.config import to_toml
+
+    cfg = load_config("synthetic")
+    job = ablation.Job(ablation.VARIANTS[0], 0, tmp_path, cfg)
+    saved = {**cfg, "train": {**cfg["train"], "micro_batch": 5}}
+    (tmp_path / "config.toml").write_text(to_toml(saved))
+    assert ablation.same_settings(job)
+    saved["train"]["lr"] = cfg["train"]["lr"] * 2
+    (tmp_path / "config.toml").write_text(to_toml(saved))
+    assert not ablation.same_settings(job)

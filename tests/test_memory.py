@@ -103,3 +103,19 @@ def test_train_splits_batches_that_would_not_fit(tmp_path, monkeypatch):
             "are free: training in pieces of 5 (train.micro_batch; the same gradient)") in result.stderr
     assert set(pieces) == {5}
     assert "micro_batch = 5" in (tmp_path / "split" / "config.toml").read_text()
+
+
+def test_the_callers_settings_are_left_alone(tmp_path, monkeypatch):
+    """The piece is recorded in the run folder, not written into the caller's settings (fsan
+    ablate compares them with the folder's)."""
+    from fsan_cli.data.store import load_store
+
+    tiny_synthetic(tmp_path)
+    monkeypatch.setattr(memory, "activation_bytes", lambda mc, tokens: 2**30)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10 * 2**30)
+    cfg = load_config("synthetic", overrides=["model.hidden=16", "model.layers=1", "model.heads=2",
+                                              "model.align_dim=8", "train.epochs=1"])
+    engine.train(cfg, load_store(tmp_path / "synthetic"), tmp_path / "run", torch.device("cpu"),
+                 progress=False)
+    assert cfg["train"]["micro_batch"] == 0
+    assert "micro_batch = 5" in (tmp_path / "run" / "config.toml").read_text()
