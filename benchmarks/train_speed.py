@@ -150,8 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": b,
         "micro_batch": args.micro_batch,
         "peak_memory_gb": peak_gb,
+        # fsan_cli/memory.py's fp32 estimate: what `fsan train` splits CPU batches by
         "step_memory_estimate_gb": round(
-            step_bytes(activation_bytes(mc, longest), args.micro_batch or b) / 2**30, 2),
+            step_bytes(activation_bytes(mc, longest), args.micro_batch or b) / 2**30, 2)
+        if device.type == "cpu" else None,
         "clips": nv,
         "hidden": mc.hidden,
         "layers": mc.layers,
