@@ -259,19 +259,15 @@ def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool
 
 
 def same_settings(job: Job) -> bool:
-    """Whether an unfinished run folder was started with the job's settings (so it resumes)."""
-    from fsan_cli.engine import FREE_ON_RESUME
+    """Whether an unfinished run folder was started with the job's settings (so it resumes);
+    a train.micro_batch the run chose for itself does not count (engine.FREE_ON_RESUME)."""
+    from fsan_cli.engine import learning_settings
 
     try:
         saved = tomllib.loads((job.folder / "config.toml").read_text("utf-8"))
     except (OSError, ValueError):
         return False
-
-    def fixed(cfg: dict) -> dict:  # without what a run may choose for itself (train.micro_batch)
-        return {s: {k: v for k, v in vals.items() if f"{s}.{k}" not in FREE_ON_RESUME}
-                for s, vals in cfg.items()}
-
-    return fixed(saved) == fixed(job.cfg)
+    return learning_settings(saved) == learning_settings(job.cfg)
 
 
 def train_and_score(job: Job, store: Store, dataset: str, queries: list, device: Any,

@@ -34,6 +34,10 @@ class Dist:
                 f"Pass --batch-size {self.world} or more (it is the global batch)",
             )
 
+    def largest_share(self, batch_size: int) -> int:
+        """The most rows `shard` gives one rank of a global batch of `batch_size`."""
+        return -(-batch_size // self.world)
+
     def shard(self, idx: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """This rank's rows of the global batch and its share of the batch (its loss weight)."""
         if self.world == 1:

@@ -347,7 +347,7 @@ def out_of_memory(exc: BaseException) -> bool:
 def memory_error(cfg: Config, dist: Any, device: torch.device, state: LoopState, out_dir: Path) -> FsanError:
     """What to do when a step does not fit: smaller pieces per forward/backward, same gradient."""
     tc = cfg["train"]
-    share = math.ceil(tc["batch_size"] / dist.world)
+    share = dist.largest_share(tc["batch_size"])
     piece = min(tc.get("micro_batch", 0) or share, share)
     half = max(1, piece // 2)
     what = (f"{'the GPU' if device.type == 'cuda' else 'RAM'} ran out at step {state.step + 1} with "
@@ -485,26 +485,26 @@ def training_data(mc: FSANConfig, store: Store, device: torch.device) -> Trainin
     return TrainingData(features, tr.tokens.to(device), tr.video.to(device), va, val_q)
 
 
-def split_to_fit(cfg: Config, mc: FSANConfig, data: TrainingData, model: FSAN, dist: Any) -> None:
-    """On a CPU with train.micro_batch = 0, set it to the most samples whose backward pass fits
-    in the free RAM (fsan_cli/memory.py), when a whole batch share does not: running out of RAM
-    gets the process killed without a message. The chosen value is recorded in the run's settings."""
+def piece_that_fits(tc: dict, mc: FSANConfig, data: TrainingData, model: FSAN, dist: Any) -> int:
+    """On a CPU: the most samples per forward/backward whose step fits in the free RAM
+    (fsan_cli/memory.py) when a whole batch share does not, else 0 (whole shares). Running out of
+    RAM gets the process killed without a message."""
     from fsan_cli import memory
 
     free = memory.available_bytes()
     if free is None:
-        return
-    tc = cfg["train"]
-    share = math.ceil(tc["batch_size"] / dist.world)
+        return 0
+    share = dist.largest_share(tc["batch_size"])
     per_sample = memory.activation_bytes(mc, int(data.tokens.shape[1]))
     # Adam's two moments and the gradients come at the first step
     later = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     piece = memory.fitting_piece(share, per_sample, free - later, memory.local_processes())
-    if piece < share:
-        tc["micro_batch"] = piece
-        log(f"A batch share of {share} needs about {memory.step_bytes(per_sample, share) / 2**30:.1f} "
-            f"GB for its forward and backward and {free / 2**30:.1f} GB of RAM are free: training "
-            f"in pieces of {piece} (train.micro_batch; the same gradient)")
+    if piece == share:
+        return 0
+    log(f"A batch share of {share} needs about {memory.step_bytes(per_sample, share) / 2**30:.1f} "
+        f"GB for its forward and backward and {free / 2**30:.1f} GB of RAM are free: training "
+        f"in pieces of {piece} (train.micro_batch; the same gradient)")
+    return piece
 
 
 @dataclass
@@ -561,10 +561,11 @@ def train(
     dist.check_batch(tc["batch_size"])
     data = training_data(mc, store, device)
     model = FSAN(mc, torch.from_numpy(store.vectors)).to(device)
-    if device.type == "cpu" and not tc.get("micro_batch", 0):
-        cfg = {**cfg, "train": dict(tc)}  # the caller's settings stay as they were
-        split_to_fit(cfg, mc, data, model, dist)
-        tc = cfg["train"]
+    cpu_auto = device.type == "cpu" and not tc.get("micro_batch", 0)
+    piece = piece_that_fits(tc, mc, data, model, dist) if cpu_auto else 0
+    if piece:  # recorded in the run's settings; the caller's stay as they were
+        tc = {**tc, "micro_batch": piece}
+        cfg = {**cfg, "train": tc}
     opt = make_optimizer(model, tc, device)
     gen = torch.Generator(device=device).manual_seed(tc["seed"])
     out_dir = Path(out_dir)
@@ -809,6 +810,12 @@ def save_last(run: Run, state: LoopState) -> None:
 FREE_ON_RESUME = {"train.micro_batch"}
 
 
+def learning_settings(cfg: Config) -> Config:
+    """`cfg` without the FREE_ON_RESUME settings: what two runs must share to be the same run."""
+    return {s: {k: v for k, v in vals.items() if f"{s}.{k}" not in FREE_ON_RESUME}
+            for s, vals in cfg.items()}
+
+
 def restore_run(path: Path, model: FSAN, opt, gen, cfg: Config, store: Store, device, dist) -> LoopState:
     """Load last.pt into the model, optimizer and RNGs; the loop state to continue from."""
     model_, ckpt = load_checkpoint(path, "cpu")
@@ -821,8 +828,8 @@ def restore_run(path: Path, model: FSAN, opt, gen, cfg: Config, store: Store, de
             f"the vocabulary of {path} differs from the data at {store.path}",
             "Resume with the data the run was trained on, or train again",
         )
-    changed = [f"{s}.{k}" for s, vals in ckpt["settings"].items() for k, v in vals.items()
-               if cfg.get(s, {}).get(k, v) != v and f"{s}.{k}" not in FREE_ON_RESUME]
+    changed = [f"{s}.{k}" for s, vals in learning_settings(ckpt["settings"]).items()
+               for k, v in vals.items() if cfg.get(s, {}).get(k, v) != v]
     if changed:
         raise FsanError(
             f"the run's config.toml differs from {path} in {', '.join(changed[:5])}",
