@@ -1,32 +1,47 @@
 #!/usr/bin/env bash
 # Every GPU figure of issues 6 and 8 in one run, for a session lent a device machine for a few
-# minutes. It installs nothing (the device image has torch, typer, rich, h5py) and stays under
-# about 8 minutes (11.5 at the limits); each measurement has its own time limit, so one slow compile cannot eat the rest.
+# minutes. It installs nothing (the device image has torch, typer, rich, h5py, pytest) and ends
+# within DEADLINE seconds (default 540): each step has its own time limit, cut to what is left,
+# and a step that no longer fits is skipped, so one slow compile cannot eat the rest.
 #
-#     bash benchmarks/gpu_check.sh            # results also go to $OUT (or /tmp/gpu_check)
+#     bash benchmarks/gpu_check.sh     # summary.txt and logs.tgz (every log) go to $OUT (or /tmp/gpu_check)
 #
-# Rows: train_speed.py for the paper config (N_v 64, ~24 tokens, 500-d, batch 128) in bf16 and
-# tf32, with and without torch.compile (default mode, and reduce-overhead = CUDA graphs), N_v 128,
-# then ground_speed.py on the GPU.
+# In order: the CUDA tests (train.cuda_graph against eager steps; fsan train on CUDA), the eager
+# and captured configurations of train_speed.py in one process (benchmarks/gpu_suite.py: bf16
+# and tf32, N_v 64 and 128, batch 128 to 512, with a profile), torch.compile (default, then
+# reduce-overhead = CUDA graphs), ground_speed.py on the GPU, and fsan train end to end.
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_check}
+DEADLINE=${DEADLINE:-540}
+LOGS=$(mktemp -d)
 mkdir -p "$OUT"
-nvidia-smi -L
-python3 -c "import torch; print('torch', torch.__version__)"
-speed() {  # LIMIT ARGS...
-  local limit=$1; shift
-  echo "== train_speed $*"
-  timeout "$limit" python3 benchmarks/train_speed.py --device cuda --json "$@" 2>&1 | tail -1
+start=$(date +%s)
+step() {  # LIMIT NAME COMMAND...: run with the limit cut to the time left, or skip
+  local limit=$1 name=$2; shift 2
+  local left=$(( DEADLINE - ($(date +%s) - start) ))
+  if (( left < 20 )); then echo "== $name: skipped ($left s left)"; return; fi
+  (( limit > left )) && limit=$left
+  echo "== $name (limit ${limit} s, $(( $(date +%s) - start )) s in)"
+  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  echo "   exit $? after $(( $(date +%s) - start )) s"
 }
 {
-  speed 60 --precision bf16
-  speed 60 --precision tf32
-  speed 60 --precision bf16 --set data.clips=128
-  speed 60 --precision bf16 --batch-size 256
-  speed 120 --precision bf16 --compile
-  speed 120 --precision bf16 --compile --compile-mode reduce-overhead
-  speed 120 --precision bf16 --compile --set data.clips=128
-} | tee "$OUT/train_speed.log"
-echo "== ground_speed (cuda)"
-timeout 90 python3 benchmarks/ground_speed.py --device cuda --repeats 3 2>&1 | tee "$OUT/ground_speed.log"
+  nvidia-smi -L
+  python3 -c "import torch, typer, click, rich; print('torch', torch.__version__, 'typer', typer.__version__, 'click', click.__version__)" 2>&1 | tail -1
+  step 100 tests python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graph.py
+  tail -3 "$LOGS/tests.log"
+  step 150 suite python3 benchmarks/gpu_suite.py --seconds 3 --out "$LOGS/suite.jsonl"
+  grep -A20 '^configuration' "$LOGS/suite.log"
+  step 150 compile python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile
+  tail -1 "$LOGS/compile.log"
+  step 120 compile_ro python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile --compile-mode reduce-overhead
+  tail -1 "$LOGS/compile_ro.log"
+  step 60 ground python3 benchmarks/ground_speed.py --device cuda --repeats 3
+  tail -6 "$LOGS/ground.log"
+  step 80 train_e2e python3 -m fsan_cli --device cuda train --out /tmp/e2e --json --set train.cuda_graph=true
+  tail -2 "$LOGS/train_e2e.log"
+  step 100 compile_nv128 python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile --set data.clips=128
+  tail -1 "$LOGS/compile_nv128.log"
+} 2>&1 | tee "$OUT/summary.txt"
+tar czf "$OUT/logs.tgz" -C "$LOGS" .

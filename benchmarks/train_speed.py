@@ -6,6 +6,7 @@ model FLOP utilisation where the device's peak is known.
     python benchmarks/train_speed.py --set model.hidden=128 --set model.layers=2 \
         --set model.heads=2 --set data.clips=32 --batch-size 64
     python benchmarks/train_speed.py --device cuda --compile --json
+    python benchmarks/train_speed.py --device cuda --cuda-graph --profile   # train.cuda_graph
 
 Inputs are random with the paper's shapes: 500-d clip features, ~24 tokens, 300-d word vectors.
 """
@@ -22,7 +23,16 @@ import torch
 
 from fsan_cli.config import load_config
 from fsan_cli.device import resolve_device
-from fsan_cli.engine import TrainingData, TrainingPass, accumulate, make_optimizer, model_config
+from fsan_cli.distributed import Dist
+from fsan_cli.engine import (
+    CapturedStep,
+    Run,
+    TrainingData,
+    TrainingPass,
+    make_optimizer,
+    model_config,
+    step_body,
+)
 from fsan_cli.memory import activation_bytes, step_bytes
 from models.fsan import FSAN
 
@@ -40,6 +50,27 @@ def peak_memory_gb(device: torch.device) -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
+
+
+def profile_steps(step, sync, device: torch.device, steps: int = 3) -> dict:
+    """Kernels launched and device busy time per step (torch.profiler), and on stderr the
+    operators with the most device time. Host-bound when busy time is well under step time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15), file=sys.stderr)
+    return {
+        "kernels_per_step": round(len(kernels) / steps),
+        "gpu_busy_ms_per_step": round(sum(e.device_time for e in kernels) / 1e3 / steps, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,6 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="capture the whole step as one CUDA graph (train.cuda_graph)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile a few steps: kernels launched and GPU busy time per step, "
+                         "and the costliest kernels (on stderr)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -76,7 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     mc = model_config(cfg, args.word_dim, args.feature_dim)
     model = FSAN(mc, torch.randn(5000, args.word_dim)).to(device).train()
-    opt = make_optimizer(model, cfg["train"], device)
     b, nv = cfg["train"]["batch_size"], mc.clips
     n_videos, n_queries = 4 * b, 8 * b
     features = torch.randn(n_videos, nv, args.feature_dim, device=device)
@@ -91,38 +126,49 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = tokens.masked_fill(torch.arange(tokens.shape[1], device=device)[None] >= lengths[:, None], 0)
     vids = torch.randint(0, n_videos, (n_queries,), device=device)
     autocast = precision == "bf16" and device.type == "cuda"
-    runner = TrainingPass(model, autocast)  # what `fsan train` runs (and compiles) per step
-    if args.compile:
-        runner = torch.compile(runner, mode=args.compile_mode)
-
     data = TrainingData(features, tokens, vids, None, [])
+    if args.micro_batch:
+        cfg["train"]["micro_batch"] = args.micro_batch
+    opt = make_optimizer(model, cfg["train"], device, captured=args.cuda_graph)
+    plain = TrainingPass(model, autocast)  # what `fsan train` runs (and compiles) per step
+    runner = torch.compile(plain, mode=args.compile_mode) if args.compile else plain
+    run = Run(model, runner, opt, None, data, cfg, None, None, device, Dist())
+    if args.cuda_graph:
+        plain.cast_cache = False
+        run.captured = CapturedStep(lambda i, n, sap: step_body(run, i, n, sap))
 
-    def step() -> None:  # what fsan train's one_step does, without DDP and the logs
+    def step(eager: bool = False) -> None:  # what fsan train's one_step does, without the logs
         idx = torch.randint(0, n_queries, (b,), device=device)
         neg = torch.randint(0, n_queries, (b,), device=device)
-        opt.zero_grad(set_to_none=True)
-        accumulate(runner, model, data, idx, neg, device, 1.0, 1.0, args.micro_batch)
-        opt.step()
+        if run.captured is not None and not eager:
+            run.captured(idx, neg, 1.0)
+        else:
+            step_body(run if not eager else eager_run, idx, neg, 1.0)
+
+    eager_run = Run(model, plain, opt, None, data, cfg, None, None, device, Dist())
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    t_warm = time.perf_counter()
-    for _ in range(3 if device.type == "cpu" else 10):  # warm-up (and compilation)
-        step()
-    sync()
-    warmup_s = time.perf_counter() - t_warm
-    peak_gb = peak_memory_gb(device)  # before FLOP counting, whose dispatch mode holds more
-    flops = None
+    flops = None  # counted on an eager step: the same arithmetic as a compiled or captured one
     try:
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter:
-            step()
+            step(eager=True)
         flops = counter.get_total_flops() / b
-    except Exception:  # noqa: BLE001 - FLOP counting is best effort (e.g. under compile)
+    except Exception:  # noqa: BLE001 - FLOP counting is best effort
         flops = None
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_warm = time.perf_counter()
+    for _ in range(3 if device.type == "cpu" else 10):  # warm-up (compilation, capture)
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t_warm
+    peak_gb = peak_memory_gb(device)
     steps = args.steps or (20 if device.type == "cuda" else 5)
     budget = args.seconds if args.seconds is not None else (5.0 if device.type == "cuda" else 20.0)
     rates: list[float] = []  # samples/s of each window: a shared machine's load moves it by 10-20%
@@ -146,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "precision": precision,
         "compile": args.compile_mode if args.compile else False,
+        "cuda_graph": args.cuda_graph,
         "warmup_s": round(warmup_s, 1),
         "batch_size": b,
         "micro_batch": args.micro_batch,
@@ -163,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
         if peak:
             result["mfu_percent"] = round(100 * flops * sps / (peak * 1e12), 1)
+    if args.profile:
+        result.update(profile_steps(step, sync, device))
     if args.json:
         print(json.dumps(result))
     else:

@@ -416,10 +416,12 @@ class TrainingPass(torch.nn.Module):
     def __init__(self, model: FSAN, bf16: bool) -> None:
         super().__init__()
         self.model, self.bf16 = model, bf16
+        self.cast_cache = True  # autocast's weight casts kept per forward; off under CUDA graphs
 
     def forward(self, video, pos_tok, neg_tok, neg_ok, neg_feats, sap_scale):
         device_type = video.device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16,
+                            cache_enabled=self.cast_cache):
             pos = self.model(video, pos_tok)
             neg_out = self.model(video, neg_tok, negative_token_mask(pos_tok, neg_tok))
             neg_video = self.model(neg_feats, pos_tok) if neg_feats is not None else None
@@ -507,6 +509,65 @@ def piece_that_fits(tc: dict, mc: FSANConfig, data: TrainingData, model: FSAN, d
     return piece
 
 
+class CapturedStep:
+    """One optimizer step captured as a CUDA graph, then replayed (train.cuda_graph).
+
+    At batch 128 an eager step is bound by the host: it launches thousands of small kernels
+    (three passes of 6 layers, their backward, the losses, Adam), each a few microseconds of
+    Python and dispatch. A replay launches the whole step at once. `fn(idx, neg, sap_scale)`
+    is the step; it returns a tensor (the detached losses) and must keep to fixed shapes and
+    read its changing inputs from tensors (the optimizer's lr is a tensor: set_lr fills it).
+
+    The first `warmup` calls run eagerly on a side stream (real steps; they also create Adam's
+    state and the libraries' workspaces), the next is captured and replayed. A call with
+    another batch size (an epoch's smaller last batch) runs eagerly on the same parameters and
+    optimizer state."""
+
+    def __init__(self, fn, warmup: int = 3) -> None:
+        self.fn, self.warmup, self.calls = fn, warmup, 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.out: torch.Tensor | None = None
+
+    def __call__(self, idx: torch.Tensor, neg: torch.Tensor, sap_scale: float) -> torch.Tensor:
+        self.calls += 1
+        if self.graph is None and self.calls > self.warmup:
+            self.capture(idx, neg, sap_scale)
+        if self.inputs is not None and idx.shape == self.inputs[0].shape:
+            s_idx, s_neg, s_sap = self.inputs
+            s_idx.copy_(idx)
+            s_neg.copy_(neg)
+            s_sap.fill_(sap_scale)
+            self.graph.replay()
+            return self.out.clone()
+        sap = torch.tensor(float(sap_scale), device=idx.device)
+        if self.graph is not None:  # another batch size: eagerly, on the current stream
+            return self.fn(idx, neg, sap)
+        side = torch.cuda.Stream(idx.device)
+        side.wait_stream(torch.cuda.current_stream(idx.device))
+        with torch.cuda.stream(side):
+            out = self.fn(idx, neg, sap)
+        torch.cuda.current_stream(idx.device).wait_stream(side)
+        return out
+
+    def capture(self, idx: torch.Tensor, neg: torch.Tensor, sap_scale: float) -> None:
+        self.inputs = (idx.clone(), neg.clone(), torch.tensor(float(sap_scale), device=idx.device))
+        torch.cuda.synchronize(idx.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.out = self.fn(*self.inputs)
+        self.graph = graph
+
+
+def set_lr(opt: torch.optim.Optimizer, value: float) -> None:
+    """Every group's learning rate; filled in place where it is a tensor (a captured step's)."""
+    for g in opt.param_groups:
+        if torch.is_tensor(g["lr"]):
+            g["lr"].fill_(value)
+        else:
+            g["lr"] = value
+
+
 @dataclass
 class Run:
     """What the training loop works with, gathered once."""
@@ -521,6 +582,19 @@ class Run:
     out_dir: Path
     device: torch.device
     dist: Any  # fsan_cli.distributed.Dist
+    captured: CapturedStep | None = None  # train.cuda_graph
+
+
+def check_cuda_graph(tc: dict, device: torch.device, compile: bool, dist: Any) -> bool:
+    """Whether to capture the step (train.cuda_graph), or why it cannot be."""
+    if not tc.get("cuda_graph", False):
+        return False
+    why = ("it needs a CUDA device" if device.type != "cuda" else
+           "--compile already captures graphs with train.compile_mode=reduce-overhead" if compile else
+           "DistributedDataParallel steps are not captured here" if dist.world > 1 else None)
+    if why:
+        raise FsanError(f"train.cuda_graph is set, but {why}", "Train with --set train.cuda_graph=false")
+    return True
 
 
 def train(
@@ -566,12 +640,14 @@ def train(
     if piece:  # recorded in the run's settings; the caller's stay as they were
         tc = {**tc, "micro_batch": piece}
         cfg = {**cfg, "train": tc}
-    opt = make_optimizer(model, tc, device)
+    graphed = check_cuda_graph(tc, device, compile, dist)
+    opt = make_optimizer(model, tc, device, graphed)
     gen = torch.Generator(device=device).manual_seed(tc["seed"])
     out_dir = Path(out_dir)
     state = LoopState()
     if resume and (out_dir / "last.pt").is_file():
         state = restore_run(out_dir / "last.pt", model, opt, gen, cfg, store, device, dist)
+        lr_kind(opt, device, graphed)
     elif dist.main:
         start_run_folder(out_dir, cfg, store)
     if dist.world > 1 and state.step == 0:
@@ -580,6 +656,9 @@ def train(
     if compile:
         runner = torch.compile(runner, mode=compile_mode)
     run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist)
+    if graphed:
+        runner.cast_cache = False  # autocast's cache and graph capture do not mix
+        run.captured = CapturedStep(partial(step_body, run))
     if checkpoint_every is None:
         checkpoint_every = int(tc.get("checkpoint_every", 0))
     try:
@@ -667,9 +746,18 @@ def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
 def one_step(run: Run, state: LoopState, idx: torch.Tensor, neg: torch.Tensor, total: int) -> torch.Tensor:
     """One optimizer step on this rank's share of the global batch `idx`; returns the loss."""
     tc = run.cfg["train"]
-    for g in run.opt.param_groups:
-        g["lr"] = lr_at(state.step, total, tc)
+    set_lr(run.opt, lr_at(state.step, total, tc))
     sap_scale = sap_schedule(state.step, total, tc)
+    parts = (run.captured or partial(step_body, run))(idx, neg, sap_scale)
+    state.sums += parts
+    return parts[0]
+
+
+def step_body(run: Run, idx: torch.Tensor, neg: torch.Tensor, sap_scale: float | torch.Tensor) -> torch.Tensor:
+    """Gradients of this rank's share of the batch, clipping and the optimizer's step; the
+    detached (total, matching, inner, outer) losses times the share. Launches work only (no
+    host sync), so CapturedStep can record it."""
+    tc = run.cfg["train"]
     mine, neg_mine, weight = run.dist.shard(idx, neg)
     run.opt.zero_grad(set_to_none=True)
     # DDP averages gradients over ranks; weighted so they are the global batch's mean
@@ -679,8 +767,7 @@ def one_step(run: Run, state: LoopState, idx: torch.Tensor, neg: torch.Tensor, t
         params = [p for p in run.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
     run.opt.step()
-    state.sums += parts * weight
-    return parts[0]
+    return parts * weight
 
 
 def accumulate(
@@ -881,11 +968,23 @@ def read_run(out_dir: Path) -> tuple[dict[str, Any], Path]:
     return info, cfg_path
 
 
-def make_optimizer(model: FSAN, tc: dict, device: torch.device) -> torch.optim.Optimizer:
-    """Adam (paper §4.2; AdamW when train.weight_decay > 0), fused on CUDA."""
+def make_optimizer(model: FSAN, tc: dict, device: torch.device, captured: bool = False) -> torch.optim.Optimizer:
+    """Adam (paper §4.2; AdamW when train.weight_decay > 0), fused on CUDA; for a captured
+    step, capturable with its learning rate in a device tensor."""
     params = [p for p in model.parameters() if p.requires_grad]
     extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"], **extra)
+    opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"],
+                            capturable=captured, **extra)
+    lr_kind(opt, device, captured)
+    return opt
+
+
+def lr_kind(opt: torch.optim.Optimizer, device: torch.device, captured: bool) -> None:
+    """Each group's lr as a device tensor, which a captured step reads at every replay, or as a
+    float (what a run that is not captured needs, whichever kind its last.pt holds)."""
+    for g in opt.param_groups:
+        value = float(g["lr"])
+        g["lr"] = torch.tensor(value, device=device) if captured else value
 
 
 def validate(model: FSAN, features: torch.Tensor, data: SplitTensors, queries: list[Query], cfg: Config) -> dict[str, float]:

@@ -1,0 +1,79 @@
+"""Several eager and captured (train.cuda_graph) configurations of benchmarks/train_speed.py in
+one process, so a short GPU lease pays the interpreter and CUDA start once. One JSON line per
+configuration (an "error" key where it failed), then a table on stdout.
+
+    python benchmarks/gpu_suite.py --seconds 3 [--out results.jsonl]
+
+torch.compile variants are not here: run them in their own processes with a time limit
+(benchmarks/gpu_check.sh), so that one slow compilation cannot eat the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import train_speed  # noqa: E402
+
+CONFIGS = [  # (name, train_speed arguments): eager first, so that a failed capture cannot
+    # leave the process's CUDA state broken for them
+    ("bf16 eager", ["--precision", "bf16", "--profile"]),
+    ("tf32 eager", ["--precision", "tf32"]),
+    ("bf16 eager Nv128", ["--precision", "bf16", "--set", "data.clips=128"]),
+    ("bf16 graph", ["--precision", "bf16", "--cuda-graph"]),
+    ("tf32 graph", ["--precision", "tf32", "--cuda-graph"]),
+    ("bf16 graph Nv128", ["--precision", "bf16", "--cuda-graph", "--set", "data.clips=128"]),
+    ("bf16 graph b256", ["--precision", "bf16", "--cuda-graph", "--batch-size", "256"]),
+    ("bf16 graph b512", ["--precision", "bf16", "--cuda-graph", "--batch-size", "512"]),
+]
+COLUMNS = ("samples_per_s", "epoch_s_activitynet", "mfu_percent", "gflop_per_sample",
+           "gpu_busy_ms_per_step", "kernels_per_step", "peak_memory_gb", "warmup_s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--only", nargs="*", help="names of CONFIGS to run (default: all)")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="setting override for every configuration (a quick try on a CPU)")
+    ap.add_argument("--out", type=Path, default=None, help="also append the JSON lines here")
+    args = ap.parse_args()
+    rows = []
+    for name, extra in CONFIGS:
+        if args.only and name not in args.only:
+            continue
+        argv = ["--device", args.device, "--seconds", str(args.seconds), *extra,
+                *(f"--set={s}" for s in args.sets)]
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # its own report: to the log
+                row = {"name": name, **train_speed.main(argv)}
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next configuration
+            traceback.print_exc()
+            row = {"name": name, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        rows.append(row)
+        line = json.dumps(row)
+        print(line, flush=True)
+        if args.out:
+            with args.out.open("a") as f:
+                f.write(line + "\n")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    print(f"{'configuration':<18}" + "".join(f"{c[:14]:>15}" for c in COLUMNS))
+    for r in rows:
+        cells = "".join(f"{str(r.get(c, '-')):>15}" for c in COLUMNS)
+        print(f"{r['name']:<18}" + (cells if "error" not in r else "  " + r["error"][:90]))
+
+
+if __name__ == "__main__":
+    main()
