@@ -5,6 +5,7 @@
 # and a step that no longer fits is skipped, so one slow compile cannot eat the rest.
 #
 #     bash benchmarks/gpu_check.sh     # summary.txt and logs.tgz (every log) go to $OUT (or /tmp/gpu_check)
+#     STEPS="tests suite" SUITE_ONLY="bf16 eager,bf16 graph" DEADLINE=200 bash benchmarks/gpu_check.sh
 #
 # In order: the CUDA tests (train.cuda_graph against eager steps; fsan train on CUDA), the eager
 # and captured configurations of train_speed.py in one process (benchmarks/gpu_suite.py: bf16
@@ -12,14 +13,16 @@
 # reduce-overhead = CUDA graphs), fsan train end to end (captured), compile at N_v 128, then
 # ground_speed.py on the GPU.
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_check}
 DEADLINE=${DEADLINE:-540}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 start=$(date +%s)
+STEPS=${STEPS:-tests suite compile compile_ro train_e2e compile_nv128 ground}  # which, in order
 step() {  # LIMIT NAME COMMAND...: run with the limit cut to the time left, or skip
   local limit=$1 name=$2; shift 2
+  [[ " $STEPS " == *" $name "* ]] || return 0
   local left=$(( DEADLINE - ($(date +%s) - start) ))
   if (( left < 20 )); then echo "== $name: skipped ($left s left)"; return; fi
   (( limit > left )) && limit=$left
@@ -30,19 +33,19 @@ step() {  # LIMIT NAME COMMAND...: run with the limit cut to the time left, or s
 {
   nvidia-smi -L
   python3 -c "import torch, typer, click, rich; print('torch', torch.__version__, 'typer', typer.__version__, 'click', click.__version__)" 2>&1 | tail -1
-  step 100 tests python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graph.py
-  tail -3 "$LOGS/tests.log"
-  step 150 suite python3 benchmarks/gpu_suite.py --seconds 3 --out "$LOGS/suite.jsonl"
-  grep -A20 '^configuration' "$LOGS/suite.log"
-  step 150 compile python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile
-  tail -1 "$LOGS/compile.log"
+  step 80 tests python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graph.py
+  tail -3 "$LOGS/tests.log" 2>/dev/null
+  step 100 suite python3 benchmarks/gpu_suite.py --seconds 3 ${SUITE_ONLY:+--only "$SUITE_ONLY"} --out "$LOGS/suite.jsonl"
+  grep -A20 '^configuration' "$LOGS/suite.log"  2>/dev/null
+  step 130 compile python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile
+  tail -1 "$LOGS/compile.log" 2>/dev/null
   step 120 compile_ro python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile --compile-mode reduce-overhead
-  tail -1 "$LOGS/compile_ro.log"
+  tail -1 "$LOGS/compile_ro.log" 2>/dev/null
   step 80 train_e2e python3 -m fsan_cli --device cuda train --out /tmp/e2e --json --set train.cuda_graph=true
-  tail -2 "$LOGS/train_e2e.log"
+  tail -2 "$LOGS/train_e2e.log" 2>/dev/null
   step 100 compile_nv128 python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile --set data.clips=128
-  tail -1 "$LOGS/compile_nv128.log"
+  tail -1 "$LOGS/compile_nv128.log" 2>/dev/null
   step 60 ground python3 benchmarks/ground_speed.py --device cuda --repeats 2
-  tail -6 "$LOGS/ground.log"
+  tail -6 "$LOGS/ground.log" 2>/dev/null
 } 2>&1 | tee "$OUT/summary.txt"
 tar czf "$OUT/logs.tgz" -C "$LOGS" .

@@ -43,14 +43,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--only", nargs="*", help="names of CONFIGS to run (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated names of CONFIGS to run (default: all)")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="setting override for every configuration (a quick try on a CPU)")
     ap.add_argument("--out", type=Path, default=None, help="also append the JSON lines here")
     args = ap.parse_args()
     rows = []
     for name, extra in CONFIGS:
-        if args.only and name not in args.only:
+        if args.only and name not in args.only.split(","):
             continue
         argv = ["--device", args.device, "--seconds", str(args.seconds), *extra,
                 *(f"--set={s}" for s in args.sets)]

@@ -372,10 +372,12 @@ class FSAN(nn.Module):
         v = self.encode_video(video)
         for layer in self.icim:
             s, v = layer(s, v, token_mask)
-        # eq. 5: P = Norm(W^s S'') . Norm(W^v V''), computed in fp32 for the losses' logs
+        # eq. 5: P = Norm(W^s S'') . Norm(W^v V''), in fp32 for the losses' logs and sums: under
+        # autocast (bf16 training on CUDA) the product would otherwise come out in bf16
         ps = F.normalize(self.w_s(s).float(), dim=-1)
         pv = F.normalize(self.w_v(v).float(), dim=-1)
-        p = ps @ pv.transpose(1, 2)  # (B, Ns, Nv)
+        with torch.autocast(ps.device.type, enabled=False):
+            p = ps @ pv.transpose(1, 2)  # (B, Ns, Nv)
         if self.mlp_grounding is not None:
             sc = self.mlp_grounding(v).float()
         else:

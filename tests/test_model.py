@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fsan_cli.engine import top_k_segments
+from fsan_cli.engine import TrainingPass, top_k_segments
 from models.fsan import (
     FSAN,
     NEG_INF,
@@ -288,3 +288,26 @@ def test_cpu_dropout_attention_matches_sdpa():
     out = att._cpu_dropout_attention(torch.zeros(2000, 1, 1, 4), torch.zeros(2000, 1, 4, 4), ones.expand(-1, 1, 4, 1), None)
     assert abs((out == 0).float().mean().item() - 0.5**4) < 0.02  # all four weights dropped
     assert abs(out.mean().item() - 1.0) < 0.05  # expectation kept
+
+
+def test_bf16_autocast_training_pass_keeps_the_map_in_fp32():
+    """What CUDA training runs (bf16 autocast), here under the CPU's autocast: eq. 5's map and
+    the segment scores stay fp32 (the losses' matmuls with fp32 indicators need it), and a
+    step's losses and gradients are finite and close to fp32's."""
+    torch.manual_seed(0)
+    model = FSAN(FSANConfig(word_dim=8, feature_dim=12, clips=8, hidden=32, layers=1, heads=2,
+                            align_dim=16, dropout=0.0, max_tokens=6), torch.randn(30, 8)).train()
+    video, tokens = torch.randn(4, 8, 12), torch.randint(1, 30, (4, 6))
+    neg = tokens.roll(1, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(video, tokens)
+    assert out.alignment_map.dtype == torch.float32 and out.segment_scores.dtype == torch.float32
+    losses = {}
+    for bf16 in (False, True):
+        model.zero_grad()
+        loss = TrainingPass(model, bf16)(video, tokens, neg, torch.ones(4, dtype=torch.bool), None,
+                                         torch.tensor(1.0))
+        loss.total.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        losses[bf16] = float(loss.total.detach())
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)
