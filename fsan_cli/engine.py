@@ -585,16 +585,10 @@ class Run:
     captured: CapturedStep | None = None  # train.cuda_graph
 
 
-def check_cuda_graph(tc: dict, device: torch.device, compile: bool, dist: Any) -> bool:
-    """Whether to capture the step (train.cuda_graph), or why it cannot be."""
-    if not tc.get("cuda_graph", False):
-        return False
-    why = ("it needs a CUDA device" if device.type != "cuda" else
-           "--compile already captures graphs with train.compile_mode=reduce-overhead" if compile else
-           "DistributedDataParallel steps are not captured here" if dist.world > 1 else None)
-    if why:
-        raise FsanError(f"train.cuda_graph is set, but {why}", "Train with --set train.cuda_graph=false")
-    return True
+def use_cuda_graph(tc: dict, device: torch.device, compile: bool, dist: Any) -> bool:
+    """Whether to capture the step (train.cuda_graph, on by default): on CUDA, in one process,
+    without --compile (whose reduce-overhead mode captures graphs of its own)."""
+    return bool(tc.get("cuda_graph", True)) and device.type == "cuda" and not compile and dist.world == 1
 
 
 def train(
@@ -640,7 +634,7 @@ def train(
     if piece:  # recorded in the run's settings; the caller's stay as they were
         tc = {**tc, "micro_batch": piece}
         cfg = {**cfg, "train": tc}
-    graphed = check_cuda_graph(tc, device, compile, dist)
+    graphed = use_cuda_graph(tc, device, compile, dist)
     opt = make_optimizer(model, tc, device, graphed)
     gen = torch.Generator(device=device).manual_seed(tc["seed"])
     out_dir = Path(out_dir)
@@ -659,6 +653,8 @@ def train(
     if graphed:
         runner.cast_cache = False  # autocast's cache and graph capture do not mix
         run.captured = CapturedStep(partial(step_body, run))
+        if progress and dist.main:
+            log("Capturing the training step as a CUDA graph after 3 eager steps (train.cuda_graph)")
     if checkpoint_every is None:
         checkpoint_every = int(tc.get("checkpoint_every", 0))
     try:
@@ -894,7 +890,7 @@ def save_last(run: Run, state: LoopState) -> None:
 
 
 # settings that decide how the work is split, not what is learnt: `--resume` may change them
-FREE_ON_RESUME = {"train.micro_batch"}
+FREE_ON_RESUME = {"train.micro_batch", "train.cuda_graph"}
 
 
 def learning_settings(cfg: Config) -> Config:

@@ -31,26 +31,25 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def test_cuda_graph_without_cuda_is_an_error(data_dir, tmp_path):
+def test_cpu_training_is_never_captured(data_dir, tmp_path, monkeypatch):
+    """train.cuda_graph is on by default and means "where it can be": a CPU run trains eagerly."""
+    monkeypatch.setattr(engine, "CapturedStep", None)  # calling it would fail the run
     result = CliRunner().invoke(app, [
         "--device", "cpu", "-q", "train", "--data-dir", str(data_dir), "--out", str(tmp_path / "r"),
-        "--no-test", "--set", "train.cuda_graph=true", "--set", "model.hidden=16",
-        "--set", "model.layers=1", "--set", "model.heads=2"])
-    assert result.exit_code == 1
-    assert result.stderr == ("Error: train.cuda_graph is set, but it needs a CUDA device. "
-                             "Train with --set train.cuda_graph=false.\n")
-    assert not (tmp_path / "r").exists()
+        "--no-test", "--set", "model.hidden=16", "--set", "model.layers=1", "--set", "model.heads=2",
+        "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.stderr
+    assert "cuda_graph = true" in (tmp_path / "r" / "config.toml").read_text()
 
 
-def test_cuda_graph_refuses_compile_and_ddp():
-    tc = {"cuda_graph": True}
-    gpu = torch.device("cuda", 0)
-    with pytest.raises(engine.FsanError, match="reduce-overhead"):
-        engine.check_cuda_graph(tc, gpu, True, Dist())
-    with pytest.raises(engine.FsanError, match="DistributedDataParallel"):
-        engine.check_cuda_graph(tc, gpu, False, Dist(rank=0, world=2))
-    assert engine.check_cuda_graph(tc, gpu, False, Dist()) is True
-    assert engine.check_cuda_graph({"cuda_graph": False}, torch.device("cpu"), True, Dist()) is False
+def test_when_the_step_is_captured():
+    gpu, cpu, one = torch.device("cuda", 0), torch.device("cpu"), Dist()
+    assert engine.use_cuda_graph({}, gpu, False, one) is True  # the default
+    assert engine.use_cuda_graph({"cuda_graph": True}, gpu, False, one) is True
+    assert engine.use_cuda_graph({"cuda_graph": False}, gpu, False, one) is False
+    assert engine.use_cuda_graph({"cuda_graph": True}, cpu, False, one) is False
+    assert engine.use_cuda_graph({"cuda_graph": True}, gpu, True, one) is False  # --compile
+    assert engine.use_cuda_graph({"cuda_graph": True}, gpu, False, Dist(rank=0, world=2)) is False
 
 
 def test_learning_rate_as_tensor_is_filled_in_place():
@@ -129,7 +128,7 @@ def test_replays_draw_new_dropout_masks():
 @cuda
 def test_fsan_train_with_cuda_graph(data_dir, tmp_path):
     runs = {}
-    for name, sets in (("eager", []), ("graph", ["--set", "train.cuda_graph=true"])):
+    for name, sets in (("eager", ["--set", "train.cuda_graph=false"]), ("graph", [])):
         result = CliRunner().invoke(app, [
             "--device", "cuda", "-q", "train", "--data-dir", str(data_dir), "--out",
             str(tmp_path / name), "--no-test", "--json", "--set", "model.hidden=32", "--set",

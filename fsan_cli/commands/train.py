@@ -71,8 +71,11 @@ def train(
         device = resolve_device(STATE.device)
         cfg, store, dataset = _resumed(resume, data_dir)
         if micro_batch is not None:  # how a batch is split, not what is learnt: may change
+            before = cfg["train"]["micro_batch"]
             cfg["train"]["micro_batch"] = _check_micro_batch(micro_batch)
-            log(f"--micro-batch {micro_batch}: the same gradients up to rounding (not bit for bit)")
+            if micro_batch != before:
+                log(f"--micro-batch {micro_batch} (the run had {before or 'whole batches'}): "
+                    "the same gradients up to rounding, not bit for bit")
         out = resume
     else:
         cfg = _settings(dataset, config, set_, epochs, batch_size, micro_batch)
