@@ -641,7 +641,7 @@ def train(
     state = LoopState()
     if resume and (out_dir / "last.pt").is_file():
         state = restore_run(out_dir / "last.pt", model, opt, gen, cfg, store, device, dist)
-        lr_kind(opt, device, graphed)
+        ready_optimizer(opt, device, graphed)
     elif dist.main:
         start_run_folder(out_dir, cfg, store)
     if dist.world > 1 and state.step == 0:
@@ -971,16 +971,23 @@ def make_optimizer(model: FSAN, tc: dict, device: torch.device, captured: bool =
     extra = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"],
                             capturable=captured, **extra)
-    lr_kind(opt, device, captured)
+    ready_optimizer(opt, device, captured)
     return opt
 
 
-def lr_kind(opt: torch.optim.Optimizer, device: torch.device, captured: bool) -> None:
-    """Each group's lr as a device tensor, which a captured step reads at every replay, or as a
-    float (what a run that is not captured needs, whichever kind its last.pt holds)."""
+def ready_optimizer(opt: torch.optim.Optimizer, device: torch.device, captured: bool) -> None:
+    """The groups as this run steps them, whatever a restored last.pt held (a run may resume on
+    another device, or with train.cuda_graph changed): for a captured step, capturable, with
+    each lr a device tensor (read at every replay) and Adam's step counts on the device; else
+    each lr a float."""
     for g in opt.param_groups:
         value = float(g["lr"])
         g["lr"] = torch.tensor(value, device=device) if captured else value
+        g["capturable"] = captured
+    if captured:
+        for st in opt.state.values():
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=device, dtype=torch.float32)
 
 
 def validate(model: FSAN, features: torch.Tensor, data: SplitTensors, queries: list[Query], cfg: Config) -> dict[str, float]:

@@ -55,15 +55,31 @@ def test_when_the_step_is_captured():
 def test_learning_rate_as_tensor_is_filled_in_place():
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.5)
-    engine.lr_kind(opt, torch.device("cpu"), True)
+    engine.ready_optimizer(opt, torch.device("cpu"), True)
     lr = opt.param_groups[0]["lr"]
     assert torch.is_tensor(lr) and float(lr) == 0.5
     engine.set_lr(opt, 0.25)
     assert opt.param_groups[0]["lr"] is lr and float(lr) == 0.25  # the tensor a graph read
-    engine.lr_kind(opt, torch.device("cpu"), False)  # what a resumed eager run needs
+    engine.ready_optimizer(opt, torch.device("cpu"), False)  # what a resumed eager run needs
     assert opt.param_groups[0]["lr"] == 0.25 and not torch.is_tensor(opt.param_groups[0]["lr"])
     engine.set_lr(opt, 0.125)
     assert opt.param_groups[0]["lr"] == 0.125
+
+
+def test_a_restored_eager_optimizer_is_made_capturable():
+    """last.pt of a run that was not captured (a CPU run, or train.cuda_graph=false) holds
+    capturable=False and float lr: resumed with capture, both must change."""
+    model = torch.nn.Linear(3, 2)
+    eager = torch.optim.AdamW(model.parameters(), lr=0.5)
+    model(torch.randn(4, 3)).sum().backward()
+    eager.step()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.5)
+    opt.load_state_dict(eager.state_dict())
+    engine.ready_optimizer(opt, torch.device("cpu"), True)
+    assert all(g["capturable"] and torch.is_tensor(g["lr"]) for g in opt.param_groups)
+    assert all(st["step"].dtype == torch.float32 for st in opt.state.values())
+    engine.ready_optimizer(opt, torch.device("cpu"), False)
+    assert not any(g["capturable"] or torch.is_tensor(g["lr"]) for g in opt.param_groups)
 
 
 def small_run(dropout: float, captured: bool, seed: int = 0) -> engine.Run:
