@@ -14,8 +14,8 @@
 # In order: the CUDA tests (train.cuda_graph against eager steps; fsan train on CUDA), the eager
 # and captured configurations of train_speed.py in one process (benchmarks/gpu_suite.py: bf16
 # and tf32, N_v 64 and 128, batch 128 to 512, with a profile), torch.compile (default, then
-# reduce-overhead = CUDA graphs), fsan train end to end (captured), compile at N_v 128, then
-# ground_speed.py on the GPU.
+# reduce-overhead = CUDA graphs; first each layer compiled inside the captured step, not yet
+# measured), fsan train end to end (captured), compile at N_v 128, then ground_speed.py.
 set -u
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_check}
@@ -23,7 +23,7 @@ DEADLINE=${DEADLINE:-540}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 start=$(date +%s)
-STEPS=${STEPS:-tests suite compile compile_ro train_e2e compile_nv128 ground}  # which, in order
+STEPS=${STEPS:-tests suite layers_graph compile compile_ro train_e2e compile_nv128 ground}  # which, in order
 step() {  # LIMIT NAME COMMAND...: run with the limit cut to the time left, or skip
   local limit=$1 name=$2; shift 2
   [[ " $STEPS " == *" $name "* ]] || return 0
@@ -41,6 +41,8 @@ step() {  # LIMIT NAME COMMAND...: run with the limit cut to the time left, or s
   tail -3 "$LOGS/tests.log" 2>/dev/null
   step 100 suite python3 benchmarks/gpu_suite.py --seconds 3 ${SUITE_ONLY:+--only "$SUITE_ONLY"} --out "$LOGS/suite.jsonl"
   grep -A20 '^configuration' "$LOGS/suite.log"  2>/dev/null
+  step 150 layers_graph python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile-layers --cuda-graph
+  tail -1 "$LOGS/layers_graph.log" 2>/dev/null
   step 130 compile python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile
   tail -1 "$LOGS/compile.log" 2>/dev/null
   step 120 compile_ro python3 benchmarks/train_speed.py --device cuda --json --seconds 3 --precision bf16 --compile --compile-mode reduce-overhead

@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune")
+    ap.add_argument("--compile-layers", action="store_true",
+                    help="torch.compile each ICIM layer and text block instead of the whole step: "
+                         "one compilation serves every layer (a trial: fsan train has no such mode); "
+                         "combines with --cuda-graph")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="capture the whole step as one CUDA graph (train.cuda_graph)")
     ap.add_argument("--profile", action="store_true",
@@ -160,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
         flops = counter.get_total_flops() / b
     except Exception:  # noqa: BLE001 - FLOP counting is best effort
         flops = None
+    if args.compile_layers:  # after the FLOP count, which runs eagerly
+        for block in [*model.icim, *model.text_encoder]:
+            block.compile()
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "precision": precision,
         "compile": args.compile_mode if args.compile else False,
+        "compile_layers": args.compile_layers,
         "cuda_graph": args.cuda_graph,
         "warmup_s": round(warmup_s, 1),
         "batch_size": b,
