@@ -42,7 +42,7 @@ def train(
         typer.Option("--resume", metavar="RUN_DIR",
                      help="Continue an interrupted run from RUN_DIR/last.pt with its config.toml."),
     ] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step (compiling takes minutes; on one GPU it replaces the CUDA graph that train.cuda_graph captures).")] = False,
     no_test: Annotated[bool, typer.Option("--no-test", help="Skip scoring on the test split.")] = False,
     json_: JsonOpt = False,
 ) -> None:
