@@ -25,10 +25,10 @@ from fsan_cli.config import load_config
 from fsan_cli.device import resolve_device
 from fsan_cli.distributed import Dist
 from fsan_cli.engine import (
-    CapturedStep,
     Run,
     TrainingData,
     TrainingPass,
+    capture_steps,
     make_optimizer,
     model_config,
     step_body,
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     runner = torch.compile(plain, mode=args.compile_mode) if args.compile else plain
     run = Run(model, runner, opt, None, data, cfg, None, None, device, Dist())
     if args.cuda_graph:
-        plain.cast_cache = False
-        run.captured = CapturedStep(lambda i, n, sap: step_body(run, i, n, sap))
+        capture_steps(run)
 
     def step(eager: bool = False) -> None:  # what fsan train's one_step does, without the logs
         idx = torch.randint(0, n_queries, (b,), device=device)

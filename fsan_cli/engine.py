@@ -585,6 +585,13 @@ class Run:
     captured: CapturedStep | None = None  # train.cuda_graph
 
 
+def capture_steps(run: Run) -> None:
+    """From now on `one_step` goes through a CapturedStep of `step_body` (run.runner must be
+    the plain TrainingPass: neither compiled nor wrapped by DDP)."""
+    run.runner.cast_cache = False  # autocast's cache and graph capture do not mix
+    run.captured = CapturedStep(partial(step_body, run))
+
+
 def use_cuda_graph(tc: dict, device: torch.device, compile: bool, dist: Any) -> bool:
     """Whether to capture the step (train.cuda_graph, on by default): on CUDA, in one process,
     without --compile (whose reduce-overhead mode captures graphs of its own)."""
@@ -651,8 +658,7 @@ def train(
         runner = torch.compile(runner, mode=compile_mode)
     run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist)
     if graphed:
-        runner.cast_cache = False  # autocast's cache and graph capture do not mix
-        run.captured = CapturedStep(partial(step_body, run))
+        capture_steps(run)
         if progress and dist.main:
             log("Capturing the training step as a CUDA graph after 3 eager steps (train.cuda_graph)")
     if checkpoint_every is None:

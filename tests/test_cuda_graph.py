@@ -99,8 +99,7 @@ def small_run(dropout: float, captured: bool, seed: int = 0) -> engine.Run:
     runner = engine.TrainingPass(model, False)  # fp32: the two runs compare closely
     run = engine.Run(model, runner, opt, None, data, cfg, None, None, device, Dist())
     if captured:
-        runner.cast_cache = False
-        run.captured = engine.CapturedStep(lambda i, n, s: engine.step_body(run, i, n, s))
+        engine.capture_steps(run)
     return run
 
 
