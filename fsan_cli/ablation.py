@@ -2,15 +2,16 @@
 
 A variant is a list of `--set` overrides applied after the dataset preset, `--config` and the
 user's `--set`, so it composes with whatever the defaults are. Each (variant, seed) trains with
-the same engine as `fsan train` into its own run folder `<out>/<variant>[-seed<k>]/`; its best.pt
+the same loop as `fsan train` (fsan_cli/training.py) into its own run folder `<out>/<variant>[-seed<k>]/`; its best.pt
 (chosen on val) is then scored on the test split and `results.json` is written atomically. A
 folder with results.json is finished: a later `fsan ablate` skips it (after checking its settings
 are the ones asked for); a folder without one resumes from its last.pt when its config.toml
-holds the same settings (the engine's resume), else trains again from scratch.
+holds the same settings (`fsan train --resume`), else trains again from scratch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -27,12 +28,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from fsan_cli.atomic import atomic_write
-from fsan_cli.config import Config, load_config, to_toml
 from fsan_cli.data.store import Store
 from fsan_cli.errors import FsanError
 from fsan_cli.metrics import check_annotated, metric_keys, score
 from fsan_cli.output import fmt, log, warn
 from fsan_cli.report import DATASET_NAMES, PAPER_TABLE4, column_header
+from fsan_cli.settings import Settings, load_settings
 
 MANIFEST = "ablation.json"
 MANIFEST_FORMAT = "fsan-ablation"
@@ -67,9 +68,9 @@ VARIANTS: tuple[Variant, ...] = (
             "eq. 8 reads P^ = (1 + P) / 2"),
     Variant("sc_centered", "SC on centred P", ('align.sc_map="centered"',), "design",
             "eq. 8 reads P minus each token's mean over clips"),
-    Variant("outer_literal", "outer loss: literal sign", ('align.outer="literal"',), "design",
+    Variant("outer_literal", "outer loss: literal sign", ('align.outer_form="literal"',), "design",
             "eq. 11 as printed, -log(min P^), which raises the weakest outside response"),
-    Variant("outer_lower", "outer loss: lowers min P^", ('align.outer="lower"',), "design",
+    Variant("outer_lower", "outer loss: lowers min P^", ('align.outer_form="lower"',), "design",
             "eq. 11 as -log(1 - min P^), which lowers the weakest outside response"),
     Variant("inner_sigmoid_sum", "inner loss: sigmoid of sum (paper)",
             ('align.inner_form="sigmoid_sum"',), "design", "eq. 9 as printed, -sigmoid(sum P^)"),
@@ -116,7 +117,7 @@ class Job:
     variant: Variant
     seed: int
     folder: Path
-    cfg: Config
+    cfg: Settings
     same_as: Job | None = None
     result: dict[str, Any] | None = field(default=None, repr=False)
     error: str | None = None
@@ -131,21 +132,17 @@ def plan(dataset: str, config_file: Path | None, overrides: list[str], variants:
     """Resolve every (variant, seed) config; variants whose settings coincide train once."""
     if seeds < 1:
         raise FsanError(f"--seeds must be at least 1, got {seeds}", "Pass --seeds 1 or more")
-    base = load_config(dataset, config_file, overrides)
-    for key in ("epochs", "batch_size"):
-        if base["train"][key] < 1:
-            raise FsanError(f"train.{key} must be at least 1, got {base['train'][key]}",
-                            "Pass a positive number")
+    base = load_settings(dataset, config_file, overrides)
     jobs: list[Job] = []
     seen: dict[str, Job] = {}
     for variant in variants:
         for k in range(seeds):
-            seed = base["train"]["seed"] + k
-            cfg = load_config(dataset, config_file,
+            seed = base.train.seed + k
+            cfg = load_settings(dataset, config_file,
                               [*overrides, *variant.overrides, f"train.seed={seed}"])
             folder = out / (variant.name if seeds == 1 else f"{variant.name}-seed{seed}")
             job = Job(variant, seed, folder, cfg)
-            key = to_toml(cfg)
+            key = cfg.to_toml()
             job.same_as = seen.get(key)
             seen.setdefault(key, job)
             jobs.append(job)
@@ -154,11 +151,8 @@ def plan(dataset: str, config_file: Path | None, overrides: list[str], variants:
 
 def check_models(jobs: list[Job], store: Store) -> None:
     """Every variant's model settings are valid for the store, before anything trains."""
-    from fsan_cli.engine import check_model_config, model_config
-
     for job in jobs:
-        mc = model_config(job.cfg, int(store.vectors.shape[1]), store.feature_dim)
-        check_model_config(mc)
+        mc = job.cfg.model_config(int(store.vectors.shape[1]), store.feature_dim)
         if mc.clips != store.clips:
             raise FsanError(
                 f"data.clips={mc.clips} but the data at {store.path} has {store.clips} clips",
@@ -208,9 +202,11 @@ def finished_result(job: Job) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError):
         log(f"{path} is unreadable; training {job.title} again")
         return None
-    if settings != job.cfg:
+    with contextlib.suppress(FsanError):  # else compared as it is: it differs
+        settings = Settings.from_dict(settings, str(path)).to_dict()
+    if settings != job.cfg.to_dict():
         diff = [f"{s}.{k}: {settings.get(s, {}).get(k)!r} there, {v!r} now"
-                for s, values in job.cfg.items() for k, v in values.items()
+                for s, values in job.cfg.to_dict().items() for k, v in values.items()
                 if settings.get(s, {}).get(k) != v]
         raise FsanError(
             f"{job.folder} was trained with other settings ({'; '.join(diff[:3]) or 'keys differ'})",
@@ -225,9 +221,9 @@ def finished_result(job: Job) -> dict[str, Any] | None:
 def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool = True,
         trainer: Callable[..., dict[str, Any]] | None = None) -> None:
     """Train and score every unfinished job in order; fills job.result (or job.error)."""
-    from fsan_cli import engine
+    from fsan_cli import training
 
-    trainer = trainer or engine.train
+    trainer = trainer or training.train
     queries = store.split("test")
     check_annotated(dataset, queries)  # before hours of training
     todo = [j for j in jobs if j.same_as is None]
@@ -260,25 +256,23 @@ def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool
 
 def same_settings(job: Job) -> bool:
     """Whether an unfinished run folder was started with the job's settings (so it resumes);
-    a train.micro_batch the run chose for itself does not count (engine.FREE_ON_RESUME)."""
-    from fsan_cli.engine import learning_settings
-
+    a train.micro_batch the run chose for itself does not count (settings.FREE_ON_RESUME)."""
     try:
-        saved = tomllib.loads((job.folder / "config.toml").read_text("utf-8"))
-    except (OSError, ValueError):
+        saved = Settings.from_dict(tomllib.loads((job.folder / "config.toml").read_text("utf-8")))
+    except (OSError, ValueError, FsanError):
         return False
-    return learning_settings(saved) == learning_settings(job.cfg)
+    return saved.learning() == job.cfg.learning()
 
 
 def train_and_score(job: Job, store: Store, dataset: str, queries: list, device: Any,
                     progress: bool, trainer: Callable[..., dict[str, Any]],
                     resume: bool = False) -> dict[str, Any]:
-    from fsan_cli.engine import predict_queries
+    from fsan_cli.predict import Predictor
 
     t0 = time.perf_counter()
     summary = trainer(job.cfg, store, job.folder, device, progress=progress, resume=resume)
     train_s = time.perf_counter() - t0
-    rows = predict_queries(job.folder / "best.pt", store, queries, device, job.cfg["eval"]["top_k"])
+    rows = Predictor.load(job.folder / "best.pt", device).rows(store, queries, job.cfg.eval.top_k)
     metrics, _ = score(dataset, queries, rows)
     result = {
         "variant": job.variant.name,
@@ -293,7 +287,7 @@ def train_and_score(job: Job, store: Store, dataset: str, queries: list, device:
         "best_val_miou": summary.get("best_val_miou"),
         "train_seconds": round(train_s, 1),
         "seconds": round(time.perf_counter() - t0, 1),
-        "settings": job.cfg,
+        "settings": job.cfg.to_dict(),
     }
     write_json(job.folder / RESULTS, result)
     log(f"  {job.title}: test mIoU {metrics['miou']:.2f} in {result['seconds']:.0f} s")

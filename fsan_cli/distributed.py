@@ -53,7 +53,7 @@ class Dist:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
-        unused = mc.grounding == "mlp" or not mc.sap_losses  # some parameters get no gradient
+        unused = mc.grounding == "mlp" or not mc.sap  # some parameters get no gradient
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
 

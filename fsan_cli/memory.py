@@ -4,15 +4,21 @@
 A CUDA out-of-memory error is an exception, which `fsan train` turns into advice; running out
 of RAM usually is not: Linux kills the process. So on a CPU, with train.micro_batch = 0, the
 training loop estimates the activation memory of a batch and, when the free RAM cannot hold it,
-trains in pieces that fit (the gradient is the same: engine.accumulate).
+trains in pieces that fit (the gradient is the same: step.accumulate).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from models.fsan import FSANConfig
+import torch
+
+from fsan_cli.errors import FsanError
+from fsan_cli.output import log
+from fsan_cli.settings import Settings, TrainSettings
+from models.config import FSANConfig
 
 # Floats kept for the backward pass per sample, fitted to what autograd saves (measured with
 # torch.autograd.graph.saved_tensors_hooks over 10 small configs; within 1% of each, and within
@@ -81,3 +87,49 @@ def fitting_piece(share: int, per_sample: int, free: int, processes: int = 1) ->
 def local_processes() -> int:
     """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def memory_error(cfg: Settings, dist: Any, device: torch.device, step: int, saved_step: int | None,
+                 out_dir: Path) -> FsanError:
+    """What to do when a step does not fit: smaller pieces per forward/backward, same gradient."""
+    tc = cfg.train
+    share = dist.largest_share(tc.batch_size)
+    piece = min(tc.micro_batch or share, share)
+    half = max(1, piece // 2)
+    what = (f"{'the GPU' if device.type == 'cuda' else 'RAM'} ran out at step {step + 1} with "
+            f"{piece} samples per forward/backward on each process (train.batch_size="
+            f"{tc.batch_size}, train.micro_batch={tc.micro_batch})")
+    how = (f"each batch goes through in pieces of {half} samples, with the same gradient and less "
+           "memory")
+    if saved_step is None:
+        return FsanError(what, f"Train again with --micro-batch {half}: {how}")
+    return FsanError(f"{what}; {out_dir / 'last.pt'} (step {saved_step}) is kept",
+                     f"Continue with: fsan train --resume {out_dir} --micro-batch {half} ({how})")
+
+
+def piece_that_fits(tc: TrainSettings, mc: FSANConfig, tokens: int, model: torch.nn.Module,
+                    dist: Any) -> int:
+    """On a CPU: the most samples per forward/backward whose step fits in the free RAM when a
+    whole batch share does not, else 0 (whole shares). Running out of RAM gets the process
+    killed without a message."""
+    free = available_bytes()
+    if free is None:
+        return 0
+    share = dist.largest_share(tc.batch_size)
+    per_sample = activation_bytes(mc, tokens)
+    # Adam's two moments and the gradients come at the first step
+    later = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    piece = fitting_piece(share, per_sample, free - later, local_processes())
+    if piece == share:
+        return 0
+    log(f"A batch share of {share} needs about {step_bytes(per_sample, share) / 2**30:.1f} "
+        f"GB for its forward and backward and {free / 2**30:.1f} GB of RAM are free: training "
+        f"in pieces of {piece} (train.micro_batch; the same gradient)")
+    return piece

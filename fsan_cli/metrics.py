@@ -526,3 +526,9 @@ def _ranking_ok(given: Any, n_chunks: int) -> bool:
         return False
     n_seg = n_chunks * (n_chunks + 1) // 2
     return arr.shape == (n_seg, 2) and not _bad_rankings(arr[None], n_chunks)[0]
+
+
+def top1_iou(pred: np.ndarray, gt: list[list[list[float]]]) -> np.ndarray:
+    """IoU of each query's top-1 moment (Q, 2) with its best-matching ground-truth moment."""
+    gts, valid = pad_ragged(gt)  # (Q, M, 2), (Q, M)
+    return np.where(valid, iou(pred[:, None, :], gts), -1.0).max(1)

@@ -28,3 +28,11 @@ SetOpt = Annotated[
     typer.Option("--set", metavar="KEY=VALUE", help="Override one setting, e.g. --set model.hidden=256 (repeatable)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", metavar="FILE.pt", help="The model: a best.pt or last.pt that `fsan train` wrote."),
+]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="Moments per query.")]
+JsonLinesOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON line per result (a stream: JSON lines).")
+]

@@ -165,3 +165,13 @@ def encode(text: str, word_to_id: dict[str, int], max_tokens: int) -> list[int]:
     """Token ids of `text` (unknown words -> <unk>), truncated to `max_tokens`."""
     unk = word_to_id[UNK]
     return [word_to_id.get(w, unk) for w in tokenize(text)][:max_tokens]
+
+
+def encode_texts(texts: Iterable[str], word_to_id: dict[str, int], max_tokens: int) -> np.ndarray:
+    """Token ids (Q, Ns) of each text, zero-padded to the longest; unknown words are <unk>, a
+    text of no words one padding token (masked everywhere), truncated to `max_tokens`."""
+    ids = [encode(t, word_to_id, max_tokens) or [0] for t in texts]
+    out = np.zeros((len(ids), max((len(x) for x in ids), default=1)), np.int64)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = x
+    return out

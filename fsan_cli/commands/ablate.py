@@ -37,7 +37,7 @@ def ablate(
 ) -> None:
     """Train and test the full model and the ablations of the paper's Table 4.
 
-    Every variant trains with `fsan train`'s engine into OUT/<variant>[-seed<k>]/ and is scored on
+    Every variant trains with `fsan train`'s loop into OUT/<variant>[-seed<k>]/ and is scored on
     the test split. An interrupted run resumes: finished variants (with results.json) are skipped.
 
     Variants: table4 = full, no_grounding, no_sap_loss, no_cross_attention, no_inner_attention
@@ -46,7 +46,7 @@ def ablate(
     beside its alternative); all. A variant whose settings equal the full model's trains once.
     """
     from fsan_cli import ablation
-    from fsan_cli.commands.train import open_store
+    from fsan_cli.data.store import open_store
     from fsan_cli.device import resolve_device
     from fsan_cli.output import print_json, stdout_console
     from fsan_cli.state import STATE
@@ -58,7 +58,7 @@ def ablate(
     jobs = ablation.plan(dataset, config, overrides, ablation.select_variants(variants), seeds, out)
     base = jobs[0].cfg
     device = resolve_device(STATE.device)  # before any data is read or generated
-    store = open_store(dataset, data_dir, base["data"]["clips"])
+    store = open_store(dataset, data_dir, base.data.clips)
     ablation.check_models(jobs, store)
     ablation.open_out(out, dataset, jobs, overwrite)
     try:
@@ -68,7 +68,7 @@ def ablate(
               "again to resume.", file=sys.stderr)
         raise typer.Exit(130) from None
     rows = [*ablation.paper_rows(dataset), *ablation.variant_rows(jobs, dataset),
-            *ablation.baseline_rows(store, dataset, base["train"]["seed"], base["eval"]["top_k"])]
+            *ablation.baseline_rows(store, dataset, base.train.seed, base.eval.top_k)]
     if json_:
         print_json(rows)
     elif csv_:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.errors import FsanError, handle_errors
+from fsan_cli.options import CheckpointOpt, JsonLinesOpt, TopKOpt
 
 
 class Precision(StrEnum):
@@ -24,10 +25,7 @@ def ground(
         list[str],
         typer.Argument(metavar="QUERY", help="Sentences; '-' reads one per line from stdin."),
     ],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", help="The model (default: the newest best.pt under runs/)."),
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     video_id: Annotated[
         str | None, typer.Option("--video-id", metavar="ID", help="Which video of a multi-video file.")
     ] = None,
@@ -35,13 +33,8 @@ def ground(
         float | None,
         typer.Option("--duration", help="Video length in seconds, if the file has none."),
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Moments per query.")] = 5,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json", help="One JSON line per query (predictions format + alignment_map)."
-        ),
-    ] = False,
+    top_k: TopKOpt = 5,
+    as_json: JsonLinesOpt = False,
     precision: Annotated[
         Precision,
         typer.Option(
@@ -61,13 +54,17 @@ def ground(
     VIDEO.h5 holds a (T, D) dataset `features` and an attribute `duration` (seconds), or is an
     official feature file (a group per video holding `c3d_features`, or a (T, D) dataset per
     video; pick one with --video-id). Features are pooled, normalised and projected as at
-    training time. Blank stdin lines are skipped. Example:
+    training time. Without --checkpoint, the newest runs/*/best.pt answers. --json prints one
+    line per query: the predictions format plus its alignment_map. Blank stdin lines are
+    skipped. Example:
 
         fsan ground v.h5 - --json < q.txt | fsan evaluate --predictions -
     """
     from fsan_cli import grounding as g
     from fsan_cli.device import resolve_device
+    from fsan_cli.ground_render import check_plot, render, save_plot
     from fsan_cli.output import log, print_json
+    from fsan_cli.predict import Predictor
     from fsan_cli.state import STATE
 
     if duration is not None and not duration > 0:
@@ -75,19 +72,19 @@ def ground(
             f"--duration must be positive, got {duration:g}", "Pass the video's length in seconds"
         )
     if plot is not None:
-        g.check_plot(plot)
+        check_plot(plot)
     asked = g.read_queries(queries)
     clip = g.read_video(video, video_id)
     if checkpoint is None:
         checkpoint = g.find_checkpoint()
         log(f"Checkpoint: {checkpoint} (the newest under {g.RUNS}/; --checkpoint picks another)")
-    grounder = g.Grounder(checkpoint, resolve_device(STATE.device), precision.value)
-    seconds = g.resolve_duration(clip, duration, grounder.dataset)
-    results = g.ground_video(grounder, clip, seconds, asked, top_k)
+    predictor = Predictor.load(checkpoint, resolve_device(STATE.device), precision.value)
+    seconds = g.resolve_duration(clip, duration, predictor.dataset)
+    results = g.ground_video(predictor, clip, seconds, asked, top_k)
     if as_json:
         for r in results:
-            print_json(g.grounding_row(clip.video, seconds, r, grounder.nms))
+            print_json(g.grounding_row(clip.video, seconds, r, predictor.nms))
     else:
-        g.render(clip.video, seconds, results)
+        render(clip.video, seconds, results)
     if plot is not None:
-        g.save_plot(plot, clip.video, seconds, results)
+        save_plot(plot, clip.video, seconds, results)

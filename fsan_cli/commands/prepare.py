@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from fsan_cli.config import load_config
 from fsan_cli.errors import handle_errors
 from fsan_cli.output import fmt, make_table, print_json, stdout_console, warn
+from fsan_cli.settings import load_settings
 
 
 class Dataset(StrEnum):
@@ -101,14 +101,14 @@ def prepare(
     """
     from fsan_cli.data.prepare import PrepareOptions, prepare_dataset
 
-    cfg = load_config(dataset.value)
+    cfg = load_settings(dataset.value)
     opts = PrepareOptions(
         dataset=dataset.value,
         annotations=annotations,
         features=features,
         out=out if out is not None else data_dir / dataset.value,
-        clips=clips if clips is not None else int(cfg["data"]["clips"]),
-        normalize=normalize and bool(cfg["data"]["normalize"]),
+        clips=clips if clips is not None else cfg.data.clips,
+        normalize=normalize and cfg.data.normalize,
         pca=pca if pca is not None else (500 if dataset is Dataset.didemo else 0),
         glove=glove,
         skip_missing=skip_missing,

@@ -57,9 +57,10 @@ def train(
     batch through in pieces of N samples with the same gradient; on a CPU, batches that would
     not fit the free RAM are split so by themselves. Several GPUs: torchrun --nproc_per_node=N -m fsan_cli train ...
     """
-    from fsan_cli import distributed, engine
-    from fsan_cli.commands.evaluate import run_evaluation
+    from fsan_cli import distributed, training
+    from fsan_cli.data.store import open_store
     from fsan_cli.device import resolve_device
+    from fsan_cli.evaluation import evaluate_split, show
     from fsan_cli.output import log, print_json
     from fsan_cli.state import STATE
 
@@ -71,8 +72,8 @@ def train(
         device = resolve_device(STATE.device)
         cfg, store, dataset = _resumed(resume, data_dir)
         if micro_batch is not None:  # how a batch is split, not what is learnt: may change
-            before = cfg["train"]["micro_batch"]
-            cfg["train"]["micro_batch"] = _check_micro_batch(micro_batch)
+            before = cfg.train.micro_batch
+            cfg = cfg.replace("train.micro_batch", micro_batch)
             if micro_batch != before:
                 log(f"--micro-batch {micro_batch} (the run had {before or 'whole batches'}): "
                     "the same gradients up to rounding, not bit for bit")
@@ -82,14 +83,14 @@ def train(
         out = out or Path("runs") / f"{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
         _check_out(out, overwrite)
         device = resolve_device(STATE.device)
-        store = open_store(dataset, data_dir, cfg["data"]["clips"])
+        store = open_store(dataset, data_dir, cfg.data.clips)
     dist, device = distributed.init(device)
     t0 = time.perf_counter()
     try:
         with _sigterm_as_interrupt():
-            summary = engine.train(cfg, store, out, device, resume=resume is not None,
-                                   compile=compile_, dist=dist)
-    except engine.TrainingInterrupted as exc:
+            summary = training.train(cfg, store, out, device, resume=resume is not None,
+                                     compile=compile_, dist=dist)
+    except training.TrainingInterrupted as exc:
         _interrupted(exc)
     finally:
         distributed.shutdown()
@@ -101,14 +102,14 @@ def train(
         if json_:
             print_json(summary)
         return
-    run_evaluation(dataset, store, "test", checkpoint=out / "best.pt", as_json=json_,
-                   top_k=cfg["eval"]["top_k"], seed=cfg["train"]["seed"],
-                   extra_json={"run": str(out), "best_epoch": summary["best_epoch"]})
+    result = evaluate_split(dataset, store, "test", checkpoint=out / "best.pt", top_k=cfg.eval.top_k,
+                            seed=cfg.train.seed, device=device, with_baselines=not json_)
+    show(result, json_, extra_json={"run": str(out), "best_epoch": summary["best_epoch"]})
     log(f"Total wall time {time.perf_counter() - t0:.0f} s")
 
 
 def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None):
-    from fsan_cli.config import load_config
+    from fsan_cli.settings import load_settings
 
     overrides = list(set_ or [])
     if epochs is not None:
@@ -117,19 +118,7 @@ def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None):
         overrides.append(f"train.batch_size={batch_size}")
     if micro_batch is not None:
         overrides.append(f"train.micro_batch={micro_batch}")
-    cfg = load_config(dataset, config, overrides)
-    for key in ("epochs", "batch_size"):
-        if cfg["train"][key] < 1:
-            raise FsanError(f"train.{key} must be at least 1, got {cfg['train'][key]}", "Pass a positive number")
-    _check_micro_batch(cfg["train"]["micro_batch"])
-    return cfg
-
-
-def _check_micro_batch(n: int) -> int:
-    if n < 0:
-        raise FsanError(f"train.micro_batch must be 0 (whole batches) or more, got {n}",
-                        "Pass e.g. --micro-batch 32")
-    return n
+    return load_settings(dataset, config, overrides)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -156,19 +145,19 @@ def _check_resume_options(resume, out, config, set_, epochs, batch_size, overwri
 
 def _resumed(run_dir: Path, data_dir: Path):
     """(settings, store, dataset) of the run in `run_dir`."""
-    from fsan_cli.config import load_config
-    from fsan_cli.data.store import load_store, store_exists
-    from fsan_cli.engine import read_run
+    from fsan_cli.data.store import load_store, open_store, store_exists
     from fsan_cli.output import log
+    from fsan_cli.resume import read_run
+    from fsan_cli.settings import load_settings
 
     info, cfg_path = read_run(run_dir)
     dataset = info["dataset"]
-    cfg = load_config(dataset, cfg_path)
+    cfg = load_settings(dataset, cfg_path)
     recorded = Path(info.get("store", ""))
     if store_exists(recorded):
         store = load_store(recorded)
     else:
-        store = open_store(dataset, data_dir, cfg["data"]["clips"])
+        store = open_store(dataset, data_dir, cfg.data.clips)
     log(f"Resuming {run_dir} ({dataset}, data at {store.path})")
     return cfg, store, dataset
 
@@ -200,12 +189,3 @@ def _sigterm_as_interrupt():
         if old is not None:
             signal.signal(signal.SIGTERM, old)
 
-
-def open_store(dataset: str, data_dir: Path, clips: int):
-    from fsan_cli.data.store import load_store
-
-    if dataset == "synthetic":
-        from fsan_cli.data.synthetic import ensure_synthetic
-
-        return load_store(ensure_synthetic(data_dir, clips=clips))
-    return load_store(data_dir / dataset)

@@ -207,3 +207,13 @@ def write_store(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def open_store(dataset: str, data_dir: Path, clips: int) -> Store:
+    """The prepared store of `dataset` under `data_dir`; the synthetic one is generated on
+    first use."""
+    if dataset == "synthetic":
+        from fsan_cli.data.synthetic import ensure_synthetic
+
+        return load_store(ensure_synthetic(data_dir, clips=clips))
+    return load_store(data_dir / dataset)

@@ -1,0 +1,163 @@
+"""Scoring a split: predictions from a checkpoint (through the Predictor), a predictions file or a
+baseline, scored by the benchmark's protocol beside the random and prior baselines.
+
+`evaluate_split` is quiet and returns an `Evaluation`; `fsan evaluate` and `fsan train` render it
+with `show`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fsan_cli import baselines
+from fsan_cli.data.store import Query, Store
+from fsan_cli.errors import FsanError
+from fsan_cli.metrics import check_annotated, protocol, score, score_details
+from fsan_cli.output import log, print_json, stdout_console, warn
+from fsan_cli.predictions import read_predictions, write_predictions
+from fsan_cli.report import PAPER_TABLES, metric_names, results_table
+
+BASELINES = ("random", "prior")
+
+
+@dataclass
+class Evaluation:
+    dataset: str
+    split: str
+    queries: int
+    predicted: int
+    label: str  # the table row of what was scored
+    metrics: dict[str, float]  # percent
+    baselines: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+    caption: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The --json object: the split, counts and each metric in percent."""
+        keys = metric_names(self.dataset)
+        return {"dataset": self.dataset, "split": self.split, "queries": self.queries,
+                "predicted": self.predicted, **{k: round(self.metrics[k], 4) for k in keys}}
+
+
+def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path | None = None,
+                   predictions: str | None = None, baseline: str | None = None,
+                   save_predictions: Path | None = None, top_k: int = 5, seed: int = 0,
+                   device: Any = None, with_baselines: bool = True) -> Evaluation:
+    """Score one source (exactly one of checkpoint, predictions, baseline) on `split`; the
+    random and prior baselines on the same split beside it unless with_baselines is False."""
+    queries = store.split(split)
+    check_annotated(dataset, queries)  # before predicting, which can take a while
+    rows, label, nms = _rows(dataset, store, queries, split, checkpoint, predictions, baseline,
+                             top_k, seed, device)
+    if save_predictions is not None:
+        write_predictions(save_predictions, rows)
+        log(f"Wrote {len(rows)} predictions to {save_predictions}")
+    metrics, warnings, predicted = score_details(dataset, queries, rows)
+    for message in warnings:
+        warn(message)
+    prior_source = _prior_source(store, split)
+    caption = _caption(dataset, split, len(queries), predicted, nms, top_k, seed, prior_source)
+    if checkpoint is not None:
+        caption += f"\nCheckpoint: {checkpoint}"
+    beside = _baseline_rows(dataset, store, queries, split, top_k, seed, baseline) if with_baselines else []
+    return Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption)
+
+
+def show(result: Evaluation, as_json: bool = False, metric: str | None = None,
+         extra_json: dict[str, Any] | None = None) -> None:
+    """One metric alone, one JSON object, or the table with the baselines and the paper's rows."""
+    if metric is not None:
+        print(f"{result.metrics[metric]:.2f}")
+    elif as_json:
+        print_json({**result.summary(), **(extra_json or {})})
+    else:
+        rows = [(result.label, result.metrics), *result.baselines]
+        stdout_console().print(results_table(result.dataset, rows, caption=result.caption))
+
+
+def _rows(dataset: str, store: Store, queries: list[Query], split: str, checkpoint, predictions,
+          baseline, top_k: int, seed: int, device) -> tuple[list[dict], str, str]:
+    """This run's prediction rows, its table label, and what NMS produced them."""
+    if checkpoint is not None:
+        import torch
+
+        from fsan_cli.predict import Predictor
+
+        device = torch.device("cpu") if device is None else device
+        log(f"Predicting {len(queries)} queries of {dataset} {split} with {checkpoint}")
+        rows = Predictor.load(checkpoint, device).rows(store, queries, top_k)
+        return rows, "FSAN (this run)", _row_nms(rows, "the checkpoint's eval.nms")
+    if predictions is not None:
+        rows = read_predictions(predictions)
+        name = "stdin" if predictions == "-" else predictions
+        return rows, f"predictions ({name})", _row_nms(rows, "as in the file")
+    if baseline == "random":
+        rows = baselines.random_predictions(queries, top_k, seed, dataset)
+        return rows, f"Random, seed {seed} (this run)", "none"
+    source = _prior_source(store, split)
+    if source is None:
+        raise FsanError(f"the store at {store.path} has no train split to choose the prior on",
+                        "Run `fsan prepare` with the train annotations")
+    rows = baselines.prior_predictions(store.splits[source], queries, top_k, dataset)
+    return rows, f"Prior on {source} (this run)", _prior_nms(dataset)
+
+
+def _row_nms(rows: list[dict], default: str) -> str:
+    """The NMS threshold the rows name in an optional "nms" key, else `default`."""
+    values = {row.get("nms") for row in rows if "nms" in row}
+    if len(values) == 1:
+        value = values.pop()
+        if isinstance(value, int | float):
+            return f"IoU {value:g}"
+    return default
+
+
+def _prior_nms(dataset: str) -> str:
+    return "none" if dataset == "didemo" else f"IoU {baselines.PRIOR_NMS:g} in relative time"
+
+
+def _prior_source(store: Store, split: str) -> str | None:
+    """train; else val when scoring test (the DiDeMo train annotations may be absent)."""
+    if store.splits.get("train"):
+        return "train"
+    if split == "test" and store.splits.get("val"):
+        return "val"
+    return None
+
+
+def _baseline_rows(dataset: str, store: Store, queries: list[Query], split: str, top_k: int,
+                   seed: int, skip: str | None) -> list[tuple[str, dict[str, float]]]:
+    out = []
+    if skip != "random":
+        rows = baselines.random_predictions(queries, top_k, seed, dataset)
+        out.append((f"Random (seed {seed})", score(dataset, queries, rows)[0]))
+    source = _prior_source(store, split)
+    if skip != "prior" and source is None:
+        warn("the store has no train split, so the table has no prior row")
+    elif skip != "prior":
+        rows = baselines.prior_predictions(store.splits[source], queries, top_k, dataset)
+        out.append((f"Prior (best fixed segment on {source})", score(dataset, queries, rows)[0]))
+    return out
+
+
+def _caption(dataset: str, split: str, n: int, predicted: int, nms: str, top_k: int, seed: int,
+             prior_source: str | None) -> str:
+    src = prior_source or "train"
+    if protocol(dataset)["kind"] == "didemo":
+        lines = [
+            "Official DiDeMo protocol: every query ranks all 21 segments; Rank@k: share of queries "
+            "whose 3 best annotator ranks average <= k; mIoU: mean of the 3 best IoUs of the top-1 "
+            "segment (chunk units, inclusive ends).",
+        ]
+        random, prior = "a uniformly random ranking", f"segments ranked by frequency in the {src} annotations"
+    else:
+        lines = ["A hit is IoU >= threshold with any annotated moment; mIoU: mean IoU of the top-1 moment."]
+        random = "start ~ U(0, D), end ~ U(start, D)"
+        prior = f"fixed relative segments best by mean IoU on {src}, top-{top_k} after NMS at IoU 0.5"
+    lines.append(f"Split {split}: {predicted} of {n} queries predicted. NMS behind this run's "
+                 f"moments: {nms}; evaluate applies none.")
+    lines.append(f"Random: {random}, seed {seed}. Prior: {prior}.")
+    if dataset in PAPER_TABLES:
+        lines.append("(paper) rows: the paper's reported test-split numbers, not recomputed.")
+    return "\n".join(lines)

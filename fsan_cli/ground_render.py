@@ -1,0 +1,199 @@
+"""How `fsan ground` shows its answer to people: a table of the top-k moments, the token-by-clip
+alignment map as a terminal heatmap (paper Figure 3), and the same figure with matplotlib."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fsan_cli.errors import FsanError
+from fsan_cli.output import log, warn
+from fsan_cli.predict import Grounding
+from fsan_cli.text import UNK
+
+
+def clock(seconds: float) -> str:
+    """m:ss (h:mm:ss from an hour on), rounded to whole seconds."""
+    s = int(round(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+def moments_table(video: str, duration: float, g: Grounding):
+    from rich.markup import escape
+
+    from fsan_cli.output import make_table
+
+    rows = [
+        (str(r), f"{s:.2f}", f"{e:.2f}", clock(s), clock(e), f"{c:.4f}")
+        for r, ((s, e), c) in enumerate(zip(g.moments, g.scores, strict=True), 1)
+    ]
+    return make_table(
+        escape(f"{g.query!r} in {video} ({duration:.1f} s, {clock(duration)})"),
+        ["rank", "start (s)", "end (s)", "start", "end", "score"],
+        rows,
+    )
+
+
+PLAIN_RAMP = " .:-=+*#%@"  # low to high
+# viridis at 9 evenly spaced points, low to high
+VIRIDIS = [
+    (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
+    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
+]  # fmt: skip
+LABEL_WIDTH = 14
+
+
+def _shade(x: float) -> tuple[int, int, int]:
+    pos = min(max(x, 0.0), 1.0) * (len(VIRIDIS) - 1)
+    i = min(int(pos), len(VIRIDIS) - 2)
+    f = pos - i
+    a, b = VIRIDIS[i], VIRIDIS[i + 1]
+    return tuple(round(a[c] + f * (b[c] - a[c])) for c in range(3))  # type: ignore[return-value]
+
+
+def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
+    """The token-by-clip alignment map as rich Text (paper Figure 3), the top-1 moment marked
+    under it, and a time axis. Without colour: ASCII shades from PLAIN_RAMP."""
+    from rich.text import Text
+
+    values = g.alignment_map
+    nv = values.shape[1]
+    names = [t + ("*" if t in g.unknown else "") for t in g.tokens]
+    label = max(5, min(LABEL_WIDTH, max(len(n) for n in names)))  # 5: "top 1"
+    cw = max(1, min(3, (width - label - 3) // nv))  # characters per clip
+    lo, hi = float(values.min()), float(values.max())
+    scaled = (values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5)
+    shades = (
+        f"dark {lo:.2f} to bright {hi:.2f}"
+        if colour
+        else f"shades '{PLAIN_RAMP}' from {lo:.2f} to {hi:.2f}"
+    )
+    out = Text(f"Alignment map, words x {nv} clips of {duration / nv:.2f} s; {shades}\n")
+    for t, name in enumerate(names):
+        out.append(_fit(name, label).rjust(label) + " |")
+        for j in range(nv):
+            x = float(scaled[t, j])
+            if colour:
+                out.append("█" * cw, style="rgb({},{},{})".format(*_shade(x)))
+            else:
+                out.append(PLAIN_RAMP[min(int(x * len(PLAIN_RAMP)), len(PLAIN_RAMP) - 1)] * cw)
+        out.append("|\n")
+    s, e = (int(v) for v in g.segments[0])
+    out.append("top 1".rjust(label) + "  " + " " * (s * cw))
+    out.append(_marker((e - s + 1) * cw), style="bold red" if colour else "")
+    out.append("\n")
+    axis, labels = _time_axis(nv, cw, duration)
+    out.append(" " * (label + 2) + axis + "\n" + " " * (label + 2) + labels)
+    if g.unknown:
+        out.append(f"\n{'*'.rjust(label)}  not in the vocabulary, read as {UNK}")
+    return out
+
+
+def _fit(word: str, width: int) -> str:
+    return word if len(word) <= width else word[: width - 1] + "~"
+
+
+def _marker(n: int) -> str:
+    return "^" if n == 1 else "[" + "=" * (n - 2) + "]"
+
+
+def _time_axis(nv: int, cw: int, duration: float) -> tuple[str, str]:
+    """A tick line and a label line over the nv * cw map columns (clip j starts at j * cw)."""
+    width = nv * cw
+    ticks = max(2, min(nv + 1, width // 12 + 1))
+    bounds = sorted({round(i * nv / (ticks - 1)) for i in range(ticks)})
+    line = ["-"] * (width + 1)
+    labels = [" "] * (width + 8)
+    end = 0
+    for j in bounds:
+        pos = j * cw
+        line[pos] = "+"
+        text = clock(j * duration / nv)
+        start = pos - len(text) + 1 if j == nv else pos
+        if start >= end:
+            labels[start : start + len(text)] = text
+            end = start + len(text) + 1
+    return "".join(line), "".join(labels).rstrip()
+
+
+def render(video: str, duration: float, results: Sequence[Grounding]) -> None:
+    """Table and heatmap per query on stdout; colour only on a terminal without NO_COLOR."""
+    from fsan_cli.output import stdout_console
+
+    console = stdout_console()
+    colour = console.color_system is not None and not console.no_color
+    for n, g in enumerate(results):
+        if n:
+            console.print()
+        console.print(moments_table(video, duration, g))
+        console.print(heatmap(g, duration, colour, console.width), highlight=False)
+
+
+# ----------------------------------------------------------------------------- --plot
+
+MAX_PANELS = 12
+
+
+def check_plot(path: Path) -> None:
+    """Fail before any work when --plot cannot be honoured."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise FsanError(
+            "--plot needs matplotlib, which is not installed",
+            "Install the plot extra: pip install 'fsan[plot]' (or pip install matplotlib)",
+        )
+    if not Path(path).parent.is_dir():
+        raise FsanError(
+            f"folder {Path(path).parent} does not exist", "Create it first, or fix --plot"
+        )
+
+
+def save_plot(path: Path, video: str, duration: float, results: Sequence[Grounding]) -> None:
+    """One panel per query (at most MAX_PANELS): the alignment map over time, the top-1 moment
+    boxed in red, as in the paper's Figure 3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if len(results) > MAX_PANELS:
+        warn(f"--plot draws the first {MAX_PANELS} of {len(results)} queries")
+    shown = results[:MAX_PANELS]
+    heights = [1.2 + 0.28 * len(g.tokens) for g in shown]
+    fig, axes = plt.subplots(
+        len(shown),
+        1,
+        figsize=(10, sum(heights)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    for ax, g in zip(axes[:, 0], shown, strict=True):
+        n = len(g.tokens)
+        im = ax.imshow(
+            g.alignment_map,
+            aspect="auto",
+            cmap="viridis",
+            interpolation="nearest",
+            extent=(0, duration, n - 0.5, -0.5),
+        )
+        s, e = (float(v) for v in g.moments[0])
+        ax.add_patch(Rectangle((s, -0.5), e - s, n, fill=False, edgecolor="red", linewidth=2))
+        ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])
+        ax.set_title(f"{g.query}  (top 1: {s:.1f}-{e:.1f} s, score {g.scores[0]:.3f})", fontsize=9)
+        fig.colorbar(im, ax=ax, pad=0.01)
+    axes[-1, 0].set_xlabel(f"time in {video} (s)")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=150)
+    except ValueError as exc:  # an unknown file type
+        raise FsanError(
+            f"cannot save {path} ({exc})", "Use a .png, .pdf or .svg file name"
+        ) from None
+    finally:
+        plt.close(fig)
+    log(f"Wrote the figure to {path}")

@@ -1,0 +1,299 @@
+"""The one inference path: a `Predictor` turns (video, query) pairs into top-k moments and
+alignment maps. `fsan evaluate --checkpoint`, the validation inside `fsan train`, `fsan ablate`
+and `fsan ground` all call it, so a query gets the same answer on every path.
+
+Queries are batched by length (each batch is cut to its longest query: padded tokens are masked
+everywhere, so the answer does not depend on the batch); on a CPU, batches run side by side on
+one thread each (`cpu_workers`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fsan_cli import checkpoint
+from fsan_cli.errors import FsanError
+from fsan_cli.output import warn
+from fsan_cli.text import encode_texts, tokenize
+from models.fsan import FSAN
+from models.segments import segments_to_seconds, top_k_segments
+
+GPU_BATCH = 64  # queries per model call on a GPU
+CPU_BATCH = 32  # on a CPU, per worker thread (measured best of 16, 32 and 64 with 2 workers)
+FEW = 4  # up to this many queries run on one CPU thread (see `cpu_workers`)
+DIDEMO_SEGMENTS = 21  # DiDeMo ranks all 21 (s, e) pairs of its six chunks, without NMS
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class Predictions:
+    """Answers for Q queries, in the order asked."""
+
+    segments: np.ndarray  # (Q, k, 2) clip ids, inclusive
+    scores: np.ndarray  # (Q, k) SC of each
+    maps: list[np.ndarray] | None  # per query (its tokens, N_v) alignment map P, when asked
+
+
+class Predictor:
+    """A model ready to answer: the checkpoint's network (or the one being trained), its
+    vocabulary, how its features were prepared, its NMS, a device and a precision."""
+
+    def __init__(self, model: FSAN, vocab: list[str], data: dict[str, Any], nms: float,
+                 device: torch.device, precision: str = "fp32") -> None:
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.model = model.to(torch.bfloat16) if self.precision == "bf16" else model
+        self.vocab = vocab
+        self.word_to_id = {w: i for i, w in enumerate(vocab)}
+        self.data = data
+        self.nms = float(nms)
+        self.clips = int(data["clips"])
+        self.max_tokens = int(model.cfg.max_tokens)
+        self.checkpoint: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, precision: str = "fp32") -> Predictor:
+        if device.type == "cpu":
+            _reuse_freed_memory()
+        ckpt = checkpoint.load(path)
+        data = {**ckpt["data"], "pca": checkpoint.pca_of(ckpt)}
+        nms = checkpoint.settings_of(ckpt).eval.nms
+        predictor = cls(checkpoint.build_model(ckpt, device), ckpt["vocab"], data, nms, device, precision)
+        predictor.checkpoint = Path(path)
+        return predictor
+
+    @property
+    def dataset(self) -> str | None:
+        return self.data.get("dataset")
+
+    # ------------------------------------------------------------------------- inputs
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Token ids (Q, Ns), zero-padded; unknown words are <unk>, a query of no words one
+        padding token; truncated to the model's max_tokens."""
+        return encode_texts(texts, self.word_to_id, self.max_tokens)
+
+    def video_clips(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """(N_v, D) model input from a video's (T, D_in) features: PCA, pooling and L2 norm
+        exactly as `fsan prepare` did for training (data.features.video_clips)."""
+        from fsan_cli.data.features import video_clips
+
+        pca = self.data.get("pca")
+        expected = int(pca["mean"].shape[0]) if pca else int(self.data["feature_dim"])
+        if rows.shape[1] != expected:
+            how = f", projected by its PCA to {self.data['feature_dim']}" if pca else ""
+            raise FsanError(
+                f"video '{name}' has {rows.shape[1]}-d features, the checkpoint expects {expected}-d{how}",
+                "Use features from the extractor the model was trained on, or another --checkpoint",
+            )
+        normalize = bool(self.data.get("normalize", True))
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = video_clips(rows, self.clips, pca=pca, normalize=normalize)
+        if not np.isfinite(out).all():  # as prepare does: non-finite rows become zero rows
+            finite = np.isfinite(rows).all(axis=1)
+            warn(f"{int((~finite).sum())} feature rows of '{name}' hold NaN or inf; read as zeros")
+            rows = np.where(finite[:, None], rows, 0).astype(np.float32)
+            out = video_clips(rows, self.clips, pca=pca, normalize=normalize)
+        return out
+
+    # ------------------------------------------------------------------------- the model
+
+    def predict(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray, k: int,
+                nms: float | None = None, maps: bool = False) -> Predictions:
+        """Top-k segments of every query: features (V, N_v, D) of the videos, video (Q,) the row
+        of each query's video, ids (Q, Ns) its tokens."""
+        nms = self.nms if nms is None else nms
+        q = len(ids)
+        k = min(k, self.clips * (self.clips + 1) // 2)
+        segments = np.zeros((q, k, 2), np.int64)
+        scores = np.zeros((q, k), np.float32)
+        found: list[np.ndarray | None] = [None] * q
+        lengths = (ids != 0).sum(1).clip(1)
+        dtype = next(self.model.parameters()).dtype
+        self.model.eval()
+
+        def run(rows: np.ndarray):
+            n = int(lengths[rows].max())
+            with torch.inference_mode():  # grad mode is per thread
+                tok = torch.from_numpy(ids[rows, :n]).to(self.device)
+                vid = torch.from_numpy(video[rows]).to(features.device)
+                out = self.model(features[vid].to(self.device, dtype), tok)
+                seg, score = top_k_segments(out.segment_scores, k, nms)
+                amap = out.alignment_map.float().cpu().numpy() if maps else None
+                return rows, seg.cpu().numpy(), score.float().cpu().numpy(), amap
+
+        for rows, seg, score, amap in self._batches(lengths, run):
+            segments[rows], scores[rows] = seg, score
+            if amap is not None:
+                for j, r in enumerate(rows.tolist()):
+                    found[r] = amap[j, : int(lengths[r])]
+        return Predictions(segments, scores, found if maps else None)
+
+    def _batches(self, lengths: np.ndarray, run) -> Iterator:
+        """`run` over batches of queries of similar length; side by side on a CPU."""
+        order = np.argsort(lengths, kind="stable")
+        with cpu_workers(len(order), self.device) as workers:
+            cap = CPU_BATCH if self.device.type == "cpu" else GPU_BATCH
+            size = max(1, min(cap, -(-len(order) // workers)))
+            batches = [order[i : i + size] for i in range(0, len(order), size)]
+            if workers == 1:
+                yield from map(run, batches)
+                return
+            pool = ThreadPoolExecutor(workers)
+            try:
+                yield from pool.map(run, batches)
+            finally:
+                pool.shutdown(cancel_futures=True)
+
+    # ------------------------------------------------------------------------- answers
+
+    def rows(self, store: Any, queries: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
+        """Predictions rows (DESIGN.md format) for a prepared split's queries."""
+        if not queries:
+            return []
+        checkpoint.check_compatible({"data": self.data}, store)
+        check_vocabulary(self.vocab, [q.query for q in queries], self.checkpoint or "the model")
+        index = store.video_index
+        missing = [q.video for q in queries if q.video not in index]
+        if missing:
+            raise FsanError(f"{len(missing)} queries name videos missing from the store "
+                            f"(first: {missing[0]})", "Run `fsan prepare` again")
+        features = torch.from_numpy(np.array(store.features, dtype=np.float32)).to(self.device)
+        video = np.array([index[q.video] for q in queries], np.int64)
+        didemo = self.dataset == "didemo"
+        k, nms = (DIDEMO_SEGMENTS, 1.0) if didemo else (top_k, self.nms)
+        out = self.predict(features, video, self.encode([q.query for q in queries]), k, nms)
+        durations = np.array([q.duration for q in queries], np.float64)
+        seconds = segments_to_seconds(torch.from_numpy(out.segments), torch.from_numpy(durations), self.clips)
+        rows = []
+        for i, q in enumerate(queries):
+            row = row_of(q.video, q.query, q.duration, seconds[i][:top_k], out.scores[i][:top_k],
+                         None if didemo else self.nms)
+            if didemo:
+                row["annotation_id"] = q.extra.get("annotation_id")
+                row["segments"] = out.segments[i].tolist()
+            rows.append(row)
+        return rows
+
+    def ground(self, clips: np.ndarray, duration: float, texts: Sequence[str], top_k: int) -> list[Grounding]:
+        """Top-k moments and alignment maps of every query in one video's (N_v, D) clips."""
+        features = torch.from_numpy(np.ascontiguousarray(clips, np.float32))[None].to(self.device)
+        out = self.predict(features, np.zeros(len(texts), np.int64), self.encode(texts), top_k, maps=True)
+        seconds = segments_to_seconds(torch.from_numpy(out.segments),
+                                      torch.full((len(texts),), float(duration), dtype=torch.float64),
+                                      self.clips)
+        results = []
+        for i, text in enumerate(texts):
+            words = tokenize(text)[: self.max_tokens]
+            unknown = [w for w in words if w not in self.word_to_id]
+            results.append(Grounding(text, words, unknown, out.segments[i], seconds[i], out.scores[i],
+                                     out.maps[i]))
+        return results
+
+
+def check_vocabulary(vocab: list[str], texts: Sequence[str], source: Path | str) -> None:
+    """A model that knows under half of the queries' words was trained on other data."""
+    known = set(vocab)
+    words = [w for t in texts for w in tokenize(t)]
+    unknown = [w for w in words if w not in known]
+    if words and len(unknown) > len(words) / 2:
+        examples = ", ".join(list(dict.fromkeys(unknown))[:3])
+        raise FsanError(
+            f"the vocabulary of {source} knows only {100 * (1 - len(unknown) / len(words)):.0f}% "
+            f"of the words in these queries (unknown: {examples}, ...)",
+            "Use a checkpoint trained on this dataset, or check --dataset",
+        )
+
+
+@dataclass
+class Grounding:
+    query: str
+    tokens: list[str]  # the words the model read (truncated to max_tokens)
+    unknown: list[str]  # of those, the words read as <unk>
+    segments: np.ndarray  # (k, 2) clip ids, inclusive
+    moments: np.ndarray  # (k, 2) seconds
+    scores: np.ndarray  # (k,)
+    alignment_map: np.ndarray  # (len(tokens), N_v) cosine
+
+
+def row_of(video: str, query: str, duration: float, seconds: np.ndarray, scores: np.ndarray,
+           nms: float | None) -> dict[str, Any]:
+    """One predictions JSONL line (DESIGN.md): moments best first, rounded for the file."""
+    moments = [[round(float(s), 3), round(float(e), 3), round(float(c), 5)]
+               for (s, e), c in zip(seconds, scores, strict=True)]
+    return {"video": video, "query": query, "duration": duration, "moments": moments, "nms": nms}
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices natively: CUDA with bf16, or a CPU with AMX
+    tiles (measured on one: 2 to 4 times the fp32 rate of the paper-config model)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return bool(amx and amx())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" where the hardware has fast bf16, else "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}")
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
+# ----------------------------------------------------------------------------- CPU threads
+
+
+@contextmanager
+def cpu_workers(queries: int, device: torch.device) -> Iterator[int]:
+    """How many batches to run at once, with the CPU's intra-op threads set for them.
+
+    On a CPU the model's ops are too small to keep several threads busy on one batch (they
+    wait for each other at every op), so each batch gets one thread and as many batches run
+    side by side as there were threads: measured 20-30% more queries/s than one batch on two
+    threads, for 500 paper-config queries on a 2-core machine; fp32 results are bit-identical.
+    A few queries (up to FEW) run on one thread alone (0.1 s for one paper-config query,
+    against 0.6 to 1.5 s on two threads of a busy machine). The thread count, and with it
+    OMP_NUM_THREADS, caps the workers; with OMP_NUM_THREADS set, a few queries keep it too."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or (queries <= FEW and "OMP_NUM_THREADS" in os.environ):
+        yield 1
+        return
+    torch.set_num_threads(1)  # intra-op threads of every thread, the workers' included
+    try:
+        yield 1 if queries <= FEW else min(threads, -(-queries // FEW))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reuse_freed_memory() -> None:
+    """Have glibc keep freed blocks of up to 256 MB for reuse. By default it hands large blocks
+    back to the OS at once, so every batch's activations fault their pages in again: measured
+    half of `fsan ground`'s page faults and system time for 500 paper-config queries. Only
+    this process is affected, and only on glibc; elsewhere this does nothing."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: larger blocks still come from mmap
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: free memory kept at the heap's top
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        pass

@@ -1,0 +1,274 @@
+"""Settings, from one source: `Settings` and its sections are dataclasses whose field names are
+the TOML keys (`train.lr` is `Settings().train.lr`).
+
+Resolution, each later layer over the earlier: the paper's values (`Settings.paper()`, the
+dataclasses' defaults), the shipped defaults (presets/base.toml), the dataset's preset
+(presets/<dataset>.toml), `--config FILE.toml`, then each `--set key=value`. Every value is
+checked against its field's type, its `Literal` choices and its bounds, wherever it comes from.
+The network's sections (model, align, loss) live in models/config.py; `Settings.model_config`
+joins them into the network's `FSANConfig` field for field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from fsan_cli.errors import FsanError
+from fsan_cli.output import warn
+from models.config import (
+    POSITIVE,
+    AlignSettings,
+    FSANConfig,
+    LossSettings,
+    ModelSettings,
+    at_least,
+    between,
+)
+
+DATASETS = ("synthetic", "activitynet", "didemo", "charades", "custom")
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+@dataclass
+class DataSettings:
+    clips: int = field(default=64, metadata=at_least(1))  # N_v
+    normalize: bool = True  # L2-normalise each clip feature row in prepare
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = field(default=10, metadata=at_least(1))
+    batch_size: int = field(default=128, metadata=at_least(1))  # §4.2
+    micro_batch: int = field(default=0, metadata=at_least(0))  # 0: whole shares (or what fits)
+    lr: float = field(default=1e-4, metadata=POSITIVE)  # §4.2 (Adam)
+    weight_decay: float = field(default=0.0, metadata=at_least(0))
+    warmup: float = field(default=0.0, metadata=between(0, 1))  # share of steps
+    grad_clip: float = field(default=0.0, metadata=at_least(0))  # 0: off
+    sap_start: float = field(default=0.0, metadata=between(0, 1))  # share of steps
+    sap_warmup: float = field(default=0.0, metadata=between(0, 1))  # share of steps
+    threads: int = field(default=0, metadata=at_least(0))  # 0: PyTorch's default
+    compile_mode: CompileMode = "default"
+    cuda_graph: bool = True
+    checkpoint_every: int = field(default=0, metadata=at_least(0))
+    seed: int = 0
+
+
+@dataclass
+class EvalSettings:
+    top_k: int = field(default=5, metadata=at_least(1))
+    nms: float = field(default=0.5, metadata=between(0, 1))  # IoU threshold of the top-k's NMS
+
+
+# keys of older fsan versions (run folders' config.toml, checkpoints, users' files)
+RENAMED = {
+    "align.outer": "align.outer_form",
+    "loss.matching": "loss.w_matching",
+    "loss.inner": "loss.w_inner",
+    "loss.outer": "loss.w_outer",
+}
+# settings that decide how the work is split, not what is learnt: `--resume` may change them
+FREE_ON_RESUME = {"train.micro_batch", "train.cuda_graph"}
+
+
+@dataclass
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    align: AlignSettings = field(default_factory=AlignSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    @classmethod
+    def paper(cls) -> Settings:
+        """The paper's values (§4.2; the equations as printed, with DESIGN.md's corrections)."""
+        return cls()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], origin: str = "settings") -> Settings:
+        """Settings from nested {section: {key: value}} over the paper's values, checked."""
+        flat = flatten(asdict(cls.paper()))
+        _overlay(flat, values, origin)
+        return _build(flat)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return asdict(self)
+
+    def to_toml(self) -> str:
+        lines = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+    def replace(self, dotted: str, value: Any) -> Settings:
+        """A copy with one setting changed (checked like --set)."""
+        flat = flatten(self.to_dict())
+        _set(flat, dotted, value, "the program")
+        return _build(flat)
+
+    def learning(self) -> dict[str, Any]:
+        """The settings without FREE_ON_RESUME: what two runs must share to be the same run."""
+        return {k: v for k, v in flatten(self.to_dict()).items() if k not in FREE_ON_RESUME}
+
+    def model_config(self, word_dim: int, feature_dim: int) -> FSANConfig:
+        """The network's config: the model, align and loss sections, N_v and the data's dims."""
+        return FSANConfig(**asdict(self.model), **asdict(self.align), **asdict(self.loss),
+                          clips=self.data.clips, word_dim=word_dim, feature_dim=feature_dim)
+
+
+def flatten(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, values in nested.items() for k, v in values.items()}
+
+
+def _build(flat: dict[str, Any]) -> Settings:
+    sections: dict[str, dict[str, Any]] = {}
+    for dotted, value in flat.items():
+        section, key = dotted.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+    cls_of = typing.get_type_hints(Settings)
+    settings = Settings(**{s: cls_of[s](**vals) for s, vals in sections.items()})
+    if settings.model.hidden % settings.model.heads:
+        raise FsanError(
+            f"model.hidden={settings.model.hidden} is not divisible by model.heads={settings.model.heads}",
+            "Choose values so hidden / heads is a whole number",
+        )
+    return settings
+
+
+def _fields() -> dict[str, tuple[Any, dict]]:
+    """{"section.key": (type, metadata)} of every setting."""
+    out = {}
+    for section, cls in typing.get_type_hints(Settings).items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = (hints[f.name], dict(f.metadata))
+    return out
+
+
+def _overlay(flat: dict[str, Any], values: Any, origin: str) -> None:
+    if not isinstance(values, dict):
+        raise FsanError(f"{origin} does not hold settings sections", "See `fsan train --help`")
+    sections = sorted({k.split(".")[0] for k in flat})
+    for section, inner in values.items():
+        if section not in sections or not isinstance(inner, dict):
+            raise FsanError(f"unknown settings section '{section}' in {origin}",
+                            f"Sections are: {', '.join(sections)}")
+        for key, value in inner.items():
+            _set(flat, f"{section}.{key}", value, origin)
+
+
+def _set(flat: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    if dotted in RENAMED:
+        warn(f"setting {dotted} in {origin} is now called {RENAMED[dotted]}")
+        dotted = RENAMED[dotted]
+    specs = _fields()
+    if dotted not in specs:
+        close = difflib.get_close_matches(dotted, list(specs), n=3, cutoff=0.5)
+        hint = f"Did you mean {' or '.join(close)}?" if close else "See `fsan train --help`"
+        raise FsanError(f"unknown setting '{dotted}' in {origin}", hint)
+    kind, bounds = specs[dotted]
+    flat[dotted] = _checked(dotted, _coerce(dotted, kind, value), bounds)
+
+
+def _coerce(dotted: str, kind: Any, value: Any) -> Any:
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise FsanError(f"setting {dotted} is {value!r}, not one of its choices",
+                            f"Use one of: {', '.join(map(str, choices))}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise FsanError(f"setting {dotted} takes true or false, got {value!r}", "Fix the value")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise FsanError(f"setting {dotted} takes a string, got {value!r}", "Fix the value")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FsanError(f"setting {dotted} takes a number, got {value!r}", "Fix the value")
+    if not math.isfinite(value):
+        raise FsanError(f"setting {dotted} is {value}, not a finite number", "Fix the value")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise FsanError(f"setting {dotted} takes a whole number, got {value}", "Fix the value")
+        return int(value)
+    return float(value)
+
+
+def _checked(dotted: str, value: Any, bounds: dict) -> Any:
+    lo, hi = bounds.get("lo"), bounds.get("hi")
+    low_bad = lo is not None and (value <= lo if bounds.get("lo_open") else value < lo)
+    high_bad = hi is not None and (value >= hi if bounds.get("hi_open") else value > hi)
+    if low_bad or high_bad:
+        left = "(" if bounds.get("lo_open") else "["
+        right = ")" if bounds.get("hi_open") else "]"
+        span = f"{left}{lo:g}, {hi:g}{right}" if hi is not None else (
+            f"> {lo:g}" if bounds.get("lo_open") else f">= {lo:g}")
+        raise FsanError(f"setting {dotted} is {value}, outside its range {span}",
+                        "Pass a value in range")
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are TOML values; a bare word that is not TOML is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def preset(name: str) -> dict[str, Any]:
+    text = resources.files("fsan_cli.presets").joinpath(f"{name}.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A settings file; errors say what is wrong with it."""
+    path = Path(path)
+    if path.is_dir():
+        raise FsanError(f"config file {path} is a folder", "Pass a .toml file")
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise FsanError(f"config file {path} does not exist", "Check the path") from None
+    except UnicodeDecodeError:
+        raise FsanError(f"config file {path} is not UTF-8 text", "Save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FsanError(f"config file {path} is not valid TOML ({exc})", "Fix it") from None
+
+
+def load_settings(dataset: str, config_file: Path | None = None,
+                  overrides: list[str] | None = None) -> Settings:
+    """Resolved settings for `dataset`: paper < base preset < dataset preset < file < --set."""
+    if dataset not in DATASETS:
+        raise FsanError(f"unknown dataset '{dataset}'", f"Use one of: {', '.join(DATASETS)}")
+    flat = flatten(asdict(Settings.paper()))
+    _overlay(flat, preset("base"), "preset base.toml")
+    _overlay(flat, preset(dataset), f"preset {dataset}.toml")
+    if config_file is not None:
+        _overlay(flat, read_toml(config_file), str(config_file))
+    for item in overrides or []:
+        if "=" not in item:
+            raise FsanError(f"--set '{item}' is not key=value", "Write e.g. --set model.hidden=256")
+        key, value = item.split("=", 1)
+        _set(flat, key.strip(), parse_value(value.strip()), "--set")
+    return _build(flat)
