@@ -1,19 +1,13 @@
-"""The semi-synthetic benchmark (benchmarks/semisynthetic.py): caption signal inside the real
-spans, and the official layouts read back through `fsan prepare`."""
+"""Semi-synthetic data (fsan_cli/data/semisynthetic.py): caption signal inside the real spans,
+and the official layouts read back through `fsan prepare`."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import semisynthetic  # noqa: E402
-
-from fsan_cli.data.store import load_store  # noqa: E402
+from fsan_cli.data import semisynthetic
+from fsan_cli.data.store import load_store
 
 
 def _signal(x: np.ndarray, duration: float, span: tuple[float, float]) -> np.ndarray:

@@ -1,29 +1,26 @@
-"""Semi-synthetic benchmark: the REAL annotation files (ActivityNet-Captions, Charades-STA) with
+"""Semi-synthetic data: the REAL annotation files (ActivityNet-Captions, Charades-STA) with
 clip features synthesised from each caption's words inside its real span, written in the official
 feature layouts and read through `fsan prepare` exactly like real data. The answer key is the
 real timestamps, so the spans, their lengths, overlaps and the fixed-segment prior are the
 benchmark's own.
 
-    python benchmarks/semisynthetic.py --dataset activitynet --annotations ../shared/data/activitynet \
-        --work /tmp/semi --size small
-    python benchmarks/semisynthetic.py --dataset charades --annotations ../shared/data/charades \
-        --work /tmp/semi --size small --train -- --set train.epochs=12
-
-Per video: rows at `--rows-per-second`, each row = per-video background + noise + the sum, over
+Per video: rows at `rows_per_second`, each row = per-video background + noise + the sum, over
 the captions whose real span covers the row, of a fixed hidden random projection of the mean
-GloVe vector of the caption's content words. `--size small` keeps a CPU-sized subset of videos;
-`--size full` keeps them all. With `--train`, it then trains (args after `--` go to `fsan train`)
-and prints val and test tables beside the random and prior baselines.
+GloVe vector of the caption's content words. Size "small" keeps a CPU-sized subset of videos;
+"full" keeps them all. The benchmarks that use it (build, prepare, train, sweep settings):
+
+    python -m benchmarks.quality.semisynthetic --help
+    python -m benchmarks.quality.semisynthetic_sweep --help
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -73,6 +70,8 @@ def synthesise(videos: dict[str, dict], dim: int, rows_per_s: float, noise: floa
 
 
 def build_activitynet(src: Path, dst: Path, size: str, args) -> Path:
+    """train.json / val_1.json / val_2.json and sub_activitynet_v1-3.c3d.hdf5 under DST; args:
+    dim, rows_per_second, noise, seed. Returns the feature file."""
     names = {"train": "train.json", "val": "val_1.json", "test": "val_2.json"}
     limits = SIZES[size]
     ann_dir = dst / "annotations"
@@ -96,6 +95,8 @@ def build_activitynet(src: Path, dst: Path, size: str, args) -> Path:
 
 
 def build_charades(src: Path, dst: Path, size: str, args) -> Path:
+    """Charades_v1_*.csv, charades_sta_*.txt and features.hdf5 under DST (args as
+    build_activitynet). Returns the feature file."""
     limits = SIZES[size]
     ann_dir = dst / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ def build_and_prepare(dataset: str, annotations: Path, work: Path, size: str, di
                       rows_per_second: float = 1.0, noise: float = 0.6, seed: int = 7) -> Path:
     """Write the semi-synthetic files under WORK/DATASET-SIZE and `fsan prepare` them into
     WORK/data; returns that data folder."""
-    opts = argparse.Namespace(dim=dim, rows_per_second=rows_per_second, noise=noise, seed=seed)
+    opts = SimpleNamespace(dim=dim, rows_per_second=rows_per_second, noise=noise, seed=seed)
     dst = work / f"{dataset}-{size}"
     build = build_activitynet if dataset == "activitynet" else build_charades
     features = build(annotations, dst, size, opts)
@@ -145,31 +146,3 @@ def build_and_prepare(dataset: str, annotations: Path, work: Path, size: str, di
                     "--data-dir", str(data_dir), "--overwrite"], check=True)
     return data_dir
 
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=["activitynet", "charades"], required=True)
-    ap.add_argument("--annotations", type=Path, required=True, help="the real annotation folder")
-    ap.add_argument("--work", type=Path, required=True, help="where files, store and runs go")
-    ap.add_argument("--size", choices=sorted(SIZES), default="small")
-    ap.add_argument("--dim", type=int, default=128, help="feature dimension (real C3D: 500)")
-    ap.add_argument("--rows-per-second", type=float, default=1.0)
-    ap.add_argument("--noise", type=float, default=0.6)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--train", action="store_true", help="then train and evaluate")
-    args, rest = ap.parse_known_args()
-    rest = [a for a in rest if a != "--"]
-    data_dir = build_and_prepare(args.dataset, args.annotations, args.work, args.size, args.dim,
-                                 args.rows_per_second, args.noise, args.seed)
-    fsan = [sys.executable, "-m", "fsan_cli"]
-    if args.train:
-        run = args.work / "runs" / f"{args.dataset}-{args.size}"
-        subprocess.run([*fsan, "train", "--dataset", args.dataset, "--data-dir", str(data_dir),
-                        "--out", str(run), "--overwrite", *rest], check=True)
-        for split in ("val", "test"):  # Charades-STA's val: 10% of train videos, carved by prepare
-            subprocess.run([*fsan, "evaluate", "--dataset", args.dataset, "--data-dir", str(data_dir),
-                            "--split", split, "--checkpoint", str(run / "best.pt")], check=True)
-
-
-if __name__ == "__main__":
-    main()
