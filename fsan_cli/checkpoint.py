@@ -11,6 +11,7 @@ feature_dim, normalize, pca {mean, components} as tensors or None}, epoch, and i
 from __future__ import annotations
 
 import pickle
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,15 @@ def load(path: Path) -> dict[str, Any]:
                         "Pass --checkpoint with a .pt file from `fsan train`")
     try:
         ckpt = _read(path)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise FsanError(f"checkpoint {path} cannot be read (UnpicklingError)",
+                            "It is damaged or not an fsan checkpoint; train again or pass another file") from None
         raise FsanError(
-            f"checkpoint {path} holds objects other than tensors and plain values, and loading "
-            "them would run code from the file (an fsan checkpoint from before version 2 holds "
-            "numpy arrays; a crafted file may hold anything)",
+            f"checkpoint {path} holds a {found.group(1)} object, and loading it would run code "
+            "from the file, so fsan does not (an fsan checkpoint from before version 2 holds numpy "
+            "arrays; a crafted file may hold anything)",
             "Train again with this fsan, or use a checkpoint from a source you trust that this "
             "fsan wrote",
         ) from None

@@ -210,14 +210,15 @@ def _checked(dotted: str, value: Any, bounds: dict) -> Any:
     lo, hi = bounds.get("lo"), bounds.get("hi")
     low_bad = lo is not None and (value <= lo if bounds.get("lo_open") else value < lo)
     high_bad = hi is not None and (value >= hi if bounds.get("hi_open") else value > hi)
-    if low_bad or high_bad:
-        left = "(" if bounds.get("lo_open") else "["
-        right = ")" if bounds.get("hi_open") else "]"
-        span = f"{left}{lo:g}, {hi:g}{right}" if hi is not None else (
-            f"> {lo:g}" if bounds.get("lo_open") else f">= {lo:g}")
-        raise FsanError(f"setting {dotted} is {value}, outside its range {span}",
-                        "Pass a value in range")
-    return value
+    if not (low_bad or high_bad):
+        return value
+    if hi is not None:
+        need = f"in {'(' if bounds.get('lo_open') else '['}{lo:g}, {hi:g}{')' if bounds.get('hi_open') else ']'}"
+    elif bounds.get("lo_open"):
+        need = "positive" if lo == 0 else f"greater than {lo:g}"
+    else:
+        need = f"at least {lo:g}"
+    raise FsanError(f"{dotted} must be {need}, got {value}", f"Pass a value {need}")
 
 
 def _toml_value(value: Any) -> str:

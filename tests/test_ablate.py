@@ -13,12 +13,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import ablation, engine
+from fsan_cli import ablation, training
 from fsan_cli.app import app
-from fsan_cli.config import load_config, parse_value
 from fsan_cli.data.store import load_store
 from fsan_cli.errors import FsanError
 from fsan_cli.metrics import metric_keys
+from fsan_cli.settings import load_settings, parse_value
+from fsan_cli.step import training_step
+from fsan_cli.text import encode_texts
 from models.fsan import FSAN
 from tests.conftest import tiny_synthetic
 
@@ -49,22 +51,24 @@ def fsan_ablate(data_dir: Path, out: Path, *args: str):
 
 
 def build(store, name: str, extra: tuple[str, ...] = ()) -> FSAN:
-    cfg = load_config("synthetic", None, [*TINY, *ablation.BY_NAME[name].overrides, *extra])
-    mc = engine.model_config(cfg, int(store.vectors.shape[1]), store.feature_dim)
-    engine.check_model_config(mc)
+    cfg = load_settings("synthetic", None, [*TINY, *ablation.BY_NAME[name].overrides, *extra])
+    mc = cfg.model_config(int(store.vectors.shape[1]), store.feature_dim)
     torch.manual_seed(0)
     return FSAN(mc, torch.from_numpy(store.vectors))
 
 
 def step(model: FSAN, store):
-    """One training step of the engine (positive and negative pass, losses, backward)."""
-    data = engine.split_tensors(store, store.split("train"), store.vocab, model.cfg.max_tokens)
+    """One training step (positive and negative pass, losses, backward)."""
+    queries = store.split("train")
+    word_to_id = {w: i for i, w in enumerate(store.vocab)}
+    tokens = torch.from_numpy(encode_texts([q.query for q in queries], word_to_id, model.cfg.max_tokens))
+    video = torch.from_numpy(training.video_rows(store, queries))
     features = torch.from_numpy(store.features).float()
     g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(data.tokens.shape[0], generator=g)[:16]
-    neg = torch.randint(0, data.tokens.shape[0], (16,), generator=g)
+    idx = torch.randperm(tokens.shape[0], generator=g)[:16]
+    neg = torch.randint(0, tokens.shape[0], (16,), generator=g)
     model.train()
-    losses = engine.training_step(model, features, data.tokens, data.video, idx, neg, torch.device("cpu"))
+    losses = training_step(model, features, tokens, video, idx, neg, torch.device("cpu"))
     model.zero_grad(set_to_none=True)
     losses.total.backward()
     return losses
@@ -75,8 +79,8 @@ def test_every_variant_builds_and_trains_a_step(store, name):
     model = build(store, name)
     for override in ablation.BY_NAME[name].overrides:  # the setting really reaches the model
         key, value = override.split("=", 1)
-        cfg = load_config("synthetic", None, [*TINY, override])
-        assert cfg[key.split(".")[0]][key.split(".")[1]] == parse_value(value)
+        cfg = load_settings("synthetic", None, [*TINY, override])
+        assert cfg.to_dict()[key.split(".")[0]][key.split(".")[1]] == parse_value(value)
     losses = step(model, store)
     assert torch.isfinite(losses.total)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -158,7 +162,7 @@ def test_plan_trains_identical_settings_once(tmp_path):
     assert by[("sc_p", 1)].same_as is by[("full", 1)]
     assert by[("sc_p_hat", 0)].same_as is None
     assert by[("full", 1)].folder == tmp_path / "full-seed1"
-    assert by[("full", 1)].cfg["train"]["seed"] == 1
+    assert by[("full", 1)].cfg.train.seed == 1
 
 
 def fake_rows(full: float, no_sap: float) -> list[dict]:
@@ -289,16 +293,16 @@ def test_seeds_mean_and_std_and_identical_variants_train_once(data_dir, tmp_path
 
 def test_interrupted_run_resumes_and_failures_are_reported(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "int"
-    real = engine.train
+    real = training.train
     calls = []
 
     def interrupt_second(cfg, store, out_dir, device, **kw):
         calls.append(out_dir.name)
         if len(calls) == 2:
-            raise engine.TrainingInterrupted(out_dir, 1, None)
+            raise training.TrainingInterrupted(out_dir, 1, None)
         return real(cfg, store, out_dir, device, **kw)
 
-    monkeypatch.setattr(engine, "train", interrupt_second)
+    monkeypatch.setattr(training, "train", interrupt_second)
     result = fsan_ablate(data_dir, out, "--variants", "full,no_sap_loss")
     assert result.exit_code == 130
     assert result.stderr.endswith(f"Error: interrupted. Finished variants are kept in {out}; "
@@ -309,7 +313,7 @@ def test_interrupted_run_resumes_and_failures_are_reported(data_dir, tmp_path, m
     def fail(cfg, store, out_dir, device, **kw):
         raise FsanError("the loss became nan at step 1", "Lower train.lr")
 
-    monkeypatch.setattr(engine, "train", fail)
+    monkeypatch.setattr(training, "train", fail)
     result = fsan_ablate(data_dir, out, "--variants", "full,no_sap_loss", "--json")
     assert result.exit_code == 1
     assert "skip full (seed 0)" in result.stderr
@@ -323,13 +327,11 @@ def test_interrupted_run_resumes_and_failures_are_reported(data_dir, tmp_path, m
 def test_an_unfinished_run_that_split_its_batches_still_resumes(tmp_path):
     """A CPU run may record the train.micro_batch it chose (fsan_cli/memory.py); the job is the
     same, so `fsan ablate` resumes it. Any other difference trains from scratch."""
-    from fsan_cli.config import to_toml
-
-    cfg = load_config("synthetic")
+    cfg = load_settings("synthetic")
     job = ablation.Job(ablation.VARIANTS[0], 0, tmp_path, cfg)
-    saved = {**cfg, "train": {**cfg["train"], "micro_batch": 5}}
-    (tmp_path / "config.toml").write_text(to_toml(saved))
+    saved = cfg.replace("train.micro_batch", 5)
+    (tmp_path / "config.toml").write_text(saved.to_toml())
     assert ablation.same_settings(job)
-    saved["train"]["lr"] = cfg["train"]["lr"] * 2
-    (tmp_path / "config.toml").write_text(to_toml(saved))
+    saved = saved.replace("train.lr", cfg.train.lr * 2)
+    (tmp_path / "config.toml").write_text(saved.to_toml())
     assert not ablation.same_settings(job)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
 from pathlib import Path
 
@@ -250,12 +249,16 @@ def test_checkpoint_path_uses_predict_queries(data_dir, tmp_path, monkeypatch):
     ckpt.write_bytes(b"not read by the fake")
     calls = []
 
-    def fake_predict(checkpoint, store, queries, device, top_k):
-        calls.append((checkpoint, store.path.name, len(queries), str(device), top_k))
-        return [dict(r) for r in PREDICTIONS]
+    class FakePredictor:
+        @staticmethod
+        def load(checkpoint, device):
+            def rows(store, queries, top_k):
+                calls.append((checkpoint, store.path.name, len(queries), str(device), top_k))
+                return [dict(r) for r in PREDICTIONS]
 
-    monkeypatch.setitem(sys.modules, "fsan_cli.engine",
-                        types.SimpleNamespace(predict_queries=fake_predict))
+            return types.SimpleNamespace(rows=rows)
+
+    monkeypatch.setattr("fsan_cli.predict.Predictor", FakePredictor)
     monkeypatch.setattr("fsan_cli.device.resolve_device", lambda spec: f"resolved {spec}")
     r = CliRunner().invoke(app, ["--device", "cpu", "evaluate", "--checkpoint", str(ckpt),
                                  "--top-k", "2", "--metric", "r@5,iou=0.5"],

@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsan_cli.engine import top_k_segments
 from fsan_cli.metrics import iou, moment_hits
-from models.fsan import FSAN, FSANConfig, segment_scores
+from models.config import FSANConfig
+from models.fsan import FSAN
+from models.segments import segment_scores, top_k_segments
 
 seconds = st.floats(0, 1000, allow_nan=False, allow_infinity=False)
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import engine
+from fsan_cli import step, training
 from fsan_cli.app import app
-from fsan_cli.config import load_config
+from fsan_cli.errors import FsanError
+from fsan_cli.settings import load_settings
 from fsan_cli.data.store import Query, load_store, write_store
 from tests.conftest import tiny_synthetic
 
@@ -31,7 +32,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("robust")
     store = load_store(tiny_synthetic(root / "data"))
     torch.set_num_threads(1)
-    engine.train(load_config("synthetic", overrides=TINY), store, root / "run", CPU, progress=False)
+    training.train(load_settings("synthetic", overrides=TINY), store, root / "run", CPU, progress=False)
     q = store.split("test")[0]
     video = root / "video.h5"
     with h5py.File(video, "w") as f:
@@ -95,7 +96,7 @@ CASES = [
      1, "cannot write the run folder", "Choose another --out"),
     ("train-unknown-compile-mode", lambda w, t: ["train", "--data-dir", w["data"], *SETS, "--compile",
                                                  "--set", "train.compile_mode=fast", "--out", t / "r"],
-     1, "unknown train.compile_mode 'fast'", "Use one of: default, reduce-overhead"),
+     1, "setting train.compile_mode is 'fast', not one of its choices", "Use one of: default, reduce-overhead"),
     ("train-no-device", lambda w, t: ["--device", "cuda:7", "train", "--data-dir", w["data"],
                                       "--out", t / "r"],
      1, "device 'cuda:7' is not available", "Pass --device with one of: cpu"),
@@ -107,7 +108,7 @@ CASES = [
      1, "unknown setting 'model.hiden'", "Did you mean model.hidden"),
     ("train-zero-epochs", lambda w, t: ["train", "--data-dir", w["data"], "--out", t / "r",
                                         "--epochs", "0"],
-     1, "train.epochs must be at least 1", "Pass a positive number"),
+     1, "train.epochs must be at least 1", "Pass a value at least 1"),
     ("train-heads", lambda w, t: ["train", "--data-dir", w["data"], "--out", t / "r", *SETS,
                                   "--set", "model.heads=3"],
      1, "not divisible by model.heads=3", "Choose values"),
@@ -296,7 +297,7 @@ def test_bad_input(world, tmp_path, monkeypatch, build, code, what, fix):
 def test_non_finite_loss_names_the_step_and_videos(world, tmp_path, monkeypatch):
     """The loss turns NaN at step 9 (epoch 2): the error names it and the batch's videos, and
     the last good checkpoint (the end of epoch 1, step 7) is kept unchanged."""
-    real = engine.training_step
+    real = step.training_step
 
     def poisoned(*args, **kwargs):
         losses = real(*args, **kwargs)
@@ -306,11 +307,11 @@ def test_non_finite_loss_names_the_step_and_videos(world, tmp_path, monkeypatch)
         return losses
 
     poisoned.calls = 0
-    monkeypatch.setattr(engine, "training_step", poisoned)
-    cfg = load_config("synthetic", overrides=[*TINY, "train.epochs=2", "train.batch_size=16"])
+    monkeypatch.setattr(step, "training_step", poisoned)
+    cfg = load_settings("synthetic", overrides=[*TINY, "train.epochs=2", "train.batch_size=16"])
     out = tmp_path / "run"
-    with pytest.raises(engine.FsanError) as info:
-        engine.train(cfg, world["store"], out, CPU, progress=False)
+    with pytest.raises(FsanError) as info:
+        training.train(cfg, world["store"], out, CPU, progress=False)
     message = str(info.value)
     assert message.startswith("the loss became non-finite at step 9 (epoch 2; videos in the batch: ")
     assert f"the last good checkpoint, {out / 'last.pt'} (step 7), is kept" in message

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import engine
+from fsan_cli import checkpoint, step, training
 from fsan_cli.app import app
 from tests.conftest import tiny_synthetic
 
@@ -38,7 +38,7 @@ def test_run_folder_and_json_summary(data_dir, tmp_path):
         "best.pt", "config.toml", "last.pt", "metrics.jsonl", "run.json"]
     info = json.loads((out / "run.json").read_text())
     assert info == {"dataset": "synthetic", "store": str((data_dir / "synthetic").resolve())}
-    _, last = engine.load_checkpoint(out / "last.pt")
+    last = checkpoint.load(out / "last.pt")
     assert last["resume"]["epoch"] == 2 and last["step"] == 2  # finished: nothing left to run
 
 
@@ -72,13 +72,14 @@ def test_compile_wraps_the_training_pass(data_dir, tmp_path, monkeypatch):
 
 def test_training_step_keeps_its_signature_for_benchmarks():
     """benchmarks/train_speed.py calls training_step(model, features, tokens, vids, idx, neg, device)."""
-    from models.fsan import FSAN, FSANConfig
+    from models.config import FSANConfig
+    from models.fsan import FSAN
 
     cfg = FSANConfig(word_dim=4, feature_dim=6, clips=4, hidden=8, layers=1, heads=2, align_dim=4)
     model = FSAN(cfg, torch.randn(10, 4))
     features, tokens = torch.randn(3, 4, 6), torch.randint(1, 10, (5, 3))
     vids, idx = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 2])
-    losses = engine.training_step(model, features, tokens, vids, idx, idx.flip(0), torch.device("cpu"))
+    losses = step.training_step(model, features, tokens, vids, idx, idx.flip(0), torch.device("cpu"))
     assert torch.isfinite(losses.total)
     losses.total.backward()
 
@@ -86,7 +87,8 @@ def test_training_step_keeps_its_signature_for_benchmarks():
 def test_cpu_step_trims_padding_exactly():
     """On a CPU the step cuts token columns that are padding in the whole batch; the losses
     are those of the untrimmed batch (padding is masked everywhere)."""
-    from models.fsan import FSAN, FSANConfig
+    from models.config import FSANConfig
+    from models.fsan import FSAN
 
     torch.manual_seed(0)
     cfg = FSANConfig(word_dim=4, feature_dim=6, clips=5, hidden=8, layers=2, heads=2, align_dim=4,
@@ -98,9 +100,9 @@ def test_cpu_step_trims_padding_exactly():
         tokens[i, :n] = torch.randint(1, 10, (n,))
     vids = torch.tensor([0, 1, 2, 0, 1, 2])
     idx, neg = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 0, 1])
-    assert engine.trim_padding(tokens[idx]).shape == (4, 4)
-    trimmed = engine.training_step(model, features, tokens, vids, idx, neg, torch.device("cpu"))
-    full = engine.TrainingPass(model, False)(
+    assert step.trim_padding(tokens[idx]).shape == (4, 4)
+    trimmed = step.training_step(model, features, tokens, vids, idx, neg, torch.device("cpu"))
+    full = step.TrainingPass(model, False)(
         features[vids[idx]], tokens[idx], tokens[neg], vids[neg] != vids[idx], features[vids[neg]],
         torch.tensor(1.0))  # fmt: skip
     for a, b in zip(trimmed, full, strict=True):
@@ -112,7 +114,8 @@ def test_micro_batches_give_the_whole_batch_gradient(micro):
     """train.micro_batch splits a batch into pieces whose weighted backward passes add up to the
     whole batch's gradient and losses (every negative here comes from another video, so eq. 6's
     average over valid negatives splits exactly)."""
-    from models.fsan import FSAN, FSANConfig
+    from models.config import FSANConfig
+    from models.fsan import FSAN
 
     torch.manual_seed(0)
     cfg = FSANConfig(word_dim=4, feature_dim=6, clips=5, hidden=8, layers=2, heads=2, align_dim=4,
@@ -122,14 +125,14 @@ def test_micro_batches_give_the_whole_batch_gradient(micro):
     for i, n in enumerate([2, 6, 3, 1, 4, 2, 5, 3]):
         tokens[i, :n] = torch.randint(1, 10, (n,))
     vids = torch.arange(8) % 4
-    data = engine.TrainingData(torch.randn(4, 5, 6), tokens, vids, None, [])
+    data = training.TrainingData(torch.randn(4, 5, 6), tokens, vids)
     idx, neg = torch.tensor([0, 1, 2, 3, 4, 5, 6]), torch.tensor([1, 2, 3, 4, 5, 6, 7])
     assert bool((vids[idx] != vids[neg]).all())
-    runner, cpu = engine.TrainingPass(model, False), torch.device("cpu")
+    runner, cpu = step.TrainingPass(model, False), torch.device("cpu")
 
     def grads(size):
         model.zero_grad(set_to_none=True)
-        parts = engine.accumulate(runner, model, data, idx, neg, cpu, 0.5, 2.0, size)
+        parts = step.accumulate(runner, model, data, idx, neg, cpu, 0.5, 2.0, size)
         return parts, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     whole, whole_grads = grads(0)
@@ -142,13 +145,13 @@ def test_micro_batches_give_the_whole_batch_gradient(micro):
 
 def test_micro_batch_option_is_recorded_and_trains_like_whole_batches(data_dir, tmp_path, monkeypatch):
     sizes: list[int] = []
-    step = engine.training_step
+    real = step.training_step
 
     def spy(model, features, tokens, vids, idx, *args, **kwargs):
         sizes.append(idx.numel())
-        return step(model, features, tokens, vids, idx, *args, **kwargs)
+        return real(model, features, tokens, vids, idx, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "training_step", spy)
+    monkeypatch.setattr(step, "training_step", spy)
     runs = {}
     for name, extra in (("whole", []), ("pieces", ["--micro-batch", "3"])):
         out, sizes[:] = tmp_path / name, []
@@ -166,7 +169,7 @@ def test_negative_micro_batch_is_refused(data_dir, tmp_path):
     result = train("--data-dir", str(data_dir), "--out", str(tmp_path / "r"), *SETS, "--micro-batch", "-1")
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.strip() == (
-        "Error: train.micro_batch must be 0 (whole batches) or more, got -1. Pass e.g. --micro-batch 32.")
+        "Error: train.micro_batch must be at least 0, got -1. Pass a value at least 0.")
     assert not (tmp_path / "r").exists()
 
 
@@ -178,7 +181,7 @@ def test_out_of_memory_says_how_to_split_batches(data_dir, tmp_path, monkeypatch
     def full(*args):
         raise error
 
-    monkeypatch.setattr(engine, "accumulate", full)
+    monkeypatch.setattr(training, "accumulate", full)
     out = tmp_path / "r"
     result = train("--data-dir", str(data_dir), "--out", str(out), *SETS, "--batch-size", "6")
     assert result.exit_code == 1 and result.stdout == ""

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from fsan_cli.baselines import prior_predictions, random_predictions
-from fsan_cli.config import load_config
+from fsan_cli.settings import load_settings
 from fsan_cli.data.store import load_store
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.engine import predict_queries, train
+from fsan_cli.predict import Predictor
+from fsan_cli.training import train
 from fsan_cli.metrics import score
 
 SIZES = {"train": 700, "val": 100, "test": 150}
@@ -23,7 +24,7 @@ SIZES = {"train": 700, "val": 100, "test": 150}
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
     store = load_store(ensure_synthetic(root / "data", sizes=SIZES))
-    cfg = load_config("synthetic")  # the shipped defaults, unchanged
+    cfg = load_settings("synthetic")  # the shipped defaults, unchanged
     train(cfg, store, root / "run", torch.device("cpu"), progress=False)
     return store, root / "run"
 
@@ -39,7 +40,7 @@ def test_loss_falls(trained):
 def test_trained_model_grounds_beyond_random_and_prior(trained):
     store, run = trained
     queries = store.split("test")
-    preds = predict_queries(run / "best.pt", store, queries, torch.device("cpu"), 5)
+    preds = Predictor.load(run / "best.pt", torch.device("cpu")).rows(store, queries, 5)
     model = score("synthetic", queries, preds)[0]
     rand = score("synthetic", queries, random_predictions(queries, top_k=5, seed=0))[0]
     prior = score("synthetic", queries, prior_predictions(store.split("train"), queries, top_k=5))[0]
@@ -52,7 +53,7 @@ def test_trained_model_grounds_beyond_random_and_prior(trained):
 def test_answers_vary_with_the_query(trained):
     store, run = trained
     queries = store.split("test")
-    preds = predict_queries(run / "best.pt", store, queries, torch.device("cpu"), 1)
+    preds = Predictor.load(run / "best.pt", torch.device("cpu")).rows(store, queries, 1)
     by_video = defaultdict(set)
     for p in preds:
         by_video[p["video"]].add(tuple(p["moments"][0][:2]))
