@@ -1,7 +1,9 @@
 """Our training step against a plain PyTorch version of the same model, timed side by side.
 
-    python benchmarks/plain_reference.py                                # d 128, 2 layers, N_v 32, batch 64
-    python benchmarks/plain_reference.py --hidden 512 --layers 6 --heads 8 --clips 64 --batch-size 128
+    python -m benchmarks.speed.plain_reference            # d 128, 2 layers, N_v 32, batch 64
+    python -m benchmarks.speed.plain_reference --hidden 512 --layers 6 --heads 8 --clips 64 \
+        --batch-size 32 --steps 2 --rounds 3              # the paper config
+    python -m benchmarks.speed.plain_reference --check-only   # the loss check alone, seconds
 
 DESIGN.md's CPU anchors (4.6 samples/s at the paper config, 171 at d 128 / 2 layers / N_v 32 /
 batch 64) come from a plain sketch measured on this machine at another time; a shared machine's
@@ -10,7 +12,12 @@ them fairly. This script builds the plain version here (stock nn.MultiheadAttent
 nn.Dropout, every loss by prefix sums over the full N_v x N_v square, positive and negative
 pass, AdamW) and alternates timed windows of it with windows of `fsan train`'s step
 (`engine.training_step` through `TrainingPass`) at equal shapes: each query exactly --tokens
-long, no (V-, S) pass. It prints both medians and their ratio, which the drift cancels out of.
+long, no (V-, S) pass. It prints both medians and their ratio, which the drift cancels out of,
+after a first `# record:` line saying how they were made (benchmarks/record.py).
+
+The comparison is fair only if the plain losses are ours: before timing, it checks that
+plain_losses equals `fsan_losses` in the paper's form (SC on P, softmax weights, hard max of SC,
+sigmoid-sum inner, lower outer, margin 0.2) on random maps, and exits with status 1 if not.
 """
 
 from __future__ import annotations
@@ -19,17 +26,19 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fsan_cli.config import load_config  # noqa: E402
-from fsan_cli.engine import TrainingPass, make_optimizer, model_config, training_step  # noqa: E402
-from models.fsan import FSAN  # noqa: E402
+from benchmarks.record import header
+from fsan_cli.config import load_config
+from fsan_cli.engine import TrainingPass, make_optimizer, model_config, training_step
+from models.config import FSANConfig
+from models.fsan import FSAN, FSANOutput
+from models.losses import fsan_losses
+from models.segments import segment_scores
 
 
 class PlainBlock(nn.Module):
@@ -105,8 +114,33 @@ def plain_losses(p, tm, neg_p, neg_tm, margin=0.2, tau=0.1):
     return (l_t + l_i.mean() + l_o.mean()) / 3
 
 
+def _random_output(g: torch.Generator, b: int = 5, ns: int = 7, nv: int = 12) -> FSANOutput:
+    p = torch.rand(b, ns, nv, generator=g) * 2 - 1
+    lengths = torch.randint(1, ns + 1, (b,), generator=g)
+    tm = torch.arange(ns)[None] < lengths[:, None]
+    return FSANOutput(p, segment_scores(p, tm), tm)
+
+
+def check_losses(seeds=(0, 1, 2)) -> list[str]:
+    """plain_losses against fsan_losses in the paper's form, on random maps (batch 5, 7 tokens
+    at most, 12 clips); returns one line per seed where they disagree."""
+    cfg = FSANConfig(sc_map="p", weights="softmax", tau=0.1, match_score="sc", match_tau=0.0,
+                     inner_form="sigmoid_sum", outer_form="lower", margin=0.2)  # fmt: skip
+    failures = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        pos, neg = _random_output(g), _random_output(g)
+        ok = torch.ones(pos.alignment_map.shape[0], dtype=torch.bool)
+        ours = fsan_losses(SimpleNamespace(cfg=cfg), pos, neg, ok).total.item()
+        plain = plain_losses(pos.alignment_map, pos.token_mask, neg.alignment_map, neg.token_mask).item()
+        if abs(plain - ours) > max(1e-6, 1e-5 * abs(ours)):  # pytest.approx(rel=1e-5, abs=1e-6)
+            failures.append(f"seed {seed}: plain losses {plain:.7f}, fsan_losses {ours:.7f}")
+    return failures
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=2)
@@ -116,7 +150,18 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=5, help="steps per timed window")
     ap.add_argument("--rounds", type=int, default=6, help="windows of each, alternating")
+    ap.add_argument("--check-only", action="store_true",
+                    help="check that the plain losses are ours, and stop there")
     args = ap.parse_args()
+    print(header(__spec__.name), flush=True)
+    failures = check_losses()
+    if failures:
+        print("the plain losses are not ours, so the timing would not be fair:", *failures,
+              sep="\n  ", file=sys.stderr)
+        sys.exit(1)
+    print("plain losses = fsan_losses in the paper's form (3 seeds)", flush=True)
+    if args.check_only:
+        return
     torch.manual_seed(0)
     b, nv, d = args.batch_size, args.clips, args.hidden
     words = torch.randn(5000, 300)

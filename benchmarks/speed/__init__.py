@@ -1,0 +1,1 @@
+"""How fast: training, grounding, scoring and preparing (benchmarks/README.md)."""
