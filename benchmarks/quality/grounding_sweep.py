@@ -1,11 +1,13 @@
 """Which settings make weak supervision ground? Train one run per setting set, select each on
 val, and print val and test metrics beside the random and prior baselines.
 
-    python benchmarks/grounding_sweep.py --data-dir data --dataset synthetic --jobs 2 \
+    python -m benchmarks.quality.grounding_sweep --data-dir data --dataset synthetic --jobs 2 \
         --epochs 8 --grid default --out sweep.jsonl
 
-Each row names its overrides, so `fsan train --dataset D --set k=v ...` reproduces it. Runs are
-independent processes (`--jobs` at once); on one GPU several share the device.
+Each row names its overrides, so `fsan train --dataset D --set k=v ...` reproduces it, and
+carries a "record" of how it was made (benchmarks/record.py). Runs are independent processes
+(`--jobs` at once, each this module again: run it from the repository root); on one GPU several
+share the device.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.record import header, record
 
 GRIDS: dict[str, dict[str, list[str]]] = {
     "default": {
@@ -136,7 +140,8 @@ def baselines_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--device", default="auto")
@@ -171,7 +176,7 @@ def main() -> None:
         while pending and len(running) < args.jobs:
             i, name = pending.pop(0)
             out_dir = Path(args.runs_dir) / f"{i:02d}"
-            cmd = [sys.executable, __file__, *base, "--one", name, str(out_dir)]
+            cmd = [sys.executable, "-m", __spec__.name, *base, "--one", name, str(out_dir)]
             running.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)))
         time.sleep(0.5)
         for item in list(running):
@@ -182,9 +187,11 @@ def main() -> None:
                 results[name] = json.loads(out[-1]) if proc.returncode == 0 and out else {"name": name, "error": proc.returncode}
                 print(json.dumps(results[name]), file=sys.stderr, flush=True)
     rows += [results[n] for n in names]
+    made = record(__spec__.name)
     with open(args.out, "w") as fh:
         for r in rows:
-            fh.write(json.dumps(r) + "\n")
+            fh.write(json.dumps({**r, "record": made}) + "\n")
+    print(header(__spec__.name))
     keys = ["r@1,iou=0.3", "r@1,iou=0.5", "miou"]
     print(f"{'setting':45s} | val " + " ".join(f"{k:>12s}" for k in keys) + " | test " + " ".join(f"{k:>12s}" for k in keys) + " | whole% distinct")
     for r in rows:

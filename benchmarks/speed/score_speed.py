@@ -1,11 +1,12 @@
 """How long scoring the 17,031 ActivityNet-Captions test (val_2) queries from a predictions file takes.
 
-    python benchmarks/score_speed.py [--shared-data ../shared/data] [--repeats 5]
+    python -m benchmarks.speed.score_speed [--shared-data ../shared/data] [--repeats 5]
 
 Builds the val_2 queries from the real annotation file, writes 5 random moments per query to a
 predictions JSONL (a temporary file), then times `read_predictions` + `metrics.score` (the work
 `fsan evaluate --predictions FILE --json` does after loading the store) and, separately, the
 whole command in a fresh process on a store holding only those queries. Target: under 2 s.
+The first line printed, `# record: {...}`, says how the figures were made (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.record import header
+from fsan_cli.baselines import random_predictions
+from fsan_cli.data.store import Query, write_store
+from fsan_cli.metrics import score
+from fsan_cli.predictions import read_predictions, write_predictions
 
-from fsan_cli.baselines import random_predictions  # noqa: E402
-from fsan_cli.data.store import Query, write_store  # noqa: E402
-from fsan_cli.metrics import score  # noqa: E402
-from fsan_cli.predictions import read_predictions, write_predictions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def val2_queries(shared: Path) -> list[Query]:
@@ -40,10 +41,12 @@ def val2_queries(shared: Path) -> list[Query]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print(header(__spec__.name), flush=True)
     queries = val2_queries(args.shared_data)
     with tempfile.TemporaryDirectory() as tmp:
         preds = Path(tmp) / "preds.jsonl"

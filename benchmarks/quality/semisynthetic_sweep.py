@@ -1,20 +1,21 @@
 """The settings table of issue 5: every training setting tried, on ActivityNet-like and
-Charades-like spans (the semi-synthetic benchmark of `semisynthetic.py`), beside the random and
-prior baselines, on val (where settings are chosen) and test.
+Charades-like spans (the semi-synthetic data of fsan_cli/data/semisynthetic.py), beside the
+random and prior baselines, on val (where settings are chosen) and test.
 
-    python benchmarks/semisynthetic_sweep.py --dataset activitynet \
+    python -m benchmarks.quality.semisynthetic_sweep --dataset activitynet \
         --annotations ../shared/data/activitynet --work /tmp/sweep --epochs 16 --jobs 2
-    python benchmarks/semisynthetic_sweep.py --dataset charades \
+    python -m benchmarks.quality.semisynthetic_sweep --dataset charades \
         --annotations ../shared/data/charades --work /tmp/sweep --epochs 12 --jobs 2
-    python benchmarks/semisynthetic_sweep.py ... --only default,paper     # some rows
-    python benchmarks/semisynthetic_sweep.py ... --set train.seed=1       # another seed
+    python -m benchmarks.quality.semisynthetic_sweep ... --only default,paper     # some rows
+    python -m benchmarks.quality.semisynthetic_sweep ... --set train.seed=1       # another seed
 
 Each setting is one `fsan train` with the CPU model below plus the setting's `--set` overrides,
 one CPU thread per run and `--jobs` runs at a time; then `fsan evaluate --json` of its best.pt
 on val and test. Charades-STA has no val split in its files: `fsan prepare` holds out 10% of
 the train videos as val (`--val-share`), where train selects and the settings are compared. Results go to
-WORK/sweep-DATASET.jsonl (one line per row, with the command that reproduces it), and a
-markdown table is printed.
+WORK/sweep-DATASET.jsonl (one line per row, with the command that reproduces it and a "record"
+of how the row was made: benchmarks/record.py), and a markdown table is printed, its first line
+that record.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.record import header, record
+from fsan_cli.data import semisynthetic
 
-import semisynthetic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # The CPU-sized model every row trains (docs/method.md): minutes on one core.
 CPU_MODEL = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.align_dim=32",
@@ -95,7 +96,8 @@ def train_row(name: str, args, data_dir: Path, runs: Path) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["activitynet", "charades"], required=True)
     ap.add_argument("--annotations", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
@@ -124,10 +126,12 @@ def main() -> None:
         for rows in pool.map(lambda n: train_row(n, args, data_dir, runs), names):
             results += rows
     path = args.work / f"sweep-{args.dataset}.jsonl"
+    made = record(__spec__.name)
     with path.open("a") as fh:
         for r in results:
             fh.write(json.dumps({"dataset": args.dataset, "size": args.size, "epochs": args.epochs,
-                                 "common_sets": args.sets, **r}) + "\n")
+                                 "common_sets": args.sets, **r, "record": made}) + "\n")
+    print(header(__spec__.name))
     print(markdown(results, args.dataset))
     print(f"\n(rows appended to {path})", file=sys.stderr)
 

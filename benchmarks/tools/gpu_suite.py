@@ -1,11 +1,12 @@
-"""Several eager and captured (train.cuda_graph) configurations of benchmarks/train_speed.py in
-one process, so a short GPU lease pays the interpreter and CUDA start once. One JSON line per
-configuration (an "error" key where it failed), then a table on stdout.
+"""Several eager and captured (train.cuda_graph) configurations of benchmarks.speed.train_speed
+in one process, so a short GPU lease pays the interpreter and CUDA start once. One JSON line per
+configuration (an "error" key where it failed; a "record" of the equivalent train_speed command,
+benchmarks/record.py), then a table on stdout.
 
-    python benchmarks/gpu_suite.py --seconds 3 [--out results.jsonl]
+    python -m benchmarks.tools.gpu_suite --seconds 3 [--out results.jsonl]
 
 torch.compile variants are not here: run them in their own processes with a time limit
-(benchmarks/gpu_check.sh), so that one slow compilation cannot eat the rest.
+(benchmarks/tools/gpu_check.sh), so that one slow compilation cannot eat the rest.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import train_speed  # noqa: E402
+from benchmarks.record import record
+from benchmarks.speed import train_speed
 
 CONFIGS = [  # (name, train_speed arguments): eager first, so that a failed capture cannot
     # leave the process's CUDA state broken for them
@@ -42,7 +42,8 @@ COLUMNS = ("samples_per_s", "epoch_s_activitynet", "mfu_percent", "gflop_per_sam
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--only", default="", help="comma-separated names of CONFIGS to run (default: all)")
@@ -61,7 +62,8 @@ def main() -> None:
                 row = {"name": name, **train_speed.main(argv)}
         except Exception as exc:  # noqa: BLE001 - report and go on with the next configuration
             traceback.print_exc()
-            row = {"name": name, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            row = {"name": name, "error": f"{type(exc).__name__}: {exc}"[:300],
+                   "record": record(train_speed.__spec__.name, argv)}
         rows.append(row)
         line = json.dumps(row)
         print(line, flush=True)

@@ -2,22 +2,22 @@
 answers of a trained checkpoint: the share of test queries whose top-1 moment is identical to
 fp32's, and top-1 mIoU and R@1 at IoU 0.5 under both.
 
-    python benchmarks/precision_agreement.py runs/x/best.pt data/activitynet [--split test]
+    python -m benchmarks.quality.precision_agreement runs/x/best.pt data/activitynet [--split test]
+
+The first line printed, `# record: {...}`, says how the figures were made (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fsan_cli import engine  # noqa: E402
-from fsan_cli.data.store import load_store  # noqa: E402
+from benchmarks.record import header
+from fsan_cli import engine
+from fsan_cli.data.store import load_store
 
 
 def top1(checkpoint: Path, store, queries, dtype: torch.dtype) -> torch.Tensor:
@@ -31,11 +31,13 @@ def top1(checkpoint: Path, store, queries, dtype: torch.dtype) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("store", type=Path, help="a prepared store folder, e.g. data/activitynet")
     ap.add_argument("--split", default="test")
     args = ap.parse_args()
+    print(header(__spec__.name), flush=True)
     store = load_store(args.store)
     queries = store.split(args.split)
     segs = {name: top1(args.checkpoint, store, queries, dt)

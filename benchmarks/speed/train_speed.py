@@ -2,13 +2,14 @@
 forward and backward, all losses, Adam), seconds per ActivityNet-size epoch (37,421 pairs) and
 model FLOP utilisation where the device's peak is known.
 
-    python benchmarks/train_speed.py                       # paper config: d 512, 6 layers, N_v 64
-    python benchmarks/train_speed.py --set model.hidden=128 --set model.layers=2 \
+    python -m benchmarks.speed.train_speed            # paper config: d 512, 6 layers, N_v 64
+    python -m benchmarks.speed.train_speed --set model.hidden=128 --set model.layers=2 \
         --set model.heads=2 --set data.clips=32 --batch-size 64
-    python benchmarks/train_speed.py --device cuda --compile --json
-    python benchmarks/train_speed.py --device cuda --cuda-graph --profile   # train.cuda_graph
+    python -m benchmarks.speed.train_speed --device cuda --compile --json
+    python -m benchmarks.speed.train_speed --device cuda --cuda-graph --profile   # train.cuda_graph
 
 Inputs are random with the paper's shapes: 500-d clip features, ~24 tokens, 300-d word vectors.
+The result (and --json's line) carries a "record" of how it was made (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 
 import torch
 
+from benchmarks.record import record
 from fsan_cli.config import load_config
 from fsan_cli.device import resolve_device
 from fsan_cli.distributed import Dist
@@ -74,7 +76,8 @@ def profile_steps(step, sync, device: torch.device, steps: int = 3) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="setting override key=value")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--micro-batch", type=int, default=0,
@@ -219,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["mfu_percent"] = round(100 * flops * sps / (peak * 1e12), 1)
     if args.profile:
         result.update(profile_steps(step, sync, device))
+    result["record"] = record(__spec__.name, argv)
     if args.json:
         print(json.dumps(result))
     else:

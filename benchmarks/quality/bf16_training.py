@@ -2,26 +2,26 @@
 the README's main job (the synthetic preset) on this CPU under the CPU's bf16 autocast, at
 each seed given, and prints the test split's mIoU beside the same seed in fp32.
 
-    python benchmarks/bf16_training.py --seeds 0 1 2       # about 4 min per seed on 2 cores
+    python -m benchmarks.quality.bf16_training --seeds 0 1 2   # about 4 min per seed on 2 cores
+
+One JSON line per seed, with a "record" of how it was made (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fsan_cli import engine  # noqa: E402
-from fsan_cli.config import load_config  # noqa: E402
-from fsan_cli.data.store import load_store  # noqa: E402
-from fsan_cli.data.synthetic import ensure_synthetic  # noqa: E402
-from fsan_cli.metrics import score  # noqa: E402
+from benchmarks.record import record
+from fsan_cli import engine
+from fsan_cli.config import load_config
+from fsan_cli.data.store import load_store
+from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.metrics import score
 
 
 def test_miou(store, seed: int, bf16: bool, root: Path) -> float:
@@ -43,15 +43,17 @@ def test_miou(store, seed: int, bf16: bool, root: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--data-dir", type=Path, default=Path("data"))
     args = ap.parse_args()
     store = load_store(ensure_synthetic(args.data_dir))
+    made = record(__spec__.name)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             row = {"seed": seed, **{p: round(test_miou(store, seed, p == "bf16", Path(tmp)), 2)
-                                    for p in ("fp32", "bf16")}}
+                                    for p in ("fp32", "bf16")}, "record": made}
             print(json.dumps(row), flush=True)
 
 

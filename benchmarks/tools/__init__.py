@@ -1,0 +1,1 @@
+"""Running benchmarks on a lent GPU machine (benchmarks/README.md)."""
