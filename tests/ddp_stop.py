@@ -6,11 +6,11 @@ every rank just before optimizer step STOP + 1, as Ctrl-C would give.
 
 import sys
 
-from fsan_cli import engine
+from fsan_cli import training
 from fsan_cli.app import main
 
 stop = int(sys.argv.pop(1))
-real = engine.one_step
+real = training.one_step
 
 
 def one_step(run, state, *args):
@@ -19,5 +19,5 @@ def one_step(run, state, *args):
     return real(run, state, *args)
 
 
-engine.one_step = one_step
+training.one_step = one_step  # the name run_epochs calls
 main()

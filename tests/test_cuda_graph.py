@@ -1,6 +1,6 @@
 """train.cuda_graph: the whole optimizer step captured as one CUDA graph and replayed.
 
-The CUDA tests run where a GPU is (benchmarks/gpu_check.sh runs them on a lent one); on a CPU
+The CUDA tests run where a GPU is (benchmarks/tools/gpu_check.sh runs them on a lent one); on a CPU
 only the settings' checks and the learning-rate plumbing run."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import engine
+from fsan_cli import training
 from fsan_cli.app import app
-from fsan_cli.config import load_config
+from fsan_cli.cuda_graph import use_cuda_graph
 from fsan_cli.distributed import Dist
+from fsan_cli.settings import TrainSettings, load_settings
+from fsan_cli.step import TrainingPass, make_optimizer, ready_optimizer, set_lr
 from models.fsan import FSAN
 from tests.conftest import tiny_synthetic
 
@@ -33,7 +35,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 def test_cpu_training_is_never_captured(data_dir, tmp_path, monkeypatch):
     """train.cuda_graph is on by default and means "where it can be": a CPU run trains eagerly."""
-    monkeypatch.setattr(engine, "CapturedStep", None)  # calling it would fail the run
+    monkeypatch.setattr(training, "CapturedStep", None)  # calling it would fail the run
     result = CliRunner().invoke(app, [
         "--device", "cpu", "-q", "train", "--data-dir", str(data_dir), "--out", str(tmp_path / "r"),
         "--no-test", "--set", "model.hidden=16", "--set", "model.layers=1", "--set", "model.heads=2",
@@ -44,25 +46,26 @@ def test_cpu_training_is_never_captured(data_dir, tmp_path, monkeypatch):
 
 def test_when_the_step_is_captured():
     gpu, cpu, one = torch.device("cuda", 0), torch.device("cpu"), Dist()
-    assert engine.use_cuda_graph({}, gpu, False, one) is True  # the default
-    assert engine.use_cuda_graph({"cuda_graph": True}, gpu, False, one) is True
-    assert engine.use_cuda_graph({"cuda_graph": False}, gpu, False, one) is False
-    assert engine.use_cuda_graph({"cuda_graph": True}, cpu, False, one) is False
-    assert engine.use_cuda_graph({"cuda_graph": True}, gpu, True, one) is False  # --compile
-    assert engine.use_cuda_graph({"cuda_graph": True}, gpu, False, Dist(rank=0, world=2)) is False
+    on, off = TrainSettings(cuda_graph=True), TrainSettings(cuda_graph=False)
+    assert use_cuda_graph(TrainSettings(), gpu, False, one) is True  # the default
+    assert use_cuda_graph(on, gpu, False, one) is True
+    assert use_cuda_graph(off, gpu, False, one) is False
+    assert use_cuda_graph(on, cpu, False, one) is False
+    assert use_cuda_graph(on, gpu, True, one) is False  # --compile
+    assert use_cuda_graph(on, gpu, False, Dist(rank=0, world=2)) is False
 
 
 def test_learning_rate_as_tensor_is_filled_in_place():
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.5)
-    engine.ready_optimizer(opt, torch.device("cpu"), True)
+    ready_optimizer(opt, torch.device("cpu"), True)
     lr = opt.param_groups[0]["lr"]
     assert torch.is_tensor(lr) and float(lr) == 0.5
-    engine.set_lr(opt, 0.25)
+    set_lr(opt, 0.25)
     assert opt.param_groups[0]["lr"] is lr and float(lr) == 0.25  # the tensor a graph read
-    engine.ready_optimizer(opt, torch.device("cpu"), False)  # what a resumed eager run needs
+    ready_optimizer(opt, torch.device("cpu"), False)  # what a resumed eager run needs
     assert opt.param_groups[0]["lr"] == 0.25 and not torch.is_tensor(opt.param_groups[0]["lr"])
-    engine.set_lr(opt, 0.125)
+    set_lr(opt, 0.125)
     assert opt.param_groups[0]["lr"] == 0.125
 
 
@@ -75,18 +78,18 @@ def test_a_restored_eager_optimizer_is_made_capturable():
     eager.step()
     opt = torch.optim.AdamW(model.parameters(), lr=0.5)
     opt.load_state_dict(eager.state_dict())
-    engine.ready_optimizer(opt, torch.device("cpu"), True)
+    ready_optimizer(opt, torch.device("cpu"), True)
     assert all(g["capturable"] and torch.is_tensor(g["lr"]) for g in opt.param_groups)
     assert all(st["step"].dtype == torch.float32 for st in opt.state.values())
-    engine.ready_optimizer(opt, torch.device("cpu"), False)
+    ready_optimizer(opt, torch.device("cpu"), False)
     assert not any(g["capturable"] or torch.is_tensor(g["lr"]) for g in opt.param_groups)
 
 
-def small_run(dropout: float, captured: bool, seed: int = 0) -> engine.Run:
+def small_run(dropout: float, captured: bool, seed: int = 0) -> training.Run:
     device = torch.device("cuda", 0)
-    cfg = load_config("activitynet", overrides=SMALL + [f"model.dropout={dropout}"])
+    cfg = load_settings("activitynet", overrides=SMALL + [f"model.dropout={dropout}"])
     torch.manual_seed(seed)
-    mc = engine.model_config(cfg, 12, 20)
+    mc = cfg.model_config(12, 20)
     model = FSAN(mc, torch.randn(50, 12)).to(device).train()
     g = torch.Generator().manual_seed(1)
     features = torch.randn(10, mc.clips, 20, generator=g).to(device, torch.bfloat16)
@@ -94,12 +97,12 @@ def small_run(dropout: float, captured: bool, seed: int = 0) -> engine.Run:
     tokens = torch.randint(2, 50, (40, 8), generator=g)
     tokens = tokens.masked_fill(torch.arange(8)[None] >= lengths[:, None], 0).to(device)
     vids = torch.randint(0, 10, (40,), generator=g).to(device)
-    data = engine.TrainingData(features, tokens, vids, None, [])
-    opt = engine.make_optimizer(model, cfg["train"], device, captured)
-    runner = engine.TrainingPass(model, False)  # fp32: the two runs compare closely
-    run = engine.Run(model, runner, opt, None, data, cfg, None, None, device, Dist())
+    data = training.TrainingData(features, tokens, vids, [])
+    opt = make_optimizer(model, cfg.train, device, captured)
+    runner = TrainingPass(model, False)  # fp32: the two runs compare closely
+    run = training.Run(model, runner, opt, None, data, cfg, None, None, device, Dist())
     if captured:
-        engine.capture_steps(run)
+        training.capture_steps(run)
     return run
 
 
@@ -117,9 +120,9 @@ def test_replayed_steps_follow_eager_steps():
     changing every step (read from tensors at each replay, not baked into the graph)."""
     eager, graphed = small_run(0.0, False), small_run(0.0, True)
     for idx, neg, lr, sap in batches(9):
-        engine.set_lr(eager.opt, lr)
-        engine.set_lr(graphed.opt, lr)
-        a = engine.step_body(eager, idx, neg, sap)
+        set_lr(eager.opt, lr)
+        set_lr(graphed.opt, lr)
+        a = training.step_body(eager, idx, neg, sap)
         b = graphed.captured(idx, neg, sap)
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert graphed.captured.graph is not None
@@ -131,7 +134,7 @@ def test_replayed_steps_follow_eager_steps():
 def test_replays_draw_new_dropout_masks():
     run = small_run(0.3, True)
     idx, neg = torch.arange(8).cuda(), torch.arange(8, 16).cuda()
-    engine.set_lr(run.opt, 0.0)
+    set_lr(run.opt, 0.0)
     before = [p.detach().clone() for p in run.model.parameters()]
     losses = [run.captured(idx, neg, 1.0) for _ in range(6)]  # 3 eager, then captured, replays
     assert run.captured.graph is not None

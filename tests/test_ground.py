@@ -13,13 +13,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import engine, grounding
+from fsan_cli import checkpoint, predict, training
 from fsan_cli.app import app
-from fsan_cli.config import load_config
 from fsan_cli.data.store import load_store
 from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.ground_render import clock
 from fsan_cli.predictions import parse_predictions
-from fsan_cli.text import tokenize
+from fsan_cli.settings import load_settings
+from fsan_cli.text import encode_texts, tokenize
+from models.config import FSANConfig
+from models.fsan import FSAN
 
 TINY = [
     "model.hidden=32",
@@ -36,8 +39,8 @@ def trained(tmp_path_factory):
     """(folder holding runs/tiny/best.pt and synthetic/, the store, its first test query)."""
     root = tmp_path_factory.mktemp("ground")
     store = load_store(ensure_synthetic(root, sizes={"train": 40, "val": 10, "test": 10}))
-    cfg = load_config("synthetic", overrides=TINY)
-    engine.train(cfg, store, root / "runs" / "tiny", torch.device("cpu"), progress=False)
+    cfg = load_settings("synthetic", overrides=TINY)
+    training.train(cfg, store, root / "runs" / "tiny", torch.device("cpu"), progress=False)
     return root, store, store.split("test")[0]
 
 
@@ -80,12 +83,10 @@ def json_lines(text: str) -> list[dict]:
 
 
 def reference(trained, ckpt: Path, queries, top_k: int = 5) -> list[dict]:
-    """What `fsan evaluate --checkpoint` predicts for store queries (the training-time input)."""
+    """What `fsan evaluate --checkpoint` predicts for store queries (the training-time input),
+    in fp32."""
     _, store, _ = trained
-    model, c = engine.load_checkpoint(ckpt)
-    return engine.predict_rows(
-        model, c["vocab"], store, queries, torch.device("cpu"), top_k, c["settings"]["eval"]["nms"]
-    )
+    return predict.Predictor.load(ckpt, torch.device("cpu"), "fp32").rows(store, queries, top_k)
 
 
 def same_moments(a: list, b: list) -> None:
@@ -104,12 +105,12 @@ def test_table_with_the_newest_checkpoint(trained, video, monkeypatch):
     assert "Checkpoint: runs/tiny/best.pt (the newest under runs/" in r.stderr
     lines = r.stdout.splitlines()
     assert (
-        lines[0] == f"{q.query!r} in {q.video} ({q.duration:.1f} s, {grounding.clock(q.duration)})"
+        lines[0] == f"{q.query!r} in {q.video} ({q.duration:.1f} s, {clock(q.duration)})"
     )
     assert re.search(r"rank .*start \(s\) .*end \(s\) .*start .*end .*score", r.stdout)
     ref = reference(trained, Path("runs/tiny/best.pt"), [q])[0]["moments"]
     for rank, (s, e, score) in enumerate(ref, 1):
-        row = f"│ {rank:<4} │ {s:9.2f} │ {e:7.2f} │ {grounding.clock(s):>5} │ {grounding.clock(e):>4} │ {score:.4f} │"
+        row = f"│ {rank:<4} │ {s:9.2f} │ {e:7.2f} │ {clock(s):>5} │ {clock(e):>4} │ {score:.4f} │"
         assert row in lines
     assert "\x1b[" not in r.stdout
 
@@ -126,7 +127,7 @@ def test_heatmap_is_plain_text_when_not_a_terminal(trained, video, ckpt):
     marker = next(line for line in r.stdout.splitlines() if line.strip().startswith("top 1"))
     assert re.fullmatch(r" *top 1 +(\^|\[=*\])", marker)
     axis = r.stdout.splitlines()[-1]
-    assert axis.split()[0] == "0:00" and axis.split()[-1] == grounding.clock(q.duration)
+    assert axis.split()[0] == "0:00" and axis.split()[-1] == clock(q.duration)
 
 
 def test_heatmap_in_colour_on_a_terminal_unless_no_color(trained, video, ckpt):
@@ -220,24 +221,24 @@ def test_cpu_workers_match_one_thread(trained, ckpt, monkeypatch):
     bit-identical fp32 results to the same batches one after another, and leave the thread
     count as it was."""
     _, store, _ = trained
-    queries = [(f"query {i}", q.query) for i, q in enumerate(store.split("test") * 3)]
-    grounder = grounding.Grounder(ckpt, torch.device("cpu"), "fp32")
-    clips = torch.from_numpy(clip_rows(store, store.split("test")[0].video))
-    monkeypatch.setattr(grounding, "CPU_BATCH", 4)  # several batches from 30 queries
+    texts = [q.query for q in store.split("test") * 3]
+    predictor = predict.Predictor.load(ckpt, torch.device("cpu"), "fp32")
+    clips = clip_rows(store, store.split("test")[0].video)
+    monkeypatch.setattr(predict, "CPU_BATCH", 4)  # several batches from 30 queries
     pools = []
 
-    class Recording(grounding.ThreadPoolExecutor):
+    class Recording(predict.ThreadPoolExecutor):
         def __init__(self, workers):
             pools.append(workers)
             super().__init__(workers)
 
-    monkeypatch.setattr(grounding, "ThreadPoolExecutor", Recording)
+    monkeypatch.setattr(predict, "ThreadPoolExecutor", Recording)
     before = torch.get_num_threads()
     try:
         results = {}
         for threads in (1, 3):
             torch.set_num_threads(threads)
-            results[threads] = grounder.ground(clips, 60.0, queries, top_k=3)
+            results[threads] = predictor.ground(clips, 60.0, texts, top_k=3)
             assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
@@ -250,10 +251,10 @@ def test_cpu_workers_match_one_thread(trained, ckpt, monkeypatch):
 
 @pytest.mark.parametrize(("fast", "expected"), [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_follows_the_hardware(monkeypatch, fast, expected):
-    monkeypatch.setattr(grounding, "fast_bf16", lambda device: fast)
-    assert grounding.resolve_precision("auto", torch.device("cpu")) == expected
-    assert grounding.resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert grounding.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(predict, "fast_bf16", lambda device: fast)
+    assert predict.resolve_precision("auto", torch.device("cpu")) == expected
+    assert predict.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert predict.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
 def test_ground_then_evaluate_composes(trained, video, ckpt):
@@ -317,13 +318,13 @@ def test_pooling_and_pca_come_from_the_checkpoint(trained, tmp_path, ckpt):
     want = reference(trained, ckpt, [q])[0]["moments"]
     rows = clip_rows(store, q.video)
     long = write_video(tmp_path / "long.h5", np.repeat(rows, 3, axis=0), q.duration)  # 96 rows
-    c = torch.load(ckpt, weights_only=False)
+    c = checkpoint.load(ckpt)
     dim = rows.shape[1]
-    c["data"]["pca"] = {
-        "mean": np.full(2 * dim, 0.5, np.float32),
-        "components": np.eye(dim, 2 * dim, dtype=np.float32),
+    c["data"]["pca"] = {  # tensors: a checkpoint holds no numpy arrays (weights_only)
+        "mean": torch.full((2 * dim,), 0.5),
+        "components": torch.eye(dim, 2 * dim),
     }
-    engine.atomic_save(c, tmp_path / "pca.pt")
+    checkpoint.save(c, tmp_path / "pca.pt")
     wide = np.concatenate([rows + 0.5, np.random.default_rng(0).normal(size=rows.shape)], 1)
     wide_file = write_video(tmp_path / "wide.h5", wide.astype(np.float32), q.duration)
     for path, model in ((long, ckpt), (wide_file, tmp_path / "pca.pt")):
@@ -339,12 +340,27 @@ def test_pooling_and_pca_come_from_the_checkpoint(trained, tmp_path, ckpt):
     )
 
 
-def test_fast_loader_matches_the_engine(ckpt):
-    fast, _ = grounding.load_model(ckpt, torch.device("cpu"))
-    slow, _ = engine.load_checkpoint(ckpt)
+def test_fast_builder_equals_an_initialised_model(trained, ckpt):
+    """checkpoint.build_model skips the random initialisation and assigns the file's weights:
+    the same network, buffers and answers as one initialised first and then loaded."""
+    fast, c = checkpoint.load_model(ckpt, torch.device("cpu"))
+    torch.manual_seed(0)
+    slow = FSAN(FSANConfig.from_dict(c["model_config"]), c["state_dict"]["embedding.weight"].clone())
+    slow.load_state_dict(c["state_dict"])
+    slow.eval()
     a, b = fast.state_dict(), slow.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fb, sb = dict(fast.named_buffers()), dict(slow.named_buffers())  # non-persistent ones too
+    assert fb.keys() == sb.keys() and all(torch.equal(fb[k], sb[k]) for k in fb)
     assert not fast.training and not fast.embedding.weight.requires_grad
+    _, store, q = trained
+    video = torch.from_numpy(clip_rows(store, q.video))[None]
+    word_to_id = {w: i for i, w in enumerate(c["vocab"])}
+    tokens = torch.from_numpy(encode_texts([q.query], word_to_id, fast.cfg.max_tokens))
+    with torch.inference_mode():
+        x, y = fast(video, tokens), slow(video, tokens)
+    assert torch.equal(x.segment_scores, y.segment_scores)
+    assert torch.equal(x.alignment_map, y.alignment_map)
 
 
 # ----------------------------------------------------------------------------- bad input

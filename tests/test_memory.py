@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import engine, memory
+from fsan_cli import memory, step, training
 from fsan_cli.app import app
-from fsan_cli.config import load_config
+from fsan_cli.settings import load_settings
 from models.fsan import FSAN
 from tests.conftest import tiny_synthetic
 
@@ -34,7 +34,7 @@ def saved_bytes_per_sample(mc, tokens: int) -> float:
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             rows = torch.arange(batch)
-            engine.training_step(model, features, ids, vids, rows, (rows + 1) % 4, torch.device("cpu"))
+            step.training_step(model, features, ids, vids, rows, (rows + 1) % 4, torch.device("cpu"))
         return sum(seen.values())
 
     return (saved(3) - saved(1)) / 2
@@ -52,7 +52,7 @@ def saved_bytes_per_sample(mc, tokens: int) -> float:
 )
 def test_estimate_matches_what_autograd_keeps(sets, tokens):
     """Configs the constants were not fitted on; the estimate is within 10%."""
-    mc = engine.model_config(load_config("activitynet", overrides=[*sets, "model.align_dim=32"]), 20, 30)
+    mc = load_settings("activitynet", overrides=[*sets, "model.align_dim=32"]).model_config(20, 30)
     measured = saved_bytes_per_sample(mc, tokens)
     assert memory.activation_bytes(mc, tokens) == pytest.approx(measured, rel=0.10)
 
@@ -86,8 +86,9 @@ def test_train_splits_batches_that_would_not_fit(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "activation_bytes", lambda mc, tokens: gb)  # 1 GB per sample
     monkeypatch.setattr(memory, "available_bytes", lambda: 100 * gb)  # plenty: whole batches
     pieces: list[int] = []
-    real = engine.accumulate
-    monkeypatch.setattr(engine, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
+    real = step.accumulate
+    # the name the training loop calls (training imports it from fsan_cli.step)
+    monkeypatch.setattr(training, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
     args = ["--device", "cpu", "train", "--data-dir", str(tmp_path), "--no-test", "--batch-size", "16",
             *(f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
                                      "model.align_dim=8", "train.epochs=1"))]
@@ -113,9 +114,9 @@ def test_the_callers_settings_are_left_alone(tmp_path, monkeypatch):
     tiny_synthetic(tmp_path)
     monkeypatch.setattr(memory, "activation_bytes", lambda mc, tokens: 2**30)
     monkeypatch.setattr(memory, "available_bytes", lambda: 10 * 2**30)
-    cfg = load_config("synthetic", overrides=["model.hidden=16", "model.layers=1", "model.heads=2",
+    cfg = load_settings("synthetic", overrides=["model.hidden=16", "model.layers=1", "model.heads=2",
                                               "model.align_dim=8", "train.epochs=1"])
-    engine.train(cfg, load_store(tmp_path / "synthetic"), tmp_path / "run", torch.device("cpu"),
+    training.train(cfg, load_store(tmp_path / "synthetic"), tmp_path / "run", torch.device("cpu"),
                  progress=False)
-    assert cfg["train"]["micro_batch"] == 0
+    assert cfg.train.micro_batch == 0
     assert "micro_batch = 5" in (tmp_path / "run" / "config.toml").read_text()

@@ -15,10 +15,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import engine
+from fsan_cli import checkpoint, training
 from fsan_cli.app import app
-from fsan_cli.config import load_config
 from fsan_cli.data.store import load_store
+from fsan_cli.settings import load_settings
+from fsan_cli.step import accumulate
 from tests.conftest import tiny_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +47,8 @@ def reference(tmp_path_factory, store) -> Path:
     out = tmp_path_factory.mktemp("ref") / "run"
     old = torch.get_num_threads()
     torch.set_num_threads(1)
-    engine.train(load_config("synthetic", overrides=TINY), store, out, CPU, progress=False,
-                 checkpoint_every=EVERY)
+    training.train(load_settings("synthetic", overrides=TINY), store, out, CPU, progress=False,
+                   checkpoint_every=EVERY)
     torch.set_num_threads(old)
     return out
 
@@ -60,8 +61,8 @@ def metrics(run: Path) -> list[dict]:
 
 def assert_same_run(a: Path, b: Path) -> None:
     for name in ("last.pt", "best.pt"):
-        sa = torch.load(a / name, weights_only=False)["state_dict"]
-        sb = torch.load(b / name, weights_only=False)["state_dict"]
+        sa = checkpoint.load(a / name)["state_dict"]
+        sb = checkpoint.load(b / name)["state_dict"]
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
     assert metrics(a) == metrics(b)
@@ -70,45 +71,45 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 def stop_at(monkeypatch, step: int) -> None:
     """KeyboardInterrupt just before optimizer step `step + 1`."""
-    real = engine.one_step
+    real = training.one_step
 
     def one_step(run, state, *args):
         if state.step == step:
             raise KeyboardInterrupt
         return real(run, state, *args)
 
-    monkeypatch.setattr(engine, "one_step", one_step)
+    monkeypatch.setattr(training, "one_step", one_step)
 
 
 @pytest.mark.parametrize("stop", [4, 7, 11], ids=["mid-epoch-1", "epoch-boundary", "mid-epoch-2"])
 def test_resume_equals_uninterrupted(store, reference, tmp_path, monkeypatch, stop):
-    cfg = load_config("synthetic", overrides=TINY)
+    cfg = load_settings("synthetic", overrides=TINY)
     out = tmp_path / "run"
     stop_at(monkeypatch, stop)
-    with pytest.raises(engine.TrainingInterrupted) as info:
-        engine.train(cfg, store, out, CPU, progress=False, checkpoint_every=EVERY)
+    with pytest.raises(training.TrainingInterrupted) as info:
+        training.train(cfg, store, out, CPU, progress=False, checkpoint_every=EVERY)
     saved = stop // EVERY * EVERY if stop != 7 else 7  # the epoch end saves too
     assert (info.value.step, info.value.saved_step) == (stop, saved)
-    assert torch.load(out / "last.pt", weights_only=False)["step"] == saved
+    assert checkpoint.load(out / "last.pt")["step"] == saved
     assert not list(out.glob(".*tmp*"))
     monkeypatch.undo()
-    engine.train(cfg, store, out, CPU, progress=False, resume=True, checkpoint_every=EVERY)
+    training.train(cfg, store, out, CPU, progress=False, resume=True, checkpoint_every=EVERY)
     assert_same_run(reference, out)
 
 
 def test_interrupt_before_the_first_checkpoint_keeps_nothing(store, tmp_path, monkeypatch):
     stop_at(monkeypatch, 1)
     out = tmp_path / "run"
-    with pytest.raises(engine.TrainingInterrupted) as info:
-        engine.train(load_config("synthetic", overrides=TINY), store, out, CPU, progress=False,
-                     checkpoint_every=EVERY)
+    with pytest.raises(training.TrainingInterrupted) as info:
+        training.train(load_settings("synthetic", overrides=TINY), store, out, CPU, progress=False,
+                       checkpoint_every=EVERY)
     assert info.value.saved_step is None
     assert not out.exists()
 
 
 def test_an_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    engine.atomic_save({"old": 1}, path)
+    checkpoint.save({"old": 1}, path)
 
     def broken(obj, fh):
         fh.write(b"half a file")
@@ -116,7 +117,7 @@ def test_an_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", broken)
     with pytest.raises(KeyboardInterrupt):
-        engine.atomic_save({"new": 2}, path)
+        checkpoint.save({"new": 2}, path)
     monkeypatch.undo()
     assert torch.load(path) == {"old": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -130,7 +131,7 @@ def test_cli_ctrl_c_then_resume(data_dir, reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["--data-dir", str(data_dir), "--out", str(out), "--no-test"]
     args += [f"--set={s}" for s in TINY]
-    monkeypatch.setattr(engine, "train", _with_every(engine.train))
+    monkeypatch.setattr(training, "train", _with_every(training.train))
     stop_at(monkeypatch, 8)
     result = cli(args)
     assert result.exit_code == 130
@@ -138,7 +139,7 @@ def test_cli_ctrl_c_then_resume(data_dir, reference, tmp_path, monkeypatch):
         f"Error: interrupted at step 8; the last checkpoint, {out / 'last.pt'} (step 7), is intact. "
         f"Continue with: fsan train --resume {out}\n"
     )
-    monkeypatch.setattr(engine, "one_step", _real_one_step)
+    monkeypatch.setattr(training, "one_step", _real_one_step)
     again = cli(args)  # the folder exists: no silent overwrite
     assert again.exit_code == 1 and "--resume to continue it" in again.stderr
     result = cli(["--resume", str(out), "--no-test"])
@@ -146,7 +147,7 @@ def test_cli_ctrl_c_then_resume(data_dir, reference, tmp_path, monkeypatch):
     assert_same_run(reference, out)
 
 
-_real_one_step = engine.one_step
+_real_one_step = training.one_step
 
 
 def test_out_of_memory_mid_run_then_resume_in_smaller_pieces(data_dir, reference, tmp_path, monkeypatch):
@@ -154,14 +155,14 @@ def test_out_of_memory_mid_run_then_resume_in_smaller_pieces(data_dir, reference
     --micro-batch, and that resume finishes the run in pieces of that size."""
     out = tmp_path / "run"
     args = ["--data-dir", str(data_dir), "--out", str(out), "--no-test", *(f"--set={s}" for s in TINY)]
-    monkeypatch.setattr(engine, "train", _with_every(engine.train))
+    monkeypatch.setattr(training, "train", _with_every(training.train))
 
     def one_step(run, state, *rest):
         if state.step == 8:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
         return _real_one_step(run, state, *rest)
 
-    monkeypatch.setattr(engine, "one_step", one_step)
+    monkeypatch.setattr(training, "one_step", one_step)
     result = cli(args)
     assert result.exit_code == 1
     assert result.stderr == (
@@ -169,10 +170,11 @@ def test_out_of_memory_mid_run_then_resume_in_smaller_pieces(data_dir, reference
         f"(train.batch_size=16, train.micro_batch=0); {out / 'last.pt'} (step 7) is kept. Continue "
         f"with: fsan train --resume {out} --micro-batch 8 (each batch goes through in pieces of 8 "
         "samples, with the same gradient and less memory).\n")
-    monkeypatch.setattr(engine, "one_step", _real_one_step)
+    monkeypatch.setattr(training, "one_step", _real_one_step)
     pieces: list[int] = []
-    real = engine.accumulate
-    monkeypatch.setattr(engine, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
+    real = accumulate
+    # the name the training loop calls (training imports it from fsan_cli.step)
+    monkeypatch.setattr(training, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
     result = CliRunner().invoke(app, ["--device", "cpu", "train", "--resume", str(out), "--no-test",
                                       "--micro-batch", "8"])
     assert result.exit_code == 0, result.stderr
@@ -234,5 +236,5 @@ def test_sigterm_keeps_a_loadable_checkpoint(data_dir, reference, tmp_path):
     assert proc.returncode == 130, err
     assert "is intact. Continue with: fsan train --resume" in err
     assert "Traceback" not in err
-    model, ckpt = engine.load_checkpoint(out / "last.pt")
+    model, ckpt = checkpoint.load_model(out / "last.pt")
     assert ckpt["step"] >= 7 and not list(out.glob(".*tmp*"))
