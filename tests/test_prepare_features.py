@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import h5py
 import numpy as np
@@ -169,4 +170,6 @@ def test_reader_stops_cleanly_when_the_consumer_stops(tmp_path):
     scan = scan_features(path, [f"v{i}" for i in range(100)], FeatureLayout("x"))
     it = read_features(path, list(scan.found.values()), prefetch=2)
     next(it)
-    it.close()  # the producer thread is unblocked and ends
+    it.close()  # the producer, blocked on the full queue, is unblocked and ends
+    alive = [t for t in threading.enumerate() if t.name == "fsan-feature-reader" and t.is_alive()]
+    assert alive == []
