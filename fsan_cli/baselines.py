@@ -30,10 +30,10 @@ from fsan_cli.metrics import (
     DIDEMO_CHUNK_SECONDS,
     DIDEMO_CHUNKS,
     IOU_EPS,
-    didemo_chunks,
     didemo_segments,
     iou,
 )
+from fsan_cli.scoring import didemo_chunks
 
 PRIOR_GRID_STEP = 0.05
 PRIOR_NMS = 0.5

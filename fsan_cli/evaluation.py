@@ -14,10 +14,11 @@ from typing import Any
 from fsan_cli import baselines
 from fsan_cli.data.store import Query, Store
 from fsan_cli.errors import FsanError
-from fsan_cli.metrics import check_annotated, protocol, score, score_details
+from fsan_cli.metrics import protocol
 from fsan_cli.output import log, print_json, stdout_console, warn
 from fsan_cli.predictions import read_predictions, write_predictions
 from fsan_cli.report import PAPER_TABLES, metric_names, results_table
+from fsan_cli.scoring import check_annotated, score, score_details
 
 BASELINES = ("random", "prior")
 

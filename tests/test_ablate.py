@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import ablation, training
+from fsan_cli import ablation, ablation_report, training
 from fsan_cli.app import app
 from fsan_cli.data.store import load_store
 from fsan_cli.errors import FsanError
@@ -172,21 +172,21 @@ def fake_rows(full: float, no_sap: float) -> list[dict]:
 
 
 def test_direction_notes_compare_with_the_paper():
-    (note,) = ablation.direction_notes(fake_rows(30.0, 25.0))
+    (note,) = ablation_report.direction_notes(fake_rows(30.0, 25.0))
     assert note.endswith("mIoU -5.00 vs the full model (paper -5.95): the paper's direction.")
-    (note,) = ablation.direction_notes(fake_rows(30.0, 31.0))
+    (note,) = ablation_report.direction_notes(fake_rows(30.0, 31.0))
     assert note.endswith("(paper -5.95): opposite to the paper.")
 
 
 def test_paper_rows_only_beside_activitynet():
-    assert ablation.paper_rows("synthetic") == []
-    rows = ablation.paper_rows("activitynet")
+    assert ablation_report.paper_rows("synthetic") == []
+    rows = ablation_report.paper_rows("activitynet")
     assert [r["variant"] for r in rows] == TABLE4
     assert rows[-1]["miou"] == 36.10 and rows[-1]["source"] == "paper"
     console_text = io.StringIO()
     from rich.console import Console
 
-    Console(file=console_text, width=120).print(ablation.render_table("activitynet", rows, ""))
+    Console(file=console_text, width=120).print(ablation_report.render_table("activitynet", rows, ""))
     assert "w/o cross-modal attention (paper)" in console_text.getvalue()
 
 
@@ -219,7 +219,7 @@ def test_table4_json_then_resume_with_csv(data_dir, tmp_path):
     out = tmp_path / "abl"
     first = fsan_ablate(data_dir, out, "--json")
     assert first.exit_code == 0, first.stderr
-    rows = json.loads(first.stdout)
+    rows = json.loads(first.stdout)["rows"]
     assert [r["variant"] for r in rows] == [*TABLE4, "random", "prior"]
     assert [r["source"] for r in rows] == ["this run"] * 5 + ["baseline"] * 2
     for r in rows:
@@ -277,7 +277,7 @@ def test_seeds_mean_and_std_and_identical_variants_train_once(data_dir, tmp_path
                          "--seeds", "2", "--json")
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["ablation.json", "full-seed0", "full-seed1"]
-    rows = {r["variant"]: r for r in json.loads(result.stdout)}
+    rows = {r["variant"]: r for r in json.loads(result.stdout)["rows"]}
     full, same = rows["full"], rows["sc_p"]
     assert full["seeds"] == [0, 1] and same["same_as"] == "full"
     values = [json.loads((out / f"full-seed{s}" / "results.json").read_text())["metrics"]["miou"]
@@ -317,7 +317,7 @@ def test_interrupted_run_resumes_and_failures_are_reported(data_dir, tmp_path, m
     result = fsan_ablate(data_dir, out, "--variants", "full,no_sap_loss", "--json")
     assert result.exit_code == 1
     assert "skip full (seed 0)" in result.stderr
-    failed = {r["variant"]: r for r in json.loads(result.stdout)}["no_sap_loss"]
+    failed = {r["variant"]: r for r in json.loads(result.stdout)["rows"]}["no_sap_loss"]
     assert failed["error"] == "the loss became nan at step 1. Lower train.lr."
     assert failed["miou"] is None
     assert result.stderr.endswith("Error: 1 runs failed: no_sap_loss (seed 0). See the warnings "

@@ -15,7 +15,8 @@ from fsan_cli.baselines import (
 )
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
-from fsan_cli.metrics import didemo_random_expectation, didemo_segments, iou, score
+from fsan_cli.metrics import didemo_random_expectation, didemo_segments, iou
+from fsan_cli.scoring import score
 
 SEGS = didemo_segments()
 

@@ -20,9 +20,9 @@ from fsan_cli.metrics import (
     iou,
     metric_keys,
     moment_metrics,
-    score,
 )
 from fsan_cli.predictions import PredictionRow
+from fsan_cli.scoring import score
 
 # ------------------------------------------------------------------ plain-loop references
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from fsan_cli.baselines import prior_predictions, random_predictions
-from fsan_cli.settings import load_settings
 from fsan_cli.data.store import load_store
 from fsan_cli.data.synthetic import ensure_synthetic
 from fsan_cli.predict import Predictor
+from fsan_cli.scoring import score
+from fsan_cli.settings import load_settings
 from fsan_cli.training import train
-from fsan_cli.metrics import score
 
 SIZES = {"train": 700, "val": 100, "test": 150}
 

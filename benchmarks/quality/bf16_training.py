@@ -21,7 +21,7 @@ from fsan_cli import engine
 from fsan_cli.config import load_config
 from fsan_cli.data.store import load_store
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.metrics import score
+from fsan_cli.scoring import score
 
 
 def test_miou(store, seed: int, bf16: bool, root: Path) -> float:

@@ -95,7 +95,7 @@ def run_one(args: argparse.Namespace, name: str, sets: list[str], out_dir: Path)
     from fsan_cli.config import load_config
     from fsan_cli.device import resolve_device
     from fsan_cli.engine import predict_queries, train
-    from fsan_cli.metrics import score
+    from fsan_cli.scoring import score
 
     overrides = [*sets, f"train.epochs={args.epochs}", *args.set]
     cfg = load_config(args.dataset, None, overrides)
@@ -122,7 +122,7 @@ def baselines_rows(args: argparse.Namespace) -> list[dict]:
     from fsan_cli.baselines import prior_predictions, random_predictions
     from fsan_cli.commands.train import open_store
     from fsan_cli.config import load_config
-    from fsan_cli.metrics import score
+    from fsan_cli.scoring import score
 
     cfg = load_config(args.dataset, None, args.set)
     store = open_store(args.dataset, Path(args.data_dir), cfg["data"]["clips"])

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, SetOpt
+from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt
 
 
 @handle_errors
@@ -29,7 +29,7 @@ def ablate(
         str,
         typer.Option("--variants", metavar="NAMES", help="Comma list of variants or groups: table4 (default), design, all."),
     ] = "table4",
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows.")] = False,
+    json_: JsonOpt = False,
     csv_: Annotated[bool, typer.Option("--csv", help="Print CSV rows.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start over: retrain even finished variants.")
@@ -45,38 +45,19 @@ def ablate(
     outer_literal, outer_lower, inner_sigmoid_sum, inner_log_mean (DESIGN.md's decisions, each
     beside its alternative); all. A variant whose settings equal the full model's trains once.
     """
-    from fsan_cli import ablation
-    from fsan_cli.data.store import open_store
-    from fsan_cli.device import resolve_device
-    from fsan_cli.output import print_json, stdout_console
+    from fsan_cli import ablation, ablation_report
     from fsan_cli.state import STATE
 
     if json_ and csv_:
         raise FsanError("--json and --csv both choose what stdout carries", "Pass only one")
     overrides = [*(set_ or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
     out = out or Path("runs") / f"ablate-{dataset}"
-    jobs = ablation.plan(dataset, config, overrides, ablation.select_variants(variants), seeds, out)
-    base = jobs[0].cfg
-    device = resolve_device(STATE.device)  # before any data is read or generated
-    store = open_store(dataset, data_dir, base.data.clips)
-    ablation.check_models(jobs, store)
-    ablation.open_out(out, dataset, jobs, overwrite)
     try:
-        ablation.run(jobs, store, dataset, device)
+        jobs, store = ablation.ablate(dataset, data_dir, out, config, overrides, variants, seeds,
+                                      overwrite, STATE.device)
     except KeyboardInterrupt:
         print(f"Error: interrupted. Finished variants are kept in {out}; run the same command "
               "again to resume.", file=sys.stderr)
         raise typer.Exit(130) from None
-    rows = [*ablation.paper_rows(dataset), *ablation.variant_rows(jobs, dataset),
-            *ablation.baseline_rows(store, dataset, base.train.seed, base.eval.top_k)]
-    if json_:
-        print_json(rows)
-    elif csv_:
-        ablation.write_csv(dataset, rows)
-    else:
-        text = ablation.caption(dataset, jobs, rows, len(store.split("test")))
-        stdout_console().print(ablation.render_table(dataset, rows, text))
-    failed = [j.title for j in jobs if j.error and j.same_as is None]
-    if failed:
-        raise FsanError(f"{len(failed)} runs failed: {', '.join(failed)}",
-                        "See the warnings above; fix the settings and run again (finished ones are skipped)")
+    ablation_report.show(dataset, jobs, store, json_, csv_)
+    ablation.check_failed(jobs)

@@ -19,8 +19,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from fsan_cli.data.annotations import Annotations, find_split_file, require_file
 from fsan_cli.data.features import FeatureLayout
-from fsan_cli.data.prepare import Annotations, find_split_file, require_file
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
 

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fsan_cli.data.annotations import Annotations, clip_span, require_file
 from fsan_cli.data.features import FeatureLayout
-from fsan_cli.data.prepare import Annotations, clip_span, require_file
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
 

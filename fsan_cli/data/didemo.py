@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file
 from fsan_cli.data.features import FeatureLayout
-from fsan_cli.data.prepare import Annotations, entry_errors, find_split_file
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
 

@@ -1,0 +1,152 @@
+"""Annotations as the dataset adapters read them, and the checks and edits `fsan prepare` makes
+to them (clipping spans, limits, missing videos, a val split carved from train)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fsan_cli.data.features import FeatureLayout
+from fsan_cli.data.store import Query
+from fsan_cli.errors import FsanError
+
+
+@dataclass
+class Annotations:
+    """What an adapter read. `read`: queries per split in the files; `derived`: splits that are
+    subsets of another split, {name: parent} (--limit-videos keeps the parent's videos)."""
+
+    splits: dict[str, list[Query]]
+    durations: dict[str, float]
+    layout: FeatureLayout
+    files: list[Path]
+    read: dict[str, int] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)  # (split, reason) -> queries
+    clipped: Counter = field(default_factory=Counter)  # split -> queries with times clipped
+    notes: list[str] = field(default_factory=list)
+    derived: dict[str, str] = field(default_factory=dict)
+
+    def span(self, split: str, start: float, end: float, duration: float) -> list[float] | None:
+        """Times clipped into [0, duration]; None (counted as dropped) when nothing is left."""
+        times, problem = clip_span(start, end, duration)
+        if problem:
+            self.dropped[(split, problem)] += 1
+        elif times != [start, end]:
+            self.clipped[split] += 1
+        return times
+
+
+def clip_span(start: float, end: float, duration: float) -> tuple[list[float] | None, str | None]:
+    """([start, end] clipped into [0, duration], None) or (None, why it cannot be kept)."""
+    if start >= end:
+        return None, "start >= end"
+    if start >= duration:
+        return None, "starts after the video ends"
+    return [max(0.0, float(start)), min(float(duration), float(end))], None
+
+
+@contextmanager
+def entry_errors(where: str, expected: str) -> Iterator[None]:
+    """Turn a malformed annotation entry (KeyError, TypeError, ...) into a FsanError naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise FsanError(
+            f"{where} is malformed ({type(exc).__name__}: {exc}); expected {expected}",
+            "Use the official annotation file",
+        ) from None
+
+
+def require_file(path: Path, what: str, fix: str) -> Path:
+    if not path.is_file():
+        raise FsanError(f"missing {what}: {path} does not exist", fix)
+    return path
+
+
+def find_split_file(folder: Path, names: tuple[str, ...], dataset: str, split: str) -> Path:
+    """The first of `names` that exists in `folder` (an annotations folder)."""
+    if not folder.is_dir():
+        raise FsanError(
+            f"--annotations {folder} is not a folder",
+            f"Pass the folder that holds the {dataset} annotation files ({', '.join(names)}, ...)",
+        )
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FsanError(
+        f"missing split file for {split}: {folder} has no {' or '.join(names)}",
+        f"Put the official {dataset} annotation files in {folder} (see docs/datasets.md)",
+    )
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def apply_limit(ann: Annotations, limit: int) -> None:
+    """Keep the first `limit` videos of each split (a derived split follows its parent)."""
+    keep: dict[str, set[str]] = {}
+    for name, queries in ann.splits.items():
+        if name in ann.derived:
+            continue
+        seen: dict[str, None] = {}
+        for q in queries:
+            if q.video not in seen:
+                if len(seen) == limit:
+                    break
+                seen[q.video] = None
+        keep[name] = set(seen)
+    for name, queries in ann.splits.items():
+        videos = keep[ann.derived.get(name, name)]
+        ann.splits[name] = [q for q in queries if q.video in videos]
+
+
+def annotated_videos(ann: Annotations) -> list[str]:
+    order: dict[str, None] = {}
+    for queries in ann.splits.values():
+        for q in queries:
+            order.setdefault(q.video, None)
+    return list(order)
+
+
+def drop_missing(ann: Annotations, absent: set[str]) -> None:
+    for name, queries in ann.splits.items():
+        kept = [q for q in queries if q.video not in absent]
+        if len(kept) != len(queries):
+            ann.dropped[(name, "video not in the feature file")] += len(queries) - len(kept)
+        ann.splits[name] = kept
+
+
+def carve_val(ann: Annotations, share: float) -> None:
+    """Hold out `share` of the train videos (all their queries) as a val split for model
+    selection, drawn by a fixed seed from the sorted video ids, so the same files give the
+    same split. Benchmarks without a val split (Charades-STA) otherwise invite selecting on test."""
+    train = ann.splits["train"]
+    videos = sorted({q.video for q in train})
+    n = min(len(videos) - 1, max(1, round(share * len(videos))))
+    if n < 1:
+        return
+    held_ids = {videos[i] for i in np.random.default_rng(0).permutation(len(videos))[:n]}
+    val = [q for q in train if q.video in held_ids]
+    ann.splits["train"] = [q for q in train if q.video not in held_ids]
+    order = list(ann.splits)
+    ann.splits["val"] = val
+    at = order.index("train") + 1
+    ann.splits = {k: ann.splits[k] for k in [*order[:at], "val", *order[at:]]}
+    read = ann.read.get("train", len(train))
+    ann.read["val"], ann.read["train"] = len(val), read - len(val)
+    ann.notes.append(
+        f"no val split in the files: {n} of {len(videos)} train videos ({len(val)} queries, "
+        f"{100 * n / len(videos):.0f}%) held out as val for model selection (--val-share {share:g}; "
+        "0 keeps train whole)"
+    )
