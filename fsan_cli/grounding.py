@@ -28,7 +28,6 @@ from fsan_cli.output import log, warn
 from fsan_cli.predict import Grounding, Predictor, row_of
 from fsan_cli.text import UNK, tokenize
 
-RUNS = Path("runs")
 MEMBERS = ("c3d_features", "features")  # a video's matrix inside its group (ActivityNet, ours)
 DIDEMO_SECONDS = 30.0  # DiDeMo's six 5-second chunks: its features carry no duration
 LAYOUT_HELP = (
@@ -38,21 +37,6 @@ LAYOUT_HELP = (
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def find_checkpoint(runs: Path = RUNS) -> Path:
-    """The newest best.pt under `runs` (by modification time)."""
-    found = (
-        sorted(Path(runs).glob("**/best.pt"), key=lambda p: p.stat().st_mtime)
-        if Path(runs).is_dir()
-        else []
-    )
-    if not found:
-        raise FsanError(
-            f"no checkpoint found under {runs}/",
-            "Train one with `fsan train`, or pass --checkpoint PATH",
-        )
-    return found[-1]
 
 
 def read_queries(args: Sequence[str], stdin: Any = None) -> list[tuple[str, str]]:

@@ -3,7 +3,6 @@ interrupted run continues bit for bit (on a CPU; per rank under DDP)."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,8 +15,6 @@ import torch
 from fsan_cli import checkpoint
 from fsan_cli.errors import FsanError
 from fsan_cli.settings import Settings
-
-RUN_INFO = "run.json"  # which store a run trained on, so `--resume` finds it again
 
 
 @dataclass
@@ -112,26 +109,6 @@ def restore_run(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
         sums=None if sums is None else to(sums),
         best=r["best"], log=r["log"], saved_step=r["step"],
     )
-
-
-def read_run(out_dir: Path) -> tuple[dict[str, Any], Path]:
-    """(run.json, config.toml path) of a run folder to resume; errors name what is missing."""
-    out_dir = Path(out_dir)
-    info_path, cfg_path = out_dir / RUN_INFO, out_dir / "config.toml"
-    if not out_dir.is_dir():
-        raise FsanError(f"run folder {out_dir} does not exist", "Pass --resume with a folder `fsan train` wrote")
-    if not info_path.is_file() or not cfg_path.is_file():
-        raise FsanError(
-            f"{out_dir} is not a resumable run folder (no {RUN_INFO} or config.toml)",
-            "Pass --resume with a folder `fsan train` wrote",
-        )
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        if not isinstance(info, dict) or "dataset" not in info:
-            raise ValueError("no dataset")
-    except (ValueError, OSError):
-        raise FsanError(f"{info_path} is damaged", "Train again with --overwrite") from None
-    return info, cfg_path
 
 
 def numpy_rng_state() -> dict[str, Any]:

@@ -24,7 +24,8 @@ from fsan_cli.memory import memory_error, out_of_memory, piece_that_fits
 from fsan_cli.metrics import top1_iou
 from fsan_cli.output import log
 from fsan_cli.predict import Predictor
-from fsan_cli.resume import RUN_INFO, LoopState, restore_run, save_last
+from fsan_cli.resume import LoopState, restore_run, save_last
+from fsan_cli.runs import remove_run_files, start_run_folder
 from fsan_cli.settings import Settings
 from fsan_cli.step import (
     TrainingPass,
@@ -39,8 +40,6 @@ from fsan_cli.text import encode_texts
 from models.config import FSANConfig
 from models.fsan import FSAN
 from models.segments import segments_to_seconds
-
-RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt", RUN_INFO)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -213,34 +212,6 @@ def train(
     dist.barrier()
     return {"best_epoch": state.best["epoch"], "best_val_miou": state.best["score"],
             "out": str(out_dir), "steps": state.step}
-
-
-def start_run_folder(out_dir: Path, cfg: Settings, store: Store) -> None:
-    """Create the run folder (clearing a previous run's files) with config.toml and run.json."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_run_files(out_dir, keep_folder=True)
-        atomic_write_text(out_dir / "config.toml", cfg.to_toml())
-        info = {"dataset": store.manifest.get("dataset"), "store": str(Path(store.path).resolve())}
-        atomic_write_text(out_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
-        atomic_write_text(out_dir / "metrics.jsonl", "")
-    except OSError as exc:
-        remove_run_files(out_dir)
-        raise FsanError(
-            f"cannot write the run folder {out_dir} ({exc.strerror or exc})",
-            "Choose another --out, or fix its permissions",
-        ) from None
-
-
-def remove_run_files(out_dir: Path, keep_folder: bool = False) -> None:
-    if not out_dir.is_dir():
-        return
-    for name in RUN_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-    for tmp in out_dir.glob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
-    if not keep_folder and not any(out_dir.iterdir()):
-        out_dir.rmdir()
 
 
 def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:

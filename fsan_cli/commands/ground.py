@@ -61,6 +61,7 @@ def ground(
         fsan ground v.h5 - --json < q.txt | fsan evaluate --predictions -
     """
     from fsan_cli import grounding as g
+    from fsan_cli import runs
     from fsan_cli.device import resolve_device
     from fsan_cli.ground_render import check_plot, render, save_plot
     from fsan_cli.output import log, print_json
@@ -76,8 +77,8 @@ def ground(
     asked = g.read_queries(queries)
     clip = g.read_video(video, video_id)
     if checkpoint is None:
-        checkpoint = g.find_checkpoint()
-        log(f"Checkpoint: {checkpoint} (the newest under {g.RUNS}/; --checkpoint picks another)")
+        checkpoint = runs.find_checkpoint()
+        log(f"Checkpoint: {checkpoint} (the newest under {runs.RUNS}/; --checkpoint picks another)")
     predictor = Predictor.load(checkpoint, resolve_device(STATE.device), precision.value)
     seconds = g.resolve_duration(clip, duration, predictor.dataset)
     results = g.ground_video(predictor, clip, seconds, asked, top_k)

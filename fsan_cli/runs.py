@@ -1,0 +1,200 @@
+"""Run folders and the process around a training run: a new run's folder (refused if it exists
+without --overwrite), a run found again for --resume or by `fsan ground` (the newest best.pt),
+and training under torchrun ranks, SIGTERM and Ctrl-C.
+
+A run folder holds config.toml (the resolved settings), run.json (the dataset and store it
+trained on), metrics.jsonl (one line per epoch), best.pt and last.pt (fsan_cli/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fsan_cli.atomic import atomic_write_text
+from fsan_cli.data.store import Store, load_store, open_store, store_exists
+from fsan_cli.errors import FsanError
+from fsan_cli.output import log
+from fsan_cli.settings import Settings, load_settings
+
+RUN_INFO = "run.json"  # which store a run trained on, so `--resume` finds it again
+
+
+def read_run(out_dir: Path) -> tuple[dict[str, Any], Path]:
+    """(run.json, config.toml path) of a run folder to resume; errors name what is missing."""
+    out_dir = Path(out_dir)
+    info_path, cfg_path = out_dir / RUN_INFO, out_dir / "config.toml"
+    if not out_dir.is_dir():
+        raise FsanError(f"run folder {out_dir} does not exist", "Pass --resume with a folder `fsan train` wrote")
+    if not info_path.is_file() or not cfg_path.is_file():
+        raise FsanError(
+            f"{out_dir} is not a resumable run folder (no {RUN_INFO} or config.toml)",
+            "Pass --resume with a folder `fsan train` wrote",
+        )
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or "dataset" not in info:
+            raise ValueError("no dataset")
+    except (ValueError, OSError):
+        raise FsanError(f"{info_path} is damaged", "Train again with --overwrite") from None
+    return info, cfg_path
+RUN_FILES = ("config.toml", "metrics.jsonl", "best.pt", "last.pt", RUN_INFO)
+
+
+def start_run_folder(out_dir: Path, cfg: Settings, store: Store) -> None:
+    """Create the run folder (clearing a previous run's files) with config.toml and run.json."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_run_files(out_dir, keep_folder=True)
+        atomic_write_text(out_dir / "config.toml", cfg.to_toml())
+        info = {"dataset": store.manifest.get("dataset"), "store": str(Path(store.path).resolve())}
+        atomic_write_text(out_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
+        atomic_write_text(out_dir / "metrics.jsonl", "")
+    except OSError as exc:
+        remove_run_files(out_dir)
+        raise FsanError(
+            f"cannot write the run folder {out_dir} ({exc.strerror or exc})",
+            "Choose another --out, or fix its permissions",
+        ) from None
+
+
+def remove_run_files(out_dir: Path, keep_folder: bool = False) -> None:
+    if not out_dir.is_dir():
+        return
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for tmp in out_dir.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+    if not keep_folder and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
+RUNS = Path("runs")
+
+
+def find_checkpoint(runs: Path = RUNS) -> Path:
+    """The newest best.pt under `runs` (by modification time)."""
+    found = (
+        sorted(Path(runs).glob("**/best.pt"), key=lambda p: p.stat().st_mtime)
+        if Path(runs).is_dir()
+        else []
+    )
+    if not found:
+        raise FsanError(
+            f"no checkpoint found under {runs}/",
+            "Train one with `fsan train`, or pass --checkpoint PATH",
+        )
+    return found[-1]
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FsanError(f"--out {out} is a file, not a folder", "Choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FsanError(f"run folder {out} already exists",
+                        "Pass --overwrite to replace it, --resume to continue it, or choose another --out")
+
+
+def check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite) -> None:
+    given = [name for name, value in (("--config", config), ("--set", set_), ("--epochs", epochs),
+                                      ("--batch-size", batch_size)) if value]
+    if overwrite:
+        given.append("--overwrite")
+    if out is not None and Path(out).resolve() != Path(resume).resolve():
+        given.append("--out")
+    if given:
+        raise FsanError(
+            f"--resume continues a run with its own settings, so {' and '.join(given)} cannot go with it",
+            f"Drop {' and '.join(given)}, or start a new run without --resume",
+        )
+
+
+def resumed(run_dir: Path, data_dir: Path, micro_batch: int | None = None) -> tuple[Settings, Store, str]:
+    """(settings, store, dataset) of the run in `run_dir`; --micro-batch may change how its
+    batches are split (not what is learnt)."""
+
+    info, cfg_path = read_run(run_dir)
+    dataset = info["dataset"]
+    cfg = load_settings(dataset, cfg_path)
+    recorded = Path(info.get("store", ""))
+    if store_exists(recorded):
+        store = load_store(recorded)
+    else:
+        store = open_store(dataset, data_dir, cfg.data.clips)
+    log(f"Resuming {run_dir} ({dataset}, data at {store.path})")
+    if micro_batch is not None:
+        before = cfg.train.micro_batch
+        cfg = cfg.replace("train.micro_batch", micro_batch)
+        if micro_batch != before:
+            log(f"--micro-batch {micro_batch} (the run had {before or 'whole batches'}): "
+                "the same gradients up to rounding, not bit for bit")
+    return cfg, store, dataset
+
+
+def _interrupted(exc) -> None:
+    if exc.saved_step is None:
+        print("Error: interrupted before the first checkpoint, so nothing was kept. "
+              "Run the command again.", file=sys.stderr)
+    else:
+        print(f"Error: interrupted at step {exc.step}; the last checkpoint, {exc.out_dir / 'last.pt'} "
+              f"(step {exc.saved_step}), is intact. Continue with: fsan train --resume {exc.out_dir}",
+              file=sys.stderr)
+    raise typer.Exit(130)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """A plain `kill` ends training like Ctrl-C: the last checkpoint kept, the resume line printed."""
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    old = None
+    with suppress(ValueError):  # signals can only be set from the main thread
+        old = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def default_out(dataset: str) -> Path:
+    return RUNS / f"{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compile: bool) -> dict | None:
+    """Train in this process (one rank of torchrun, or alone); rank 0 gets the summary, the
+    others None. SIGTERM ends training like Ctrl-C: the last checkpoint kept, exit code 130 and
+    the command that resumes printed."""
+    from fsan_cli import distributed, training
+
+    dist, device = distributed.init(device)
+    t0 = time.perf_counter()
+    try:
+        with _sigterm_as_interrupt():
+            summary = training.train(cfg, store, out, device, resume=resume, compile=compile, dist=dist)
+    except training.TrainingInterrupted as exc:
+        _interrupted(exc)
+    finally:
+        distributed.shutdown()
+    if not dist.main:
+        return None
+    chosen = "on val" if store.splits.get("val") else "as the last (the data has no val split)"
+    log(f"Trained in {time.perf_counter() - t0:.0f} s; best epoch {summary['best_epoch']} {chosen}; "
+        f"run folder {out}")
+    return {**summary, "device": device}
+
+
+def quiet_ranks() -> bool:
+    """Under torchrun only rank 0 speaks."""
+    return int(os.environ.get("RANK", "0")) > 0
