@@ -22,7 +22,7 @@ from fsan_cli.settings import load_settings, parse_value
 from fsan_cli.step import training_step
 from fsan_cli.text import encode_texts
 from models.fsan import FSAN
-from tests.conftest import tiny_synthetic
+from tests.helpers import tiny_synthetic
 
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=1"]
 TINY_ARGS = [a for s in TINY for a in ("--set", s)]

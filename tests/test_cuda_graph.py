@@ -19,7 +19,7 @@ from fsan_cli.distributed import Dist
 from fsan_cli.settings import TrainSettings, load_settings
 from fsan_cli.step import TrainingPass, make_optimizer, ready_optimizer, set_lr
 from models.fsan import FSAN
-from tests.conftest import tiny_synthetic
+from tests.helpers import tiny_synthetic
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SMALL = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.align_dim=16",

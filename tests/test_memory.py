@@ -11,7 +11,7 @@ from fsan_cli import memory, step, training
 from fsan_cli.app import app
 from fsan_cli.settings import load_settings
 from models.fsan import FSAN
-from tests.conftest import tiny_synthetic
+from tests.helpers import tiny_synthetic
 
 
 def saved_bytes_per_sample(mc, tokens: int) -> float:

@@ -20,7 +20,7 @@ from fsan_cli.app import app
 from fsan_cli.data.store import load_store
 from fsan_cli.settings import load_settings
 from fsan_cli.step import accumulate
-from tests.conftest import tiny_synthetic
+from tests.helpers import tiny_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8",

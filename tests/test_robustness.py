@@ -19,7 +19,7 @@ from fsan_cli.app import app
 from fsan_cli.data.store import Query, load_store, write_store
 from fsan_cli.errors import FsanError
 from fsan_cli.settings import load_settings
-from tests.conftest import tiny_synthetic
+from tests.helpers import tiny_synthetic
 
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=1"]
 SETS = [f"--set={s}" for s in TINY]

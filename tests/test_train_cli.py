@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fsan_cli import checkpoint, step, training
 from fsan_cli.app import app
-from tests.conftest import tiny_synthetic
+from tests.helpers import tiny_synthetic
 
 SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
                                "model.align_dim=8", "train.epochs=1")]

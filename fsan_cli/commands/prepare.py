@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from fsan_cli.errors import handle_errors
+from fsan_cli.options import DataDirOpt, JsonOpt
 from fsan_cli.output import fmt, make_table, print_json, stdout_console, warn
 from fsan_cli.settings import load_settings
 
@@ -28,7 +29,7 @@ class Convention(StrEnum):
 @handle_errors
 def prepare(
     dataset: Annotated[
-        Dataset, typer.Option("--dataset", help="Which benchmark's files these are.")
+        Dataset, typer.Option("--dataset", "-d", metavar="NAME", help="Which benchmark's files these are: activitynet, didemo, charades or custom.")
     ],
     annotations: Annotated[
         Path,
@@ -37,12 +38,7 @@ def prepare(
         ),
     ],
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature file.")],
-    data_dir: Annotated[
-        Path,
-        typer.Option(
-            "--data-dir", envvar="FSAN_DATA_DIR", help="Prepared stores; writes DIR/<dataset>."
-        ),
-    ] = Path("data"),
+    data_dir: DataDirOpt = Path("data"),
     out: Annotated[Path | None, typer.Option("--out", help="Write the store here instead.")] = None,
     glove: Annotated[
         str | None,
@@ -90,9 +86,7 @@ def prepare(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing store.")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object.")
-    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Turn a benchmark's official annotation and feature files into the store `train` reads.
 
