@@ -64,7 +64,7 @@ app.command("ablate")(ablate.ablate)
 # A command builds a large long-lived heap (torch's modules, a model) and then many short-lived
 # objects; at 700, `import torch` alone sets off about 30 middle and 2 full collections, and
 # a full one takes 40-50 ms at that heap size. Measured on `fsan ground` with the paper config
-# (`python benchmarks/ground_speed.py`): 0.1-0.25 s less for one query, 0.3-0.8 s less for 500.
+# (`python -m benchmarks.speed.ground_speed`): 0.1-0.25 s less for one query, 0.3-0.8 s less for 500.
 # The older generations keep their thresholds, so cycles are still collected in long runs.
 GC_YOUNG = 50_000
 

@@ -31,7 +31,7 @@ PER_CLIP_D = 4.2  # per pass, clip and hidden unit (input projection)
 PER_TOKEN_SEGMENT = 7.2  # per token and clip segment (the inner loss, positive pass only)
 # A step's peak RAM over what autograd saves: the backward's transient gradients and the
 # allocator's slack. Measured 1.45-1.5 at the paper config in pieces of 8 and 16 samples
-# (`python benchmarks/train_speed.py --micro-batch 16` prints the peak beside this estimate).
+# (`python -m benchmarks.speed.train_speed --micro-batch 16` prints the peak beside this estimate).
 PEAK_OVER_SAVED = 1.5
 USABLE = 0.8  # share of the free memory a step may take
 

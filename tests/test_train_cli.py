@@ -71,7 +71,7 @@ def test_compile_wraps_the_training_pass(data_dir, tmp_path, monkeypatch):
 
 
 def test_training_step_keeps_its_signature_for_benchmarks():
-    """benchmarks/train_speed.py calls training_step(model, features, tokens, vids, idx, neg, device)."""
+    """benchmarks/speed/plain_reference.py calls training_step(model, features, tokens, vids, idx, neg, device)."""
     from models.config import FSANConfig
     from models.fsan import FSAN
 

@@ -17,28 +17,30 @@ from pathlib import Path
 import torch
 
 from benchmarks.record import record
-from fsan_cli import engine
-from fsan_cli.config import load_config
 from fsan_cli.data.store import load_store
 from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.predict import Predictor
 from fsan_cli.scoring import score
+from fsan_cli.settings import load_settings
+from fsan_cli.step import TrainingPass
+from fsan_cli.training import train
 
 
 def test_miou(store, seed: int, bf16: bool, root: Path) -> float:
-    real = engine.TrainingPass.__init__
+    real = TrainingPass.__init__
 
     def init(self, model, _bf16):  # the CPU's autocast where CUDA's would run
         real(self, model, bf16)
 
-    engine.TrainingPass.__init__ = init
+    TrainingPass.__init__ = init
     try:
         out = root / f"{'bf16' if bf16 else 'fp32'}-{seed}"
-        cfg = load_config("synthetic", overrides=[f"train.seed={seed}"])
-        engine.train(cfg, store, out, torch.device("cpu"), progress=False)
+        cfg = load_settings("synthetic", overrides=[f"train.seed={seed}"])
+        train(cfg, store, out, torch.device("cpu"), progress=False)
     finally:
-        engine.TrainingPass.__init__ = real
+        TrainingPass.__init__ = real
     queries = store.splits["test"]
-    rows = engine.predict_queries(out / "best.pt", store, queries, torch.device("cpu"), 5)
+    rows = Predictor.load(out / "best.pt", torch.device("cpu")).rows(store, queries, 5)
     return score("synthetic", queries, rows)[0]["miou"]
 
 

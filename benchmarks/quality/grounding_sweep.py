@@ -91,24 +91,26 @@ def run_one(args: argparse.Namespace, name: str, sets: list[str], out_dir: Path)
     """Train one setting set in this process and return its val/test metrics."""
     import torch
 
-    from fsan_cli.commands.train import open_store
-    from fsan_cli.config import load_config
+    from fsan_cli.data.store import open_store
     from fsan_cli.device import resolve_device
-    from fsan_cli.engine import predict_queries, train
+    from fsan_cli.predict import Predictor
     from fsan_cli.scoring import score
+    from fsan_cli.settings import load_settings
+    from fsan_cli.training import train
 
     overrides = [*sets, f"train.epochs={args.epochs}", *args.set]
-    cfg = load_config(args.dataset, None, overrides)
+    cfg = load_settings(args.dataset, None, overrides)
     device = resolve_device(args.device, announce=False)
     torch.set_num_threads(args.threads)
-    store = open_store(args.dataset, Path(args.data_dir), cfg["data"]["clips"])
+    store = open_store(args.dataset, Path(args.data_dir), cfg.data.clips)
     t0 = time.perf_counter()
     summary = train(cfg, store, out_dir, device, progress=False)
     row = {"name": name, "sets": overrides, "train_s": round(time.perf_counter() - t0, 1),
            "best_epoch": summary["best_epoch"]}
+    predictor = Predictor.load(out_dir / "best.pt", device)
     for split in ("val", "test"):
         queries = store.split(split)
-        preds = predict_queries(out_dir / "best.pt", store, queries, device, cfg["eval"]["top_k"])
+        preds = predictor.rows(store, queries, cfg.eval.top_k)
         metrics = score(args.dataset, queries, preds)[0]
         firsts = {tuple(p["moments"][0][:2]) for p in preds}
         whole = sum(abs(p["moments"][0][0]) < 1e-6 and abs(p["moments"][0][1] - p["duration"]) < 1e-3 for p in preds)
@@ -120,12 +122,12 @@ def run_one(args: argparse.Namespace, name: str, sets: list[str], out_dir: Path)
 
 def baselines_rows(args: argparse.Namespace) -> list[dict]:
     from fsan_cli.baselines import prior_predictions, random_predictions
-    from fsan_cli.commands.train import open_store
-    from fsan_cli.config import load_config
+    from fsan_cli.data.store import open_store
     from fsan_cli.scoring import score
+    from fsan_cli.settings import load_settings
 
-    cfg = load_config(args.dataset, None, args.set)
-    store = open_store(args.dataset, Path(args.data_dir), cfg["data"]["clips"])
+    cfg = load_settings(args.dataset, None, args.set)
+    store = open_store(args.dataset, Path(args.data_dir), cfg.data.clips)
     rows = []
     for name, make in (
         ("random", lambda q: random_predictions(q, top_k=5, seed=0)),
@@ -163,10 +165,10 @@ def main() -> None:
         return
     names = [n for n in grid if not args.only or n in args.only]
     # make the store once before the workers start
-    from fsan_cli.commands.train import open_store
-    from fsan_cli.config import load_config
+    from fsan_cli.data.store import open_store
+    from fsan_cli.settings import load_settings
 
-    open_store(args.dataset, Path(args.data_dir), load_config(args.dataset, None, args.set)["data"]["clips"])
+    open_store(args.dataset, Path(args.data_dir), load_settings(args.dataset, None, args.set).data.clips)
     rows = baselines_rows(args)
     base = [a for a in sys.argv[1:]]
     pending = list(enumerate(names))

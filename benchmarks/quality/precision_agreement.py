@@ -16,18 +16,23 @@ import numpy as np
 import torch
 
 from benchmarks.record import header
-from fsan_cli import engine
+from fsan_cli.checkpoint import check_compatible
 from fsan_cli.data.store import load_store
+from fsan_cli.device import resolve_device
+from fsan_cli.metrics import top1_iou
+from fsan_cli.predict import Predictor
+from fsan_cli.training import video_rows
+from models.segments import segments_to_seconds
 
 
-def top1(checkpoint: Path, store, queries, dtype: torch.dtype) -> torch.Tensor:
-    """(Q, 2) top-1 clip segments with the whole model (weights and inputs) in `dtype`."""
-    model, ckpt = engine.load_checkpoint(checkpoint)
-    model = model.to(dtype)
-    feats = torch.from_numpy(np.asarray(store.features, dtype=np.float32))
-    data = engine.split_tensors(store, queries, ckpt["vocab"], model.cfg.max_tokens)
-    with torch.inference_mode():
-        return engine.predict_segments(model, feats, data, 1, 1.0, batch_size=128)["segments"][:, 0]
+def top1(checkpoint: Path, store, queries, device: torch.device, precision: str) -> np.ndarray:
+    """(Q, 2) top-1 clip segments from the one Predictor, the whole model (weights and inputs)
+    in `precision` ("fp32" or "bf16")."""
+    predictor = Predictor.load(checkpoint, device, precision)
+    check_compatible({"data": predictor.data}, store)
+    feats = torch.from_numpy(np.asarray(store.features, dtype=np.float32)).to(device)
+    ids = predictor.encode([q.query for q in queries])
+    return predictor.predict(feats, video_rows(store, queries), ids, 1, nms=1.0).segments[:, 0]
 
 
 def main() -> None:
@@ -36,18 +41,19 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("store", type=Path, help="a prepared store folder, e.g. data/activitynet")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     args = ap.parse_args()
     print(header(__spec__.name), flush=True)
     store = load_store(args.store)
     queries = store.split(args.split)
-    segs = {name: top1(args.checkpoint, store, queries, dt)
-            for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}  # fmt: skip
-    same = (segs["fp32"] == segs["bf16"]).all(1).float().mean().item()
+    device = resolve_device(args.device, announce=False)
+    segs = {p: top1(args.checkpoint, store, queries, device, p) for p in ("fp32", "bf16")}
+    same = (segs["fp32"] == segs["bf16"]).all(1).mean()
     print(f"{len(queries)} {args.split} queries; top-1 moment identical under bf16: {100 * same:.2f}%")
     durations = torch.tensor([q.duration for q in queries], dtype=torch.float64)
     for name, s in segs.items():
-        seconds = engine.segments_to_seconds(s[:, None], durations, store.clips)[:, 0]
-        iou = engine.top1_iou(seconds, [q.times for q in queries])
+        seconds = segments_to_seconds(torch.from_numpy(s[:, None]), durations, store.clips)[:, 0]
+        iou = top1_iou(seconds, [q.times for q in queries])
         print(f"{name}: top-1 mIoU {100 * iou.mean():.2f}, R@1 IoU 0.5 {100 * (iou >= 0.5).mean():.2f}")
 
 

@@ -38,8 +38,8 @@ CPU_MODEL = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.align_
              "model.dropout=0.0", "train.threads=1", "train.batch_size=64", "train.lr=5e-4"]  # fmt: skip
 
 PAPER = ["align.sc_map=p", "align.weights=raw", "align.match_score=sc", "align.match_tau=0",
-         "align.inner_form=sigmoid_sum", "align.outer=literal", "loss.negative_video=false",
-         "loss.matching=0.3334", "loss.inner=0.3333", "loss.outer=0.3333",
+         "align.inner_form=sigmoid_sum", "align.outer_form=literal", "loss.negative_video=false",
+         "loss.w_matching=0.3334", "loss.w_inner=0.3333", "loss.w_outer=0.3333",
          "train.sap_start=0", "train.sap_warmup=0"]  # fmt: skip
 
 # name -> (overrides on top of the presets' defaults, what the row tests)
@@ -53,7 +53,7 @@ SETTINGS: dict[str, tuple[list[str], str]] = {
     "no_neg_video": (["loss.negative_video=false"], "default without the (V-, S) contrast"),
     "sap_from_start": (["train.sap_start=0", "train.sap_warmup=0"], "default, SAP losses from step 0"),
     "sap_start_0.25": (["train.sap_start=0.25"], "default, SAP losses from 25% of the steps"),
-    "equal_weights": (["loss.matching=0.3334", "loss.inner=0.3333", "loss.outer=0.3333"], "default, lambda 1/3 each"),
+    "equal_weights": (["loss.w_matching=0.3334", "loss.w_inner=0.3333", "loss.w_outer=0.3333"], "default, lambda 1/3 each"),
     "no_sap": (["loss.sap=false"], "default, L^t only (Table 4's w/o SAP losses)"),
     "sigmoid_sum": (["align.inner_form=sigmoid_sum"], "default, the paper's sigmoid-sum inner loss"),
 }  # fmt: skip

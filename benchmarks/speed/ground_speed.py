@@ -42,20 +42,20 @@ WORDS = (_WORDS + " table walks runs sits stands up down into off on in of with 
 def write_checkpoint(
     path: Path, sets: list[str], vocab_size: int, word_dim: int, feature_dim: int
 ) -> int:
-    """An untrained checkpoint in the engine's format; returns N_v."""
+    """An untrained checkpoint in `fsan train`'s format (fsan_cli/checkpoint.py); returns N_v."""
     import torch
 
-    from fsan_cli.config import load_config
+    from fsan_cli import checkpoint
     from fsan_cli.data.store import Store
-    from fsan_cli.engine import atomic_save, checkpoint_payload, model_config
+    from fsan_cli.settings import load_settings
     from models.fsan import FSAN
 
-    cfg = load_config("activitynet", overrides=sets)
+    cfg = load_settings("activitynet", overrides=sets)
     vocab = ["<pad>", "<unk>", *WORDS, *(f"w{i}" for i in range(vocab_size - 2 - len(WORDS)))]
     rng = np.random.default_rng(0)
     vectors = rng.normal(0, 0.3, (len(vocab), word_dim)).astype(np.float32)
     vectors[:2] = 0
-    clips = cfg["data"]["clips"]
+    clips = cfg.data.clips
     store = Store(
         path.parent,
         {"dataset": "activitynet", "normalize": True},
@@ -66,8 +66,8 @@ def write_checkpoint(
         {},
     )
     torch.manual_seed(0)
-    model = FSAN(model_config(cfg, word_dim, feature_dim), torch.from_numpy(vectors)).eval()
-    atomic_save(checkpoint_payload(model, cfg, store, vocab, {"epoch": 0}), path)
+    model = FSAN(cfg.model_config(word_dim, feature_dim), torch.from_numpy(vectors)).eval()
+    checkpoint.save(checkpoint.payload(model, cfg, store, {"epoch": 0}), path)
     return clips
 
 

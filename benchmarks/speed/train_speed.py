@@ -23,19 +23,12 @@ import time
 import torch
 
 from benchmarks.record import record
-from fsan_cli.config import load_config
 from fsan_cli.device import resolve_device
 from fsan_cli.distributed import Dist
-from fsan_cli.engine import (
-    Run,
-    TrainingData,
-    TrainingPass,
-    capture_steps,
-    make_optimizer,
-    model_config,
-    step_body,
-)
 from fsan_cli.memory import activation_bytes, step_bytes
+from fsan_cli.settings import load_settings
+from fsan_cli.step import TrainingPass, make_optimizer
+from fsan_cli.training import Run, TrainingData, capture_steps, step_body
 from models.fsan import FSAN
 
 ACTIVITYNET_PAIRS = 37_421
@@ -110,16 +103,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sets = list(args.sets) + ([f"train.batch_size={args.batch_size}"] if args.batch_size else [])
-    cfg = load_config("activitynet", overrides=sets)
+    cfg = load_settings("activitynet", overrides=sets)
     device = resolve_device(args.device, announce=False)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
         torch.backends.cudnn.allow_tf32 = precision != "fp32"
     torch.manual_seed(0)
-    mc = model_config(cfg, args.word_dim, args.feature_dim)
+    mc = cfg.model_config(args.word_dim, args.feature_dim)
     model = FSAN(mc, torch.randn(5000, args.word_dim)).to(device).train()
-    b, nv = cfg["train"]["batch_size"], mc.clips
+    b, nv = cfg.train.batch_size, mc.clips
     n_videos, n_queries = 4 * b, 8 * b
     features = torch.randn(n_videos, nv, args.feature_dim, device=device)
     if device.type == "cuda":
@@ -133,10 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = tokens.masked_fill(torch.arange(tokens.shape[1], device=device)[None] >= lengths[:, None], 0)
     vids = torch.randint(0, n_videos, (n_queries,), device=device)
     autocast = precision == "bf16" and device.type == "cuda"
-    data = TrainingData(features, tokens, vids, None, [])
+    data = TrainingData(features, tokens, vids)
     if args.micro_batch:
-        cfg["train"]["micro_batch"] = args.micro_batch
-    opt = make_optimizer(model, cfg["train"], device, captured=args.cuda_graph)
+        cfg = cfg.replace("train.micro_batch", args.micro_batch)
+    opt = make_optimizer(model, cfg.train, device, captured=args.cuda_graph)
     plain = TrainingPass(model, autocast)  # what `fsan train` runs (and compiles) per step
     runner = torch.compile(plain, mode=args.compile_mode) if args.compile else plain
     run = Run(model, runner, opt, None, data, cfg, None, None, device, Dist())

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 
 import fsan_cli.text as text
 from fsan_cli.data import synthetic
-from tests.conftest import TINY_SIZES
 
 TOP = 40_000
+TINY_SIZES = {"train": 30, "val": 8, "test": 8}  # tests/helpers.py's (videos per split)
 
 
 def needed_words() -> set[str]:
