@@ -14,13 +14,11 @@ from typing import Any
 from fsan_cli import baselines
 from fsan_cli.data.store import Query, Store
 from fsan_cli.errors import FsanError
-from fsan_cli.metrics import protocol
+from fsan_cli.metrics import metric_keys, protocol
 from fsan_cli.output import log, print_json, stdout_console, warn
 from fsan_cli.predictions import read_predictions, write_predictions
-from fsan_cli.report import PAPER_TABLES, metric_names, results_table
+from fsan_cli.report import PAPER_TABLES, results_table
 from fsan_cli.scoring import check_annotated, score, score_details
-
-BASELINES = ("random", "prior")
 
 
 @dataclass
@@ -36,7 +34,7 @@ class Evaluation:
 
     def summary(self) -> dict[str, Any]:
         """The --json object: the split, counts and each metric in percent."""
-        keys = metric_names(self.dataset)
+        keys = metric_keys(self.dataset)
         return {"dataset": self.dataset, "split": self.split, "queries": self.queries,
                 "predicted": self.predicted, **{k: round(self.metrics[k], 4) for k in keys}}
 

@@ -68,12 +68,6 @@ PAPER_TABLE4: list[tuple[str, str, dict[str, float]]] = [
 ]
 
 
-
-def paper_table4_rows() -> list[Row]:
-    """Table 4 as (label, metrics) rows labelled "(paper)", for `results_table(..., rows)`."""
-    return [(f"{label} (paper)", dict(metrics)) for _, label, metrics in PAPER_TABLE4]
-
-
 PAPER_TABLES = {"didemo": PAPER_TABLE2, "activitynet": PAPER_TABLE3}
 TABLE_NAMES = {"didemo": "Table 2", "activitynet": "Table 3"}
 DATASET_NAMES = {
@@ -83,11 +77,6 @@ DATASET_NAMES = {
     "synthetic": "Embedded synthetic benchmark",
     "custom": "Custom dataset",
 }
-
-
-def metric_names(dataset: str) -> list[str]:
-    """The metric keys of `dataset`'s protocol in table order (`--metric` takes these)."""
-    return metric_keys(dataset)
 
 
 def column_header(key: str) -> str:
@@ -111,7 +100,7 @@ def results_table(
     The paper's rows (labelled "(paper)") come first for activitynet and didemo when `paper_rows`.
     """
     protocol(dataset)
-    keys = metric_names(dataset)
+    keys = metric_keys(dataset)
     name = DATASET_NAMES.get(dataset, dataset)
     if title is None:
         where = f" (layout of the paper's {TABLE_NAMES[dataset]})" if dataset in TABLE_NAMES else ""

@@ -292,7 +292,8 @@ def render(table) -> str:
 
 
 def test_results_table_layouts():
-    from fsan_cli.report import PAPER_TABLE4, metric_names, paper_table4_rows, results_table
+    from fsan_cli.metrics import metric_keys
+    from fsan_cli.report import PAPER_TABLE4, results_table
 
     text = render(results_table("activitynet", [("mine", {"miou": 12.345})], caption="note"))
     assert "ActivityNet-Captions (layout of the paper's Table 3)" in text
@@ -304,6 +305,6 @@ def test_results_table_layouts():
     text = render(results_table("charades", [("mine", {})]))
     assert "(paper)" not in text and "0.7" in text
     assert "(paper)" not in render(results_table("activitynet", [], paper_rows=False))
-    assert metric_names("charades")[-1] == "miou"
-    assert [label for label, _ in paper_table4_rows()][-1] == "full model (paper)"
+    assert metric_keys("charades")[-1] == "miou"
+    assert PAPER_TABLE4[-1][1] == "full model"
     assert PAPER_TABLE4[0][2]["r@1,iou=0.1"] == 82.58

@@ -57,10 +57,10 @@ def evaluate(
     from fsan_cli.data.store import load_store
     from fsan_cli.device import resolve_device
     from fsan_cli.evaluation import evaluate_split, show
-    from fsan_cli.report import metric_names
+    from fsan_cli.metrics import metric_keys
     from fsan_cli.state import STATE
 
-    _check_options(metric_names(dataset), dataset, checkpoint, predictions, baseline,
+    _check_options(metric_keys(dataset), dataset, checkpoint, predictions, baseline,
                    save_predictions, as_json, metric)
     store = load_store(data_dir / dataset, mmap=True)
     device = resolve_device(STATE.device) if checkpoint is not None else None
