@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Annotated
 
 import typer
 
 from fsan_cli import __version__
 from fsan_cli.commands import ablate, evaluate, ground, prepare, train
+from fsan_cli.errors import stdout_closed
 from fsan_cli.state import STATE
 
 app = typer.Typer(
@@ -71,4 +73,12 @@ GC_YOUNG = 50_000
 
 def main() -> None:
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
-    app(prog_name="fsan")
+    try:
+        app(prog_name="fsan")
+    except SystemExit as exc:
+        code = exc.code
+    try:  # results still buffered may meet a closed pipe only here
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = stdout_closed()
+    sys.exit(code)

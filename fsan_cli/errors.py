@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -51,6 +52,8 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             print("Error: interrupted. Nothing partial was kept; run the command again.", file=sys.stderr)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise typer.Exit(stdout_closed()) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
             if verbose_level() > 0:
                 traceback.print_exc(file=sys.stderr)
@@ -62,3 +65,17 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
+
+
+def stdout_closed() -> int:
+    """stdout's reader has gone (`fsan ... | head -1`): stop without a word, as Unix tools do.
+    stdout is pointed at /dev/null so that Python's last flush raises nothing either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        pass
+    return SIGPIPE_EXIT
