@@ -81,19 +81,26 @@ def remove_run_files(out_dir: Path, keep_folder: bool = False) -> None:
 RUNS = Path("runs")
 
 
-def find_checkpoint(runs: Path = RUNS) -> Path:
-    """The newest best.pt under `runs` (by modification time)."""
-    found = (
-        sorted(Path(runs).glob("**/best.pt"), key=lambda p: p.stat().st_mtime)
-        if Path(runs).is_dir()
-        else []
-    )
+def find_checkpoint(runs: Path = RUNS, dataset: str | None = None) -> Path:
+    """The newest best.pt under `runs` (by modification time); of a run of `dataset` when given
+    (its run.json says which)."""
+    found = sorted(Path(runs).glob("**/best.pt"), key=lambda p: p.stat().st_mtime) if Path(runs).is_dir() else []
+    if dataset is not None:
+        found = [p for p in found if _run_dataset(p.parent) == dataset]
     if not found:
-        raise FsanError(
-            f"no checkpoint found under {runs}/",
-            "Train one with `fsan train`, or pass --checkpoint PATH",
-        )
+        what = f"of {dataset} " if dataset is not None else ""
+        train = "fsan train" + (f" --dataset {dataset}" if dataset not in (None, "synthetic") else "")
+        raise FsanError(f"no checkpoint {what}found under {runs}/",
+                        f"Train one with `{train}`, or pass --checkpoint PATH")
     return found[-1]
+
+
+def _run_dataset(folder: Path) -> str | None:
+    try:
+        info = json.loads((folder / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info.get("dataset") if isinstance(info, dict) else None
 
 
 def check_out(out: Path, overwrite: bool) -> None:

@@ -110,17 +110,22 @@ def test_predictions_from_stdin(data_dir):
     assert (r.exit_code, r.stdout) == (0, "45.00\n")
 
 
-@pytest.mark.parametrize("args, got", [
-    ([], "none"),
-    (["--baseline", "random", "--predictions", "x.jsonl"], "--predictions and --baseline"),
-])
-def test_exactly_one_source(data_dir, args, got):
-    r = run(args, data_dir)
+def test_one_source_at_most(data_dir):
+    r = run(["--baseline", "random", "--predictions", "x.jsonl"], data_dir)
     assert (r.exit_code, r.stdout) == (1, "")
     assert r.stderr == (
-        f"Error: pass exactly one of --checkpoint, --predictions or --baseline (got {got}). "
-        "For example: fsan evaluate --dataset didemo --predictions preds.jsonl.\n"
+        "Error: pass one of --checkpoint, --predictions or --baseline (got --predictions and "
+        "--baseline). For example: fsan evaluate --dataset didemo --predictions preds.jsonl.\n"
     )
+
+
+@pytest.mark.parametrize("dataset, hint", [("synthetic", "fsan train"), ("didemo", "fsan train --dataset didemo")])
+def test_no_source_and_no_run_says_how_to_make_one(data_dir, tmp_path, monkeypatch, dataset, hint):
+    monkeypatch.chdir(tmp_path)
+    r = run(["--dataset", dataset], data_dir)
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert r.stderr == (f"Error: no checkpoint of {dataset} found under runs/. Train one with "
+                        f"`{hint}`, or pass --checkpoint PATH.\n")
 
 
 def test_malformed_line_names_its_number(data_dir, tmp_path):

@@ -190,3 +190,22 @@ def test_out_of_memory_says_how_to_split_batches(data_dir, tmp_path, monkeypatch
         "(train.batch_size=6, train.micro_batch=0). Train again with --micro-batch 3: each batch goes "
         "through in pieces of 3 samples, with the same gradient and less memory.\n")
     assert not out.exists()  # nothing was saved: no half run left behind
+
+
+def test_evaluate_defaults_to_the_newest_run_of_the_dataset(data_dir, tmp_path, monkeypatch):
+    """`fsan evaluate --metric miou` after `fsan train` scores that run, and says so on stderr;
+    a newer run of another dataset is not taken."""
+    monkeypatch.chdir(tmp_path)
+    assert train("--data-dir", str(data_dir), "--out", "runs/mine", "--no-test", *SETS).exit_code == 0
+    other = tmp_path / "runs" / "other"
+    other.mkdir()
+    (other / "best.pt").write_bytes((tmp_path / "runs" / "mine" / "best.pt").read_bytes())
+    (other / "run.json").write_text(json.dumps({"dataset": "charades", "store": "x"}))
+    env = {"FSAN_DATA_DIR": str(data_dir)}
+    default = CliRunner().invoke(app, ["--device", "cpu", "evaluate", "--metric", "miou"], env=env)
+    given = CliRunner().invoke(app, ["--device", "cpu", "evaluate", "--metric", "miou",
+                                     "--checkpoint", "runs/mine/best.pt"], env=env)
+    assert default.exit_code == 0, default.stderr
+    assert default.stdout == given.stdout and float(default.stdout) > 0
+    assert ("Checkpoint: runs/mine/best.pt (the newest run of synthetic; --checkpoint, "
+            "--predictions or --baseline picks another)") in default.stderr

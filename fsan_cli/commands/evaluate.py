@@ -49,20 +49,29 @@ def evaluate(
 ) -> None:
     """Score a checkpoint, a predictions file or a baseline on a split, by the benchmark's protocol.
 
+    With none of --checkpoint, --predictions and --baseline, the newest run of the dataset under
+    runs/ is scored (its best.pt).
+
     ActivityNet-Captions, synthetic, custom: R@{1,5} at IoU {0.1,0.3,0.5} and mIoU of the top-1
     moment; Charades-STA: IoU {0.3,0.5,0.7}; DiDeMo: the official Rank@1, Rank@5 and mIoU. All in
     percent. The table shows the paper's rows, this run, and the random and prior baselines
     computed on the same split.
     """
-    from fsan_cli.data.store import load_store
+    from fsan_cli import runs
+    from fsan_cli.data.store import read_store
     from fsan_cli.device import resolve_device
     from fsan_cli.evaluation import evaluate_split, show
     from fsan_cli.metrics import metric_keys
+    from fsan_cli.output import log
     from fsan_cli.state import STATE
 
     _check_options(metric_keys(dataset), dataset, checkpoint, predictions, baseline,
                    save_predictions, as_json, metric)
-    store = load_store(data_dir / dataset, mmap=True)
+    if checkpoint is predictions is baseline is None:
+        checkpoint = runs.find_checkpoint(dataset=dataset)
+        log(f"Checkpoint: {checkpoint} (the newest run of {dataset}; --checkpoint, --predictions "
+            "or --baseline picks another)")
+    store = read_store(dataset, data_dir)
     device = resolve_device(STATE.device) if checkpoint is not None else None
     result = evaluate_split(dataset, store, split.value, checkpoint=checkpoint,
                             predictions=predictions, baseline=baseline and baseline.value,
@@ -74,10 +83,9 @@ def evaluate(
 def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_json, metric) -> None:
     given = [n for n, v in (("--checkpoint", checkpoint), ("--predictions", predictions),
                             ("--baseline", baseline)) if v is not None]
-    if len(given) != 1:
-        what = "none" if not given else " and ".join(given)
+    if len(given) > 1:
         raise FsanError(
-            f"pass exactly one of --checkpoint, --predictions or --baseline (got {what})",
+            f"pass one of --checkpoint, --predictions or --baseline (got {' and '.join(given)})",
             "For example: fsan evaluate --dataset didemo --predictions preds.jsonl",
         )
     if metric is not None and metric not in keys:

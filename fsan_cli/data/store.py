@@ -209,11 +209,22 @@ def write_store(
         raise
 
 
-def open_store(dataset: str, data_dir: Path, clips: int) -> Store:
+def open_store(dataset: str, data_dir: Path, clips: int, mmap: bool = False) -> Store:
     """The prepared store of `dataset` under `data_dir`; the synthetic one is generated on
     first use."""
     if dataset == "synthetic":
         from fsan_cli.data.synthetic import ensure_synthetic
 
-        return load_store(ensure_synthetic(data_dir, clips=clips))
-    return load_store(data_dir / dataset)
+        return load_store(ensure_synthetic(data_dir, clips=clips), mmap=mmap)
+    return load_store(data_dir / dataset, mmap=mmap)
+
+
+def read_store(dataset: str, data_dir: Path) -> Store:
+    """The store to score on, as it is (memory-mapped); the embedded synthetic one is generated
+    first when absent, with the preset's N_v."""
+    path = Path(data_dir) / dataset
+    if dataset == "synthetic" and not store_exists(path):
+        from fsan_cli.settings import load_settings
+
+        return open_store(dataset, data_dir, load_settings(dataset).data.clips, mmap=True)
+    return load_store(path, mmap=True)
