@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsan_cli import baselines
+from fsan_cli import baselines, breakdown
+from fsan_cli.breakdown import LengthBreakdown
 from fsan_cli.data.store import Query, Store
 from fsan_cli.errors import FsanError
 from fsan_cli.metrics import metric_keys, protocol
 from fsan_cli.output import log, print_json, stdout_console, warn
 from fsan_cli.predictions import read_predictions, write_predictions
-from fsan_cli.report import PAPER_TABLES, results_table
+from fsan_cli.report import DATASET_NAMES, PAPER_TABLES, length_table, results_table
 from fsan_cli.scoring import check_annotated, score, score_details
 
 
@@ -31,20 +32,27 @@ class Evaluation:
     metrics: dict[str, float]  # percent
     baselines: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     caption: str = ""
+    by_length: LengthBreakdown | None = None  # the metrics by video length, when asked
 
     def summary(self) -> dict[str, Any]:
-        """The --json object: the split, counts and each metric in percent."""
+        """The --json object: the split, counts and each metric in percent (and by length)."""
         keys = metric_keys(self.dataset)
-        return {"dataset": self.dataset, "split": self.split, "queries": self.queries,
-                "predicted": self.predicted, **{k: round(self.metrics[k], 4) for k in keys}}
+        out = {"dataset": self.dataset, "split": self.split, "queries": self.queries,
+               "predicted": self.predicted, **{k: round(self.metrics[k], 4) for k in keys}}
+        if self.by_length is not None:
+            out["by_length"] = self.by_length.as_json()
+            out["by_length_buckets"] = self.by_length.source
+        return out
 
 
 def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path | None = None,
                    predictions: str | None = None, baseline: str | None = None,
                    save_predictions: Path | None = None, top_k: int = 5, seed: int = 0,
-                   device: Any = None, with_baselines: bool = True) -> Evaluation:
+                   device: Any = None, with_baselines: bool = True,
+                   by_length: bool = False) -> Evaluation:
     """Score one source (exactly one of checkpoint, predictions, baseline) on `split`; the
-    random and prior baselines on the same split beside it unless with_baselines is False."""
+    random and prior baselines on the same split beside it unless with_baselines is False;
+    with by_length, its metrics by video length too (fsan_cli/breakdown.py)."""
     queries = store.split(split)
     check_annotated(dataset, queries)  # before predicting, which can take a while
     rows, label, nms = _rows(dataset, store, queries, split, checkpoint, predictions, baseline,
@@ -52,7 +60,9 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     if save_predictions is not None:
         write_predictions(save_predictions, rows)
         log(f"Wrote {len(rows)} predictions to {save_predictions}")
-    metrics, warnings, predicted = score_details(dataset, queries, rows)
+    metrics, warnings, predicted = score_details(dataset, queries, rows, in_split_order=predictions is None)
+    if predictions is not None:
+        log(f"Matched {predicted} of {len(rows)} prediction rows to the {len(queries)} queries of {split}")
     for message in warnings:
         warn(message)
     prior_source = _prior_source(store, split)
@@ -60,19 +70,35 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     if checkpoint is not None:
         caption += f"\nCheckpoint: {checkpoint}"
     beside = _baseline_rows(dataset, store, queries, split, top_k, seed, baseline) if with_baselines else []
-    return Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption)
+    lengths = None
+    if by_length:
+        lengths = breakdown.by_length(dataset, queries, breakdown.matched_rows(dataset, queries, rows))
+    return Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption, lengths)
 
 
 def show(result: Evaluation, as_json: bool = False, metric: str | None = None,
-         extra_json: dict[str, Any] | None = None) -> None:
-    """One metric alone, one JSON object, or the table with the baselines and the paper's rows."""
+         extra_json: dict[str, Any] | None = None, plot: Path | None = None) -> None:
+    """One metric alone, one JSON object, or the table with the baselines and the paper's rows
+    (then the table by video length, when it was computed); `plot` saves its bar chart."""
     if metric is not None:
         print(f"{result.metrics[metric]:.2f}")
     elif as_json:
         print_json({**result.summary(), **(extra_json or {})})
     else:
         rows = [(result.label, result.metrics), *result.baselines]
-        stdout_console().print(results_table(result.dataset, rows, caption=result.caption))
+        console = stdout_console()
+        console.print(results_table(result.dataset, rows, caption=result.caption))
+        if result.by_length is not None:
+            console.print()
+            console.print(length_table(result.dataset, result.by_length.buckets,
+                                       caption=f"{result.label}, split {result.split}. "
+                                               f"{result.by_length.source}"))
+    if plot is not None and result.by_length is not None:
+        from fsan_cli.plotting import save_length_plot
+
+        name = DATASET_NAMES.get(result.dataset, result.dataset)
+        save_length_plot(plot, result.dataset, result.by_length.buckets,
+                         f"{name} {result.split} by video length: {result.label}")
 
 
 def _rows(dataset: str, store: Store, queries: list[Query], split: str, checkpoint, predictions,

@@ -22,18 +22,11 @@ from fsan_cli.metrics import (
     protocol,
     segment_lut,
 )
+from fsan_cli.text import normalize_query
 
 
-def _query_key(dataset: str, q: Any) -> Any:
-    if dataset == "didemo" and "annotation_id" in q.extra:
-        return ("id", str(q.extra["annotation_id"]))
-    return (q.video, q.query)
-
-
-def _row_key(dataset: str, row: dict) -> Any:
-    if dataset == "didemo" and "annotation_id" in row:
-        return ("id", str(row["annotation_id"]))
-    return (row.get("video"), row.get("query"))
+def _text_key(video: Any, query: Any) -> tuple[Any, str]:
+    return (video, normalize_query(str(query)))
 
 
 def _line(row: dict, i: int) -> int:
@@ -41,30 +34,42 @@ def _line(row: dict, i: int) -> int:
 
 
 def match_predictions(
-    dataset: str, queries: Sequence[Any], predictions: Sequence[dict]
+    dataset: str, queries: Sequence[Any], predictions: Sequence[dict], in_split_order: bool = False
 ) -> tuple[list[int | None], list[str]]:
     """For each query, the index of its prediction row (None when missing), and warnings.
 
-    DiDeMo rows match by annotation_id; others by (video, query), repeated pairs in order.
+    A row with an `annotation_id` matches the query with that id; any other row matches by its
+    video and its query text, normalised as the store normalises it (surrounding and repeated
+    whitespace: ActivityNet-Captions' official sentences begin with a space). Queries of one
+    video with the same text take such rows in file order, and a warning says so when their
+    times differ, unless the rows are known to follow the split's order (fsan's own).
     """
-    slots: dict[Any, list[int]] = defaultdict(list)
+    by_id: dict[str, list[int]] = defaultdict(list)
+    by_text: dict[Any, list[int]] = defaultdict(list)
     for qi, q in enumerate(queries):
-        slots[_query_key(dataset, q)].append(qi)
+        if "annotation_id" in q.extra:
+            by_id[str(q.extra["annotation_id"])].append(qi)
+        by_text[_text_key(q.video, q.query)].append(qi)
     videos = {q.video for q in queries}
-    taken: dict[Any, int] = defaultdict(int)
     matched: list[int | None] = [None] * len(queries)
     unknown_video: list[int] = []
     unknown_query: list[int] = []
     extra: list[int] = []
+    in_order: set[Any] = set()  # text keys of several queries that took rows by text
     for ri, row in enumerate(predictions):
-        key = _row_key(dataset, row)
-        if key not in slots:
+        rid = row.get("annotation_id")
+        key = _text_key(row.get("video"), row.get("query", ""))
+        candidates = by_id.get(str(rid)) if rid is not None and str(rid) in by_id else by_text.get(key)
+        if candidates is None:
             (unknown_query if row.get("video") in videos else unknown_video).append(ri)
-        elif taken[key] >= len(slots[key]):
+            continue
+        free = next((qi for qi in candidates if matched[qi] is None), None)
+        if free is None:
             extra.append(ri)
-        else:
-            matched[slots[key][taken[key]]] = ri
-            taken[key] += 1
+            continue
+        matched[free] = ri
+        if candidates is by_text.get(key) and len(candidates) > 1:
+            in_order.add(key)
     warnings = []
     for rows, what in (
         (unknown_video, "name videos that are not in this split"),
@@ -78,6 +83,14 @@ def match_predictions(
                 f"{_line(first, rows[0])}, video '{first.get('video')}', query "
                 f"'{_clip(str(first.get('query')))}')"
             )
+    ambiguous = [] if in_split_order else [k for k in in_order if len({str(queries[qi].times) for qi in by_text[k]}) > 1]
+    if ambiguous:
+        video, text = sorted(ambiguous, key=str)[0]
+        warnings.append(
+            f"{len(ambiguous)} texts are asked more than once of one video with other times "
+            f"(first: video '{video}', query '{_clip(text)}'): their rows were matched in file "
+            "order; give each row the query's annotation_id to match it exactly"
+        )
     return matched, warnings
 
 
@@ -121,12 +134,12 @@ def score(
 
 
 def score_details(
-    dataset: str, queries: Sequence[Any], predictions: Sequence[dict]
+    dataset: str, queries: Sequence[Any], predictions: Sequence[dict], in_split_order: bool = False
 ) -> tuple[dict[str, float], list[str], int]:
     """`score`, plus how many queries had a prediction."""
     p = protocol(dataset)
     check_annotated(dataset, queries)
-    matched, warnings = match_predictions(dataset, queries, predictions)
+    matched, warnings = match_predictions(dataset, queries, predictions, in_split_order)
     found = [i for i in matched if i is not None]
     if not found:
         raise FsanError(

@@ -17,6 +17,11 @@ DEFAULT_VECTORS = "glove-6b-50d"
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 
 
+def normalize_query(text: str) -> str:
+    """A query as the store keeps it: surrounding whitespace gone, inner runs of it one space."""
+    return " ".join(text.split())
+
+
 def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens; punctuation is dropped, inner apostrophes kept ("person's")."""
     return _TOKEN.findall(text.lower())

@@ -85,7 +85,11 @@ def test_json_from_predictions_file(data_dir, preds_file):
     assert json.loads(r.stdout) == {"dataset": "synthetic", "split": "test", "queries": 4,
                                     "predicted": 4, **EXPECTED}
     assert r.stdout.count("\n") == 1
-    assert r.stderr == SHORT_WARNING
+    assert r.stderr == (
+        "Matched 4 of 4 prediction rows to the 4 queries of test\n"
+        "Warning: 1 texts are asked more than once of one video with other times (first: video "
+        "'v2', query 'c'): their rows were matched in file order; give each row the query's "
+        "annotation_id to match it exactly\n" + SHORT_WARNING)
 
 
 def test_metric_prints_one_number(data_dir, preds_file):
@@ -158,6 +162,7 @@ def test_unknown_and_missing_queries_are_said(data_dir, tmp_path):
     r = run(["--predictions", str(path), "--metric", "miou"], data_dir)
     assert (r.exit_code, r.stdout) == (0, "25.00\n")
     assert r.stderr == (
+        "Matched 1 of 2 prediction rows to the 4 queries of test\n"
         "Warning: 1 prediction line(s) name videos that are not in this split and were ignored "
         "(first: line 2, video 'v9', query 'zz')\n"
         "Warning: 3 of 4 queries have no prediction and count as misses\n"

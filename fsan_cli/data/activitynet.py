@@ -16,6 +16,7 @@ from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
+from fsan_cli.text import normalize_query
 
 # 2D-TAN names val_1 / val_2 val.json / test.json: both are accepted.
 SPLIT_FILES = {
@@ -65,7 +66,7 @@ def _video(ann: Annotations, split: str, path: Path, video: str, entry: dict) ->
     ann.durations.setdefault(video, duration)
     queries = []
     for (start, end), sentence in zip(entry["timestamps"], entry["sentences"], strict=True):
-        text = str(sentence).strip()
+        text = normalize_query(str(sentence))
         if not text:
             ann.dropped[(split, "empty sentence")] += 1
             continue

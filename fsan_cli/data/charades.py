@@ -23,6 +23,7 @@ from fsan_cli.data.annotations import Annotations, find_split_file, require_file
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
+from fsan_cli.text import normalize_query
 
 SPLITS = ("train", "test")
 LAYOUT = FeatureLayout(description="one (T, D) dataset per video keyed by its id, e.g. '3MSZA'")
@@ -59,7 +60,7 @@ def _parse(line: str, path: Path, number: int) -> tuple[str, float, float, str]:
     try:
         if not sep or len(parts) != 3:
             raise ValueError
-        return parts[0], float(parts[1]), float(parts[2]), sentence.strip()
+        return parts[0], float(parts[1]), float(parts[2]), normalize_query(sentence)
     except ValueError:
         raise FsanError(
             f"{path}:{number} is not a Charades-STA line: expected `vid start end##sentence`, "

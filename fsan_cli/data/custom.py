@@ -18,6 +18,7 @@ from fsan_cli.data.annotations import Annotations, clip_span, require_file
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
+from fsan_cli.text import normalize_query
 
 LAYOUT = FeatureLayout(description="one (T, D) dataset per video keyed by its `video` id")
 FIX = "Write one JSON object per line with video, duration, query and optional times and split"
@@ -57,7 +58,7 @@ def _entry(line: str, where: str) -> tuple[str, float, str, Any, str]:
     return (
         str(obj["video"]),
         duration,
-        str(obj["query"]).strip(),
+        normalize_query(str(obj["query"])),
         obj.get("times"),
         str(obj.get("split", "train")),
     )

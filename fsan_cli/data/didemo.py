@@ -21,6 +21,7 @@ from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
+from fsan_cli.text import normalize_query
 
 CHUNK_SECONDS = 5.0
 CHUNKS = 6
@@ -70,7 +71,7 @@ def _chunks(times: list) -> list[list[int]]:
 
 
 def _query(ann: Annotations, split: str, entry: dict) -> Query | None:
-    text = str(entry["description"]).strip()
+    text = normalize_query(str(entry["description"]))
     chunks = _chunks(entry["times"])
     if not text:
         ann.dropped[(split, "empty description")] += 1
