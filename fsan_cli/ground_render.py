@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fsan_cli.errors import FsanError
-from fsan_cli.output import log, warn
+from fsan_cli.output import warn
+from fsan_cli.plotting import check_plot, save_figure  # noqa: F401 (check_plot: fsan ground's)
 from fsan_cli.predict import Grounding
 from fsan_cli.text import UNK
 
@@ -137,21 +137,6 @@ def render(video: str, duration: float, results: Sequence[Grounding]) -> None:
 MAX_PANELS = 12
 
 
-def check_plot(path: Path) -> None:
-    """Fail before any work when --plot cannot be honoured."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise FsanError(
-            "--plot needs matplotlib, which is not installed",
-            "Install the plot extra: pip install 'fsan[plot]' (or pip install matplotlib)",
-        )
-    if not Path(path).parent.is_dir():
-        raise FsanError(
-            f"folder {Path(path).parent} does not exist", "Create it first, or fix --plot"
-        )
-
-
 def save_plot(path: Path, video: str, duration: float, results: Sequence[Grounding]) -> None:
     """One panel per query (at most MAX_PANELS): the alignment map over time, the top-1 moment
     boxed in red, as in the paper's Figure 3."""
@@ -188,12 +173,4 @@ def save_plot(path: Path, video: str, duration: float, results: Sequence[Groundi
         fig.colorbar(im, ax=ax, pad=0.01)
     axes[-1, 0].set_xlabel(f"time in {video} (s)")
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=150)
-    except ValueError as exc:  # an unknown file type
-        raise FsanError(
-            f"cannot save {path} ({exc})", "Use a .png, .pdf or .svg file name"
-        ) from None
-    finally:
-        plt.close(fig)
-    log(f"Wrote the figure to {path}")
+    save_figure(fig, path)

@@ -6,6 +6,9 @@ Captions val_2); they are never recomputed. "-" is a metric the paper does not r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from rich.markup import escape
 from rich.table import Table
 
@@ -122,4 +125,20 @@ def results_table(
         table.add_section()
     for label, metrics in rows:
         table.add_row(escape(label), *[fmt(metrics.get(k)) for k in keys])
+    return table
+
+
+def length_table(dataset: str, buckets: Sequence[Any], caption: str | None = None) -> Table:
+    """The metrics by video length (paper Figure 4): a row per bucket (`breakdown.LengthBucket`:
+    label, queries, metrics), a column per metric of the dataset's protocol."""
+    keys = metric_keys(dataset)
+    name = DATASET_NAMES.get(dataset, dataset)
+    table = Table(title=f"{name} by video length (paper Figure 4)", caption=caption,
+                  caption_justify="left")
+    table.add_column("Video length", justify="left", no_wrap=True)
+    table.add_column("Queries", justify="right", no_wrap=True)
+    for key in keys:
+        table.add_column(column_header(key), justify="right", no_wrap=True)
+    for b in buckets:
+        table.add_row(escape(b.label), str(b.queries), *[fmt(b.metrics.get(k)) for k in keys])
     return table

@@ -46,6 +46,14 @@ def evaluate(
     ] = None,
     top_k: TopKOpt = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random baseline.")] = 0,
+    by_length: Annotated[
+        bool, typer.Option("--by-length", help="Also the metrics by video length (paper Figure 4).")
+    ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", metavar="FILE.png",
+                     help="Save a bar chart of R@1 by video length (implies --by-length; needs matplotlib)."),
+    ] = None,
 ) -> None:
     """Score a checkpoint, a predictions file or a baseline on a split, by the benchmark's protocol.
 
@@ -67,6 +75,7 @@ def evaluate(
 
     _check_options(metric_keys(dataset), dataset, checkpoint, predictions, baseline,
                    save_predictions, as_json, metric)
+    _check_length_options(by_length, plot, metric)
     if checkpoint is predictions is baseline is None:
         checkpoint = runs.find_checkpoint(dataset=dataset)
         log(f"Checkpoint: {checkpoint} (the newest run of {dataset}; --checkpoint, --predictions "
@@ -76,8 +85,9 @@ def evaluate(
     result = evaluate_split(dataset, store, split.value, checkpoint=checkpoint,
                             predictions=predictions, baseline=baseline and baseline.value,
                             save_predictions=save_predictions, top_k=top_k, seed=seed,
-                            device=device, with_baselines=not (as_json or metric))
-    show(result, as_json, metric)
+                            device=device, with_baselines=not (as_json or metric),
+                            by_length=by_length or plot is not None)
+    show(result, as_json, metric, plot=plot)
 
 
 def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_json, metric) -> None:
@@ -99,3 +109,13 @@ def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_js
         raise FsanError(f"folder {save.parent} does not exist", "Create it first, or fix --save-predictions")
     if checkpoint is not None and not checkpoint.is_file():
         raise FsanError(f"checkpoint {checkpoint} does not exist", "Check the path (e.g. runs/x/best.pt)")
+
+
+def _check_length_options(by_length: bool, plot: Path | None, metric: str | None) -> None:
+    if metric is not None and (by_length or plot is not None):
+        raise FsanError("--metric prints one number, which has no breakdown by video length",
+                        "Drop --by-length and --plot, or --metric")
+    if plot is not None:  # fail before predicting, not after
+        from fsan_cli.plotting import check_plot
+
+        check_plot(plot)
