@@ -59,7 +59,7 @@ def save_length_plot(path: Path, dataset: str, buckets: Sequence[Any], title: st
     keys = [k for k in metric_keys(dataset) if k.startswith(("r@1,", "rank@1"))]
     n = len(buckets)
     width = 0.8 / len(keys)
-    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.22 * n * len(keys) + 3)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(8.0, 0.22 * n * len(keys) + 3)), 4.5))
     for j, key in enumerate(keys):
         xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(n)]
         ax.bar(xs, [b.metrics[key] for b in buckets], width, label=column_header(key).replace("\n", " "))
@@ -70,7 +70,7 @@ def save_length_plot(path: Path, dataset: str, buckets: Sequence[Any], title: st
     ax.set_ylabel("percent")
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     save_figure(fig, path)
