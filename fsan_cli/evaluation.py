@@ -17,7 +17,7 @@ from fsan_cli.data.store import Query, Store
 from fsan_cli.errors import FsanError
 from fsan_cli.metrics import metric_keys, protocol
 from fsan_cli.output import log, print_json, stdout_console, warn
-from fsan_cli.predictions import read_predictions, write_predictions
+from fsan_cli.predictions import check_save_path, read_predictions, write_predictions
 from fsan_cli.report import DATASET_NAMES, PAPER_TABLES, length_table, results_table
 from fsan_cli.scoring import check_annotated, score, score_details
 
@@ -49,16 +49,19 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
                    predictions: str | None = None, baseline: str | None = None,
                    save_predictions: Path | None = None, top_k: int = 5, seed: int = 0,
                    device: Any = None, with_baselines: bool = True,
-                   by_length: bool = False) -> Evaluation:
+                   by_length: bool = False, overwrite: bool = False) -> Evaluation:
     """Score one source (exactly one of checkpoint, predictions, baseline) on `split`; the
     random and prior baselines on the same split beside it unless with_baselines is False;
-    with by_length, its metrics by video length too (fsan_cli/breakdown.py)."""
+    with by_length, its metrics by video length too (fsan_cli/breakdown.py). save_predictions
+    never replaces a file it reads, nor an existing file unless `overwrite`."""
     queries = store.split(split)
     check_annotated(dataset, queries)  # before predicting, which can take a while
+    if save_predictions is not None:
+        check_save_path(save_predictions, overwrite, _read_files(store, checkpoint, predictions))
     rows, label, nms = _rows(dataset, store, queries, split, checkpoint, predictions, baseline,
                              top_k, seed, device)
     if save_predictions is not None:
-        write_predictions(save_predictions, rows)
+        write_predictions(save_predictions, rows, overwrite)
         log(f"Wrote {len(rows)} predictions to {save_predictions}")
     metrics, warnings, predicted = score_details(dataset, queries, rows, in_split_order=predictions is None)
     if predictions is not None:
@@ -74,6 +77,17 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     if by_length:
         lengths = breakdown.by_length(dataset, queries, breakdown.matched_rows(dataset, queries, rows))
     return Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption, lengths)
+
+
+def _read_files(store: Store, checkpoint: Path | None, predictions: str | None) -> dict[str, Path | None]:
+    """What evaluate_split reads, by description: --save-predictions may be none of them."""
+    files: dict[str, Path | None] = {
+        "the --checkpoint": checkpoint,
+        "the --predictions file": None if predictions in (None, "-") else Path(predictions),
+    }
+    for f in sorted(Path(store.path).iterdir()):
+        files[f"{f.name} of the prepared store at {store.path}"] = f
+    return files
 
 
 def show(result: Evaluation, as_json: bool = False, metric: str | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -118,16 +119,38 @@ def _dumps(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, default=_jsonable)
 
 
-def write_predictions(path: str | Path, rows: Iterable[dict]) -> None:
-    """Write rows as JSONL: to a temporary file beside `path`, then renamed ("-" = stdout)."""
+def write_predictions(path: str | Path, rows: Iterable[dict], overwrite: bool = True) -> None:
+    """Write rows as JSONL: to a temporary file beside `path`, then renamed ("-" = stdout);
+    an existing file is replaced only with `overwrite`."""
     if str(path) == "-":
         for row in rows:
             sys.stdout.write(_dumps(row) + "\n")
         sys.stdout.flush()
         return
     path = Path(path)
-    if path.is_dir():
-        raise FsanError(f"{path} is a folder", "Pass a file name for --save-predictions")
+    check_save_path(path, overwrite)
     if not path.parent.is_dir():
         raise FsanError(f"folder {path.parent} does not exist", "Create it first")
     atomic_write(path, lambda fh: fh.writelines(_dumps(row) + "\n" for row in rows))
+
+
+def check_save_path(path: Path, overwrite: bool, inputs: dict[str, Path | None] | None = None) -> None:
+    """--save-predictions FILE, before any work: never one of `inputs` (what the command reads,
+    {description: path}), whatever --overwrite says; an existing file only with `overwrite`."""
+    for what, source in (inputs or {}).items():
+        if source is not None and _same_file(path, Path(source)):
+            raise FsanError(f"--save-predictions {path} is {what}, which this command reads",
+                            "Choose another file for --save-predictions")
+    if path.is_dir():
+        raise FsanError(f"{path} is a folder", "Pass a file name for --save-predictions")
+    if path.exists() and not overwrite:
+        raise FsanError(f"--save-predictions {path} already exists",
+                        "Pass --overwrite to replace it, or choose another file")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file (links followed); for paths that do not exist, the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()

@@ -39,6 +39,9 @@ def evaluate(
     save_predictions: Annotated[
         Path | None, typer.Option("--save-predictions", metavar="FILE", help="Write what was scored.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Let --save-predictions replace an existing FILE.")
+    ] = False,
     as_json: JsonOpt = False,
     metric: Annotated[
         str | None,
@@ -63,7 +66,8 @@ def evaluate(
     ActivityNet-Captions, synthetic, custom: R@{1,5} at IoU {0.1,0.3,0.5} and mIoU of the top-1
     moment; Charades-STA: IoU {0.3,0.5,0.7}; DiDeMo: the official Rank@1, Rank@5 and mIoU. All in
     percent. The table shows the paper's rows, this run, and the random and prior baselines
-    computed on the same split.
+    computed on the same split. --save-predictions FILE never replaces a file the command reads
+    (the checkpoint, the predictions, the store), nor any existing file without --overwrite.
     """
     from fsan_cli import runs
     from fsan_cli.data.store import read_store
@@ -86,7 +90,7 @@ def evaluate(
                             predictions=predictions, baseline=baseline and baseline.value,
                             save_predictions=save_predictions, top_k=top_k, seed=seed,
                             device=device, with_baselines=not (as_json or metric),
-                            by_length=by_length or plot is not None)
+                            by_length=by_length or plot is not None, overwrite=overwrite)
     show(result, as_json, metric, plot=plot)
 
 
