@@ -3,17 +3,27 @@ never leaves a half-written file under the target's name."""
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+SUFFIX = ".tmp"  # of the temporary file beside the target: .NAME.XXXXXXXX.tmp
+
+
+def temp_files(path: str | Path) -> list[Path]:
+    """The temporary files atomic_write leaves beside `path` when killed mid-write
+    (`.NAME.XXXXXXXX.tmp`)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{SUFFIX}"))
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
     """Call `write(fh)` on a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)

@@ -8,11 +8,14 @@ trained on), metrics.jsonl (one line per epoch), best.pt and last.pt (fsan_cli/c
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -20,9 +23,10 @@ from typing import Any
 
 import typer
 
-from fsan_cli.atomic import atomic_write_text
+from fsan_cli.atomic import atomic_write_text, temp_files
 from fsan_cli.data.store import Store, load_store, open_store, store_exists
 from fsan_cli.errors import FsanError
+from fsan_cli.lock import LOCK_NAME, holder, in_use, lock_folder
 from fsan_cli.output import log
 from fsan_cli.settings import Settings, load_settings
 
@@ -72,8 +76,8 @@ def remove_run_files(out_dir: Path, keep_folder: bool = False) -> None:
         return
     for name in RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
-    for tmp in out_dir.glob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
+        for tmp in temp_files(out_dir / name):
+            tmp.unlink(missing_ok=True)
     if not keep_folder and not any(out_dir.iterdir()):
         out_dir.rmdir()
 
@@ -104,11 +108,109 @@ def _run_dataset(folder: Path) -> str | None:
 
 
 def check_out(out: Path, overwrite: bool) -> None:
+    """A new run may go into `out`: absent or empty, or a run folder to replace with --overwrite
+    (never another kind of folder), and no other training in it."""
     if out.exists() and not out.is_dir():
         raise FsanError(f"--out {out} is a file, not a folder", "Choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if not out.is_dir():
+        return
+    pid = holder(out)
+    if pid is not None:
+        raise in_use(out, pid)
+    if not any(p.name != LOCK_NAME for p in out.iterdir()):
+        return
+    if not overwrite:
         raise FsanError(f"run folder {out} already exists",
                         "Pass --overwrite to replace it, --resume to continue it, or choose another --out")
+    if not is_run_folder(out):
+        raise FsanError(f"{out} is not a run folder (it has no {RUN_INFO} or config.toml), so "
+                        "--overwrite does not replace it", "Choose another --out")
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / RUN_INFO).is_file() or (folder / "config.toml").is_file()
+
+
+class RunFolder:
+    """Where training writes (`work`) and where the run ends up (`out`): the same folder, or,
+    when --overwrite replaces a run, a sibling `.NAME.new-PID` until the new run's first
+    checkpoint; then `promote` moves its files over the old run's, and an interrupt before
+    that leaves the old run as it was."""
+
+    def __init__(self, out: Path, work: Path) -> None:
+        self.out, self.work = out, work
+        self.replacing = work != out
+
+    def promote(self) -> Path:
+        """Move the new run's files over the old run's (other files stay); returns `out`."""
+        if self.work != self.out:
+            with _deferred_interrupts():
+                for name in RUN_FILES:
+                    if (self.work / name).exists():
+                        os.replace(self.work / name, self.out / name)
+                    else:
+                        (self.out / name).unlink(missing_ok=True)
+                shutil.rmtree(self.work, ignore_errors=True)
+            self.work = self.out
+        return self.out
+
+
+@contextmanager
+def run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[RunFolder]:
+    """The run folder of `fsan train`, locked for this run (fsan_cli/lock.py): the temporary
+    files and sibling folders of killed runs cleared, checked again now that it is ours.
+    Under torchrun only rank 0 writes, so only it locks."""
+    if quiet_ranks():
+        yield RunFolder(out, out)
+        return
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FsanError(f"cannot create the run folder {out} ({exc.strerror or exc})",
+                        "Choose another --out, or fix its permissions") from None
+    lock = lock_folder(out, None if resume else "--out")
+    try:
+        clear_leftovers(out)
+        if not resume:
+            check_out(out, overwrite)
+        replace = not resume and is_run_folder(out)
+        yield RunFolder(out, out.with_name(f".{out.name}.new-{os.getpid()}") if replace else out)
+    finally:
+        lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def clear_leftovers(out: Path) -> None:
+    """What killed runs left in and beside a folder this process has locked: temporary files of
+    unfinished writes, and the folder of a replacing run that never had a checkpoint."""
+    stale = [t for name in RUN_FILES for t in temp_files(out / name)]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    folders = sorted(out.parent.glob(f".{glob.escape(out.name)}.new-*"))
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale or folders:
+        log(f"Removed what an interrupted run left in {out}: {len(stale)} temporary files, "
+            f"{len(folders)} unfinished folders beside it")
+
+
+@contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (a few renames), then interrupt."""
+    caught: list[int] = []
+    old = {}
+    with suppress(ValueError):  # signals can only be set from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite) -> None:
@@ -147,8 +249,11 @@ def resumed(run_dir: Path, data_dir: Path, micro_batch: int | None = None) -> tu
     return cfg, store, dataset
 
 
-def _interrupted(exc) -> None:
-    if exc.saved_step is None:
+def _interrupted(exc, old_run: Path | None = None) -> None:
+    if exc.saved_step is None and old_run is not None:
+        print(f"Error: interrupted before the new run's first checkpoint; the run in {old_run} "
+              "is as it was. Run the command again.", file=sys.stderr)
+    elif exc.saved_step is None:
         print("Error: interrupted before the first checkpoint, so nothing was kept. "
               "Run the command again.", file=sys.stderr)
     else:
@@ -179,21 +284,24 @@ def default_out(dataset: str) -> Path:
     return RUNS / f"{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compile: bool) -> dict | None:
-    """Train in this process (one rank of torchrun, or alone); rank 0 gets the summary, the
-    others None. SIGTERM ends training like Ctrl-C: the last checkpoint kept, exit code 130 and
-    the command that resumes printed."""
+def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compile: bool,
+        overwrite: bool = False) -> dict | None:
+    """Train in this process (one rank of torchrun, or alone) in the locked run folder `out`
+    (run_folder); rank 0 gets the summary, the others None. SIGTERM ends training like Ctrl-C:
+    the last checkpoint kept, exit code 130 and the command that resumes printed."""
     from fsan_cli import distributed, training
 
-    dist, device = distributed.init(device)
-    t0 = time.perf_counter()
-    try:
-        with _sigterm_as_interrupt():
-            summary = training.train(cfg, store, out, device, resume=resume, compile=compile, dist=dist)
-    except training.TrainingInterrupted as exc:
-        _interrupted(exc)
-    finally:
-        distributed.shutdown()
+    with run_folder(out, resume, overwrite) as folder:
+        dist, device = distributed.init(device)
+        t0 = time.perf_counter()
+        try:
+            with _sigterm_as_interrupt():
+                summary = training.train(cfg, store, folder.work, device, resume=resume, compile=compile,
+                                         dist=dist, promote=folder.promote if folder.replacing else None)
+        except training.TrainingInterrupted as exc:
+            _interrupted(exc, out if folder.work != out else None)
+        finally:
+            distributed.shutdown()
     if not dist.main:
         return None
     chosen = "on val" if store.splits.get("val") else "as the last (the data has no val split)"

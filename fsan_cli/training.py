@@ -130,6 +130,7 @@ class Run:
     device: torch.device
     dist: Any  # fsan_cli.distributed.Dist
     captured: CapturedStep | None = None  # train.cuda_graph
+    promote: Any = None  # called after the first last.pt: the run's folder from then on (runs.RunFolder)
 
 
 def capture_steps(run: Run) -> None:
@@ -149,6 +150,7 @@ def train(
     compile: bool = False,
     dist: Any = None,
     checkpoint_every: int | None = None,
+    promote: Any = None,
 ) -> dict[str, Any]:
     """Train on store's train split, select on val each epoch, write the run folder.
 
@@ -156,6 +158,8 @@ def train(
     compile: torch.compile the training pass. dist: a fsan_cli.distributed.Dist (one process
     when None); only its rank 0 validates, writes files and shows progress.
     checkpoint_every: save last.pt every N steps too (default: train.checkpoint_every, or 0).
+    promote: called once the first last.pt is saved, returns the folder to write to from then on
+    (a run built beside the one it replaces moves into its place: runs.RunFolder).
     """
     from fsan_cli.distributed import Dist
 
@@ -192,7 +196,8 @@ def train(
     runner = dist.wrap(TrainingPass(model, device.type == "cuda"), device, mc)
     if compile:
         runner = torch.compile(runner, mode=tc.compile_mode)
-    run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist)
+    run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist,
+              promote=promote if dist.main else None)
     if graphed:
         capture_steps(run)
         if progress and dist.main:
@@ -203,15 +208,15 @@ def train(
         run_epochs(run, state, progress, checkpoint_every)
     except BaseException as exc:
         if dist.main and state.saved_step is None and not resume:
-            remove_run_files(out_dir)  # nothing worth keeping: leave no half run behind
+            remove_run_files(run.out_dir)  # nothing worth keeping: leave no half run behind
         if isinstance(exc, KeyboardInterrupt):
-            raise TrainingInterrupted(out_dir, state.step, state.saved_step) from None
+            raise TrainingInterrupted(run.out_dir, state.step, state.saved_step) from None
         if out_of_memory(exc):
-            raise memory_error(cfg, dist, device, state.step, state.saved_step, out_dir) from None
+            raise memory_error(cfg, dist, device, state.step, state.saved_step, run.out_dir) from None
         raise
     dist.barrier()
     return {"best_epoch": state.best["epoch"], "best_val_miou": state.best["score"],
-            "out": str(out_dir), "steps": state.step}
+            "out": str(run.out_dir), "steps": state.step}
 
 
 def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
@@ -248,7 +253,7 @@ def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
                     watch.check(state)
                     state.elapsed += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    save_last(run, state)
+                    checkpoint_last(run, state)
             state.elapsed += time.perf_counter() - t0
             bar.epoch_done(end_epoch(run, state, steps_per_epoch))
 
@@ -336,8 +341,15 @@ def end_epoch(run: Run, state: LoopState, steps_per_epoch: int) -> dict[str, Any
         text = "".join(json.dumps(r) + "\n" for r in state.log)
         atomic_write_text(run.out_dir / "metrics.jsonl", text)
     state.epoch, state.pos, state.perm = state.epoch + 1, 0, None
-    save_last(run, state)
+    checkpoint_last(run, state)
     return record
+
+
+def checkpoint_last(run: Run, state: LoopState) -> None:
+    """Save last.pt; after the first, a run built beside the one it replaces takes its place."""
+    save_last(run, state)
+    if run.promote is not None:
+        run.out_dir, run.promote = run.promote(), None
 
 
 def validate(run: Run) -> dict[str, float]:

@@ -31,7 +31,9 @@ def train(
         typer.Option("--micro-batch", help="Shortcut for --set train.micro_batch=N: at most N samples per "
                      "forward/backward on each process (less memory, the same gradient)."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the run in --out (a folder with run.json or config.toml) once the "
+        "new run has its first checkpoint.")] = False,
     resume: Annotated[
         Path | None,
         typer.Option("--resume", metavar="RUN_DIR",
@@ -51,6 +53,8 @@ def train(
     --epochs and --batch-size (--micro-batch may change). Memory: --micro-batch N sends each
     batch through in pieces of N samples with the same gradient; on a CPU, batches that would
     not fit the free RAM are split so by themselves. Several GPUs: torchrun --nproc_per_node=N -m fsan_cli train ...
+    A run folder is locked while a run trains in it (RUN_DIR/.lock holds its PID), so a second
+    `fsan train` into it stops with that PID.
     """
     from fsan_cli import runs
     from fsan_cli.data.store import open_store
@@ -73,7 +77,7 @@ def train(
         device = resolve_device(STATE.device)
         store = open_store(dataset, data_dir, cfg.data.clips)
     t0 = time.perf_counter()
-    summary = runs.fit(cfg, store, out, device, resume is not None, compile_)
+    summary = runs.fit(cfg, store, out, device, resume is not None, compile_, overwrite)
     if summary is None or no_test:  # another rank's process, or no test wanted
         if summary is not None and json_:
             print_json({k: v for k, v in summary.items() if k != "device"})
