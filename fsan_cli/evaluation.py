@@ -79,6 +79,19 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     return Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption, lengths)
 
 
+def store_to_score(dataset: str, data_dir: Path, checkpoint: Path | None) -> Store:
+    """data_dir/dataset as it is; of the synthetic benchmark (one store per N_v), the one of the
+    checkpoint's N_v."""
+    from fsan_cli.data.store import read_store
+
+    clips = None
+    if dataset == "synthetic" and checkpoint is not None:
+        from fsan_cli import checkpoint as checkpoints
+
+        clips = int(checkpoints.load(checkpoint)["data"]["clips"])
+    return read_store(dataset, data_dir, clips)
+
+
 def _read_files(store: Store, checkpoint: Path | None, predictions: str | None) -> dict[str, Path | None]:
     """What evaluate_split reads, by description: --save-predictions may be none of them."""
     files: dict[str, Path | None] = {

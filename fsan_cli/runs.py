@@ -234,11 +234,7 @@ def resumed(run_dir: Path, data_dir: Path, micro_batch: int | None = None) -> tu
     info, cfg_path = read_run(run_dir)
     dataset = info["dataset"]
     cfg = load_settings(dataset, cfg_path)
-    recorded = Path(info.get("store", ""))
-    if store_exists(recorded):
-        store = load_store(recorded)
-    else:
-        store = open_store(dataset, data_dir, cfg.data.clips)
+    store = run_store(run_dir, Path(info.get("store", "")), dataset, Path(data_dir), cfg.data.clips)
     log(f"Resuming {run_dir} ({dataset}, data at {store.path})")
     if micro_batch is not None:
         before = cfg.train.micro_batch
@@ -247,6 +243,30 @@ def resumed(run_dir: Path, data_dir: Path, micro_batch: int | None = None) -> tu
             log(f"--micro-batch {micro_batch} (the run had {before or 'whole batches'}): "
                 "the same gradients up to rounding, not bit for bit")
     return cfg, store, dataset
+
+
+def run_store(run_dir: Path, recorded: Path, dataset: str, data_dir: Path, clips: int) -> Store:
+    """The store a run trained on: the one its run.json records; where that is gone or was
+    prepared again with another N_v, the dataset's under data_dir (the synthetic one of the
+    run's N_v, generated again where absent)."""
+    store = load_store(recorded) if store_exists(recorded) else None
+    if store is not None and store.clips == clips:
+        return store
+    if dataset == "synthetic":
+        return open_store(dataset, recorded.parent if store is not None else data_dir, clips)
+    other = data_dir / dataset
+    if store_exists(other) and (store is None or other.resolve() != recorded.resolve()):
+        store = load_store(other)
+    if store is None:
+        store = open_store(dataset, data_dir, clips)  # the error that says to prepare it
+    if store.clips != clips:
+        raise FsanError(
+            f"the run in {run_dir} trained on {clips} clips per video, but the data at {store.path} "
+            f"now has {store.clips} (prepared again since)",
+            f"Prepare the data again with --clips {clips} into another folder (`fsan prepare "
+            f"--dataset {dataset} --clips {clips} --data-dir DIR ...`), then resume with --data-dir DIR",
+        )
+    return store
 
 
 def _interrupted(exc, old_run: Path | None = None) -> None:

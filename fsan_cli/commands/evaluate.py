@@ -70,9 +70,8 @@ def evaluate(
     (the checkpoint, the predictions, the store), nor any existing file without --overwrite.
     """
     from fsan_cli import runs
-    from fsan_cli.data.store import read_store
     from fsan_cli.device import resolve_device
-    from fsan_cli.evaluation import evaluate_split, show
+    from fsan_cli.evaluation import evaluate_split, show, store_to_score
     from fsan_cli.metrics import metric_keys
     from fsan_cli.output import log
     from fsan_cli.state import STATE
@@ -84,7 +83,7 @@ def evaluate(
         checkpoint = runs.find_checkpoint(dataset=dataset)
         log(f"Checkpoint: {checkpoint} (the newest run of {dataset}; --checkpoint, --predictions "
             "or --baseline picks another)")
-    store = read_store(dataset, data_dir)
+    store = store_to_score(dataset, data_dir, checkpoint)
     device = resolve_device(STATE.device) if checkpoint is not None else None
     result = evaluate_split(dataset, store, split.value, checkpoint=checkpoint,
                             predictions=predictions, baseline=baseline and baseline.value,

@@ -219,12 +219,12 @@ def open_store(dataset: str, data_dir: Path, clips: int, mmap: bool = False) -> 
     return load_store(data_dir / dataset, mmap=mmap)
 
 
-def read_store(dataset: str, data_dir: Path) -> Store:
+def read_store(dataset: str, data_dir: Path, clips: int | None = None) -> Store:
     """The store to score on, as it is (memory-mapped); the embedded synthetic one is generated
-    first when absent, with the preset's N_v."""
+    first when absent, with the preset's N_v, or `clips` (a checkpoint's) where given."""
     path = Path(data_dir) / dataset
-    if dataset == "synthetic" and not store_exists(path):
+    if dataset == "synthetic" and (clips is not None or not store_exists(path)):
         from fsan_cli.settings import load_settings
 
-        return open_store(dataset, data_dir, load_settings(dataset).data.clips, mmap=True)
+        return open_store(dataset, data_dir, clips or load_settings(dataset).data.clips, mmap=True)
     return load_store(path, mmap=True)
