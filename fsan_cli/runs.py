@@ -167,7 +167,7 @@ def run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[RunFolder]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FsanError(f"cannot create the run folder {out} ({exc.strerror or exc})",
+        raise FsanError(f"cannot write the run folder {out} ({exc.strerror or exc})",
                         "Choose another --out, or fix its permissions") from None
     lock = lock_folder(out, None if resume else "--out")
     try:
