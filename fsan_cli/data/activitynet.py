@@ -2,7 +2,8 @@
 
 Annotations: `{"v_x": {"duration": s, "timestamps": [[s, e], ...], "sentences": [...]}}`, one
 query per (timestamp, sentence). Times are clipped into [0, duration] (a few end slightly past
-it); pairs with start >= end (4 in train) are dropped and counted. Features:
+it); pairs with start >= end (4 in train), times or a duration that are not finite numbers, and
+spans outside the video are dropped and counted. Features:
 `sub_activitynet_v1-3.c3d.hdf5`, a group per video `v_x` holding `c3d_features` (T, 500).
 """
 

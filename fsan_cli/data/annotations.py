@@ -4,6 +4,7 @@ to them (clipping spans, limits, missing videos, a val split carved from train).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,12 +44,23 @@ class Annotations:
 
 
 def clip_span(start: float, end: float, duration: float) -> tuple[list[float] | None, str | None]:
-    """([start, end] clipped into [0, duration], None) or (None, why it cannot be kept)."""
+    """([start, end] clipped into [0, duration], None) or (None, why it cannot be kept): a
+    duration or time that is not a finite number (NaN, Infinity), start >= end, a span that
+    ends before 0 or starts after the video."""
+    if not (math.isfinite(duration) and duration > 0):
+        return None, BAD_DURATION
+    if not (math.isfinite(start) and math.isfinite(end)):
+        return None, "time is not a finite number"
     if start >= end:
         return None, "start >= end"
+    if end <= 0:
+        return None, "ends before the video starts"
     if start >= duration:
         return None, "starts after the video ends"
     return [max(0.0, float(start)), min(float(duration), float(end))], None
+
+
+BAD_DURATION = "duration is not a positive finite number"
 
 
 @contextmanager

@@ -6,15 +6,18 @@
 `video`, `duration` (seconds) and `query` are required. `times` is optional (training never reads
 it; evaluation needs it): one [start, end] pair or a list of pairs, clipped into [0, duration].
 `split` is optional and defaults to "train"; any plain name works (train, val, test, ...).
+A line whose duration or times are not finite numbers (NaN, Infinity), or whose times end before
+0 or start after the video, is dropped and counted, as one with start >= end.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from fsan_cli.data.annotations import Annotations, clip_span, require_file
+from fsan_cli.data.annotations import BAD_DURATION, Annotations, clip_span, require_file
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
@@ -53,7 +56,7 @@ def _entry(line: str, where: str) -> tuple[str, float, str, Any, str]:
         raise FsanError(
             f"{where}: duration {obj['duration']!r} is not a number of seconds", FIX
         ) from None
-    if not duration > 0:
+    if not duration > 0 and not math.isnan(duration):
         raise FsanError(f"{where}: duration must be positive, got {duration}", FIX)
     return (
         str(obj["video"]),
@@ -78,6 +81,11 @@ def read_annotations(path: Path, options: Any) -> Annotations:
                 continue
             where = f"{path}:{number}"
             video, duration, text, times, split = _entry(line, where)
+            ann.read[split] = ann.read.get(split, 0) + 1
+            queries = ann.splits.setdefault(split, [])
+            if not math.isfinite(duration):
+                ann.dropped[(split, BAD_DURATION)] += 1
+                continue
             if video in ann.durations and abs(ann.durations[video] - duration) > 1e-3:
                 raise FsanError(
                     f"{where}: video {video} has duration {duration}, but "
@@ -86,8 +94,6 @@ def read_annotations(path: Path, options: Any) -> Annotations:
                 )
             ann.durations.setdefault(video, duration)
             first_line.setdefault(video, number)
-            ann.read[split] = ann.read.get(split, 0) + 1
-            queries = ann.splits.setdefault(split, [])
             if not text:
                 ann.dropped[(split, "empty query")] += 1
                 continue

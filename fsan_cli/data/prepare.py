@@ -272,7 +272,9 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
     missing = _missing(ann, scan, opts, warnings)
     videos = annotated_videos(ann)
     if not videos:
-        raise FsanError("no queries are left to prepare", "Check the annotation and feature files")
+        why = "; ".join(f"{n} {s}: {r}" for (s, r), n in sorted(ann.dropped.items()) if n)
+        raise FsanError("no queries are left to prepare" + (f" (dropped {why})" if why else ""),
+                        "Check the annotation and feature files")
     locs = {v: scan.found[v] for v in videos}
     dim_in = next(iter(locs.values())).dim
     lap("scan")
