@@ -3,9 +3,10 @@ plain values only, so loading one runs no code), version-checked, and self-descr
 network's config, the settings, the vocabulary with its vectors, the weights and how features
 were prepared (N_v, feature dim, PCA, normalisation) rebuild the model without the dataset.
 
-Keys: format, version, model_config, settings, vocab, state_dict, data {dataset, clips,
-feature_dim, normalize, pca {mean, components} as tensors or None}, epoch, and in last.pt
-`resume` (fsan_cli/resume.py).
+Keys: format, version, model_config, settings, vocab, word_vectors {source, dim, sha256} or
+None (where the vocabulary's vectors came from, `word_vectors_of`; absent in older files),
+state_dict, data {dataset, clips, feature_dim, normalize, pca {mean, components} as tensors or
+None}, epoch, and in last.pt `resume` (fsan_cli/resume.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from fsan_cli.atomic import atomic_write
 from fsan_cli.errors import FsanError
 from fsan_cli.settings import RENAMED, Settings
+from fsan_cli.text import source_spec, vectors_checksum
 from models.config import FSANConfig
 from models.fsan import FSAN
 
@@ -45,6 +47,7 @@ def payload(model: FSAN, settings: Settings, store: Any, extra: dict[str, Any]) 
         "model_config": model.cfg.to_dict(),
         "settings": settings.to_dict(),
         "vocab": list(store.vocab),
+        "word_vectors": word_vectors_of(store),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "data": {
             "dataset": store.manifest.get("dataset"),
@@ -55,6 +58,20 @@ def payload(model: FSAN, settings: Settings, store: Any, extra: dict[str, Any]) 
         },
         **extra,
     }
+
+
+def word_vectors_of(store: Any) -> dict[str, Any] | None:
+    """The store's record of its word vectors (text.vectors_record: source, dim, sha256), the
+    sha256 computed from its vocabulary where an older store's manifest has none; None where
+    it names no source."""
+    record = store.manifest.get("word_vectors")
+    if not isinstance(record, dict) or not record.get("source"):
+        return None
+    if record.get("sha256"):
+        return dict(record)
+    vectors = np.asarray(store.vectors)
+    return {"source": source_spec(str(record["source"])), "dim": int(vectors.shape[1]),
+            "sha256": vectors_checksum(list(store.vocab[2:]), vectors[2:])}
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -206,7 +206,9 @@ def resolve_duration(video: Video, flag: float | None, dataset: str | None) -> f
 
 
 def check_queries(predictor: Predictor, queries: Sequence[tuple[str, str]]) -> None:
-    """Each query has a word the model knows; say where the model reads only the first words."""
+    """Each query has a word the model knows; say where the model reads only the first words.
+    Words outside the vocabulary are looked up in its word vectors first (Predictor.extend)."""
+    predictor.extend([q for _, q in queries])
     for where, q in queries:
         words = tokenize(q)
         if not words:

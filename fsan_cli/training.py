@@ -36,7 +36,7 @@ from fsan_cli.step import (
     sap_schedule,
     set_lr,
 )
-from fsan_cli.text import encode_texts
+from fsan_cli.text import WordSource, encode_texts, tokenize
 from models.config import FSANConfig
 from models.fsan import FSAN
 from models.segments import segments_to_seconds
@@ -61,6 +61,7 @@ class TrainingData:
     tokens: torch.Tensor  # (Q, Ns) train queries on the device
     vids: torch.Tensor  # (Q,) their feature rows
     val_queries: list[Query] = field(default_factory=list)  # chooses the best epoch
+    words: WordSource | None = None  # embeds val words outside the vocabulary, as evaluate will
 
 
 def video_rows(store: Store, queries: list[Query]) -> np.ndarray:
@@ -112,7 +113,19 @@ def training_data(mc: FSANConfig, store: Store, device: torch.device) -> Trainin
     feat_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     features = torch.from_numpy(np.asarray(store.features)).to(device=device, dtype=feat_dtype)
     check_finite_features(store, features)
-    return TrainingData(features, tokens.to(device), vids, val_q)
+    return TrainingData(features, tokens.to(device), vids, val_q, val_words(store, val_q, mc.max_tokens))
+
+
+def val_words(store: Store, val_q: list[Query], max_tokens: int) -> WordSource | None:
+    """The store's word vectors, with the val queries' words outside the vocabulary looked up
+    now: validation then embeds them as `fsan evaluate` and `fsan ground` will with the
+    checkpoint, and a source that changed since `fsan prepare` stops training before it starts."""
+    words = WordSource.of(checkpoint.word_vectors_of(store), store.vocab, f"the data at {store.path}",
+                          redo="run `fsan prepare` again with these vectors")
+    if words is not None:
+        known = set(store.vocab)
+        words.lookup(sorted({w for q in val_q for w in tokenize(q.query)[:max_tokens] if w not in known}))
+    return words
 
 
 @dataclass
@@ -357,7 +370,7 @@ def validate(run: Run) -> dict[str, float]:
     predicted by the same Predictor as `fsan evaluate`."""
     store, queries, nv = run.store, run.data.val_queries, run.model.cfg.clips
     data = {"clips": nv, "feature_dim": store.feature_dim, "dataset": store.manifest.get("dataset")}
-    predictor = Predictor(run.model, store.vocab, data, run.cfg.eval.nms, run.device)
+    predictor = Predictor(run.model, store.vocab, data, run.cfg.eval.nms, run.device, words=run.data.words)
     ids = predictor.encode([q.query for q in queries])
     out = predictor.predict(run.data.features, video_rows(store, queries), ids, 1)
     durations = torch.tensor([q.duration for q in queries], dtype=torch.float64)

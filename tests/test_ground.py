@@ -376,8 +376,8 @@ def multi(path: Path, rows) -> Path:
 @pytest.mark.parametrize("case, query, message", [
     ("ok", "", "Error: query 1 ('') has no words. Pass a sentence"),
     ("ok", "  \t ", "Error: query 1 ('  \\t ') has no words."),
-    ("ok", "xyzzy plugh!", "Error: query 1 ('xyzzy plugh!') has no word the model knows "
-                           "(unknown: xyzzy, plugh). Rephrase it with common words; the checkpoint knows"),
+    ("ok", "blorft plugh!", "Error: query 1 ('blorft plugh!') has no word the model knows "
+                            "(unknown: blorft, plugh). Rephrase it with common words; the checkpoint knows"),
     ("dim", "a person opens the door", "Error: video 'v' has 64-d features, the checkpoint expects 128-d. "
                                        "Use features from the extractor the model was trained on"),
     ("no_duration", "a person opens the door", "has no duration attribute. Pass --duration SECONDS"),

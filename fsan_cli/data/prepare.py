@@ -36,7 +36,7 @@ from fsan_cli.data.features import (
 from fsan_cli.data.store import SPLITS, store_exists, write_store
 from fsan_cli.errors import FsanError
 from fsan_cli.output import log
-from fsan_cli.text import build_vocab, load_word_vectors, tokenize
+from fsan_cli.text import build_vocab, load_word_vectors, tokenize, vectors_record
 
 ADAPTERS = ("activitynet", "didemo", "charades", "custom")
 CONVENTIONS = ("clip", "drop")
@@ -299,7 +299,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
         "dataset": opts.dataset,
         "normalize": opts.normalize,
         "pca": pca_info,
-        "word_vectors": {"source": words["source"], "dim": words["dim"]},
+        "word_vectors": vectors_record(opts.glove, vocab, vectors),
         "inputs": _inputs(opts, ann),
         "summary": summary,
     }

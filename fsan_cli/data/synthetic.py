@@ -24,7 +24,7 @@ import numpy as np
 from fsan_cli.data.store import Query, load_store, store_exists, write_store
 from fsan_cli.errors import FsanError
 from fsan_cli.output import log
-from fsan_cli.text import build_vocab, load_word_vectors
+from fsan_cli.text import build_vocab, load_word_vectors, vectors_record
 
 GENERATOR_VERSION = 3
 
@@ -173,7 +173,7 @@ def ensure_synthetic(
         "sizes": sizes or DEFAULT_SIZES,
         "normalize": True,
         "pca": None,
-        "word_vectors": {"source": "glove-6b-50d", "dim": int(vectors.shape[1])},
+        "word_vectors": vectors_record(None, vocab, vectors),
         "oov_rate": stats["oov_rate"],
         "inputs": [],
     }
