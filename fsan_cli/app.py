@@ -6,12 +6,19 @@ import gc
 import sys
 from typing import Annotated
 
-import typer
+INTERRUPTED = "Error: interrupted while starting; nothing was done. Run the command again."
+INTERRUPT_EXIT = 130  # 128 + SIGINT, as a shell reports a tool stopped by Ctrl-C
 
-from fsan_cli import __version__
-from fsan_cli.commands import ablate, evaluate, ground, prepare, train
-from fsan_cli.errors import stdout_closed
-from fsan_cli.state import STATE
+try:  # Ctrl-C while the modules load (the first ~0.1-0.3 s): one line, not a traceback
+    import typer
+
+    from fsan_cli import __version__
+    from fsan_cli.commands import ablate, evaluate, ground, prepare, train
+    from fsan_cli.errors import stdout_closed
+    from fsan_cli.state import STATE
+except KeyboardInterrupt:
+    print(INTERRUPTED, file=sys.stderr)
+    raise SystemExit(INTERRUPT_EXIT) from None
 
 app = typer.Typer(
     name="fsan",
@@ -72,11 +79,16 @@ GC_YOUNG = 50_000
 
 
 def main() -> None:
-    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     try:
+        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         app(prog_name="fsan")
     except SystemExit as exc:
         code = exc.code
+        if code == INTERRUPT_EXIT and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            print(INTERRUPTED, file=sys.stderr)  # typer ends a Ctrl-C while parsing with exit 130, silently
+    except KeyboardInterrupt:  # before a command's own handler (handle_errors) took over
+        print(INTERRUPTED, file=sys.stderr)
+        code = INTERRUPT_EXIT
     try:  # results still buffered may meet a closed pipe only here
         sys.stdout.flush()
     except BrokenPipeError:

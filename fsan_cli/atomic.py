@@ -23,16 +23,29 @@ def temp_files(path: str | Path) -> list[Path]:
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
     """Call `write(fh)` on a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The error with the target as its file name (not the temporary file's, nor none), so
+    messages name the file the user asked for."""
+    if exc.errno is None or exc.filename == str(path):
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -27,6 +28,37 @@ class FsanError(Exception):
         if self.fix:
             text += " " + (self.fix if self.fix.endswith((".", "?", "!")) else self.fix + ".")
         return text
+
+
+# A write the machine refused, by errno: (what happened, what to do)
+WRITE_PROBLEMS = {
+    errno.ENOSPC: ("no space is left on the disk", "Free some space on it"),
+    errno.EROFS: ("the file system is read-only", "Make it writable"),
+    errno.EACCES: ("permission denied", "Fix the permissions"),
+    errno.EPERM: ("operation not permitted", "Fix the permissions"),
+}
+if hasattr(errno, "EDQUOT"):
+    WRITE_PROBLEMS[errno.EDQUOT] = ("the disk quota is used up", "Free some space within the quota")
+
+
+def write_problem(exc: BaseException) -> tuple[str, str] | None:
+    """(what happened, what to do) for an OSError of a full disk, a read-only file system or
+    missing permissions; None for anything else."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_PROBLEMS:
+        return WRITE_PROBLEMS[exc.errno]
+    return None
+
+
+def write_error(exc: BaseException, target: object = None, elsewhere: str = "use another path") -> FsanError | None:
+    """The `Error:` for a write that write_problem explains (`target`: what was written, else the
+    error's file name), with `elsewhere` as the other way out; None for any other exception."""
+    problem = write_problem(exc)
+    if problem is None:
+        return None
+    what, remedy = problem
+    target = target or getattr(exc, "filename", None)
+    return FsanError(f"cannot write {target}: {what}" if target else f"cannot write: {what}",
+                     f"{remedy}, or {elsewhere}")
 
 
 def verbose_level() -> int:
@@ -57,6 +89,11 @@ def handle_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
             if verbose_level() > 0:
                 traceback.print_exc(file=sys.stderr)
+            problem = write_problem(exc)
+            if problem is not None:  # a full disk, a read-only path: the machine's, not a bug
+                where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+                print(f"Error: {where}{problem[0]}. {problem[1]}, or use another path.", file=sys.stderr)
+                raise typer.Exit(1) from None
             print(
                 f"Error: unexpected {type(exc).__name__}: {exc}. "
                 "Run again with -v for the traceback and report it as a bug.",

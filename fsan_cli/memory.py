@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fsan_cli.errors import FsanError
 from fsan_cli.output import log
 from fsan_cli.settings import Settings, TrainSettings
 from models.config import FSANConfig
+
+if TYPE_CHECKING:  # torch is imported where it is used: `fsan prepare` checks memory without it
+    import torch
 
 # Floats kept for the backward pass per sample, fitted to what autograd saves (measured with
 # torch.autograd.graph.saved_tensors_hooks over 10 small configs; within 1% of each, and within
@@ -72,6 +73,18 @@ def available_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("
     return free
 
 
+def check_fits(nbytes: int, what: str, fix: str) -> None:
+    """Before reading `nbytes` into RAM: an error saying `what` needs them when they are more than
+    the free RAM (available_bytes), rather than an allocation failure or the kernel's OOM killer."""
+    free = available_bytes()
+    if free is not None and nbytes > free:
+        raise FsanError(f"{what}: {size_text(nbytes)} of RAM needed, {size_text(free)} free", fix)
+
+
+def size_text(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MB"
+
+
 def step_bytes(per_sample: int, samples: int) -> int:
     """Peak RAM of a step's forward and backward over `samples` samples (PEAK_OVER_SAVED)."""
     return int(PEAK_OVER_SAVED * per_sample * samples)
@@ -91,6 +104,8 @@ def local_processes() -> int:
 
 def out_of_memory(exc: BaseException) -> bool:
     """A failed allocation: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError."""
+    import torch
+
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)

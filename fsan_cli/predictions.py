@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fsan_cli.atomic import atomic_write
-from fsan_cli.errors import FsanError
+from fsan_cli.errors import FsanError, write_error
 
 FORMAT_HELP = (
     'one JSON object a line: {"video": ..., "query": ..., "duration": seconds, '
@@ -131,7 +131,10 @@ def write_predictions(path: str | Path, rows: Iterable[dict], overwrite: bool = 
     check_save_path(path, overwrite)
     if not path.parent.is_dir():
         raise FsanError(f"folder {path.parent} does not exist", "Create it first")
-    atomic_write(path, lambda fh: fh.writelines(_dumps(row) + "\n" for row in rows))
+    try:
+        atomic_write(path, lambda fh: fh.writelines(_dumps(row) + "\n" for row in rows))
+    except OSError as exc:  # nothing half-written is left: atomic_write removed its temporary file
+        raise write_error(exc, path, "pass another --save-predictions FILE") or exc from None
 
 
 def check_save_path(path: Path, overwrite: bool, inputs: dict[str, Path | None] | None = None) -> None:

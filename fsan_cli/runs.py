@@ -25,7 +25,7 @@ import typer
 
 from fsan_cli.atomic import atomic_write_text, temp_files
 from fsan_cli.data.store import Store, load_store, open_store, store_exists
-from fsan_cli.errors import FsanError
+from fsan_cli.errors import FsanError, write_problem
 from fsan_cli.lock import LOCK_NAME, holder, in_use, lock_folder
 from fsan_cli.output import log
 from fsan_cli.settings import Settings, load_settings
@@ -267,6 +267,22 @@ def run_store(run_dir: Path, recorded: Path, dataset: str, data_dir: Path, clips
             f"--dataset {dataset} --clips {clips} --data-dir DIR ...`), then resume with --data-dir DIR",
         )
     return store
+
+
+def write_failure(exc: BaseException, out_dir: Path, saved_step: int | None) -> FsanError | None:
+    """A checkpoint or metrics write that a full disk or a read-only or locked folder refused:
+    what to do, and what is kept (atomic writes leave nothing half-written); None otherwise."""
+    problem = write_problem(exc)
+    if problem is None:
+        return None
+    what, remedy = problem
+    target = getattr(exc, "filename", None) or out_dir
+    if saved_step is None:
+        return FsanError(f"cannot write {target}: {what}; nothing of this run was kept",
+                         f"{remedy}, or train into another --out")
+    return FsanError(f"cannot write {target}: {what}; the last checkpoint, {out_dir / 'last.pt'} "
+                     f"(step {saved_step}), is intact", f"{remedy}, then continue with: fsan train "
+                     f"--resume {out_dir}")
 
 
 def _interrupted(exc, old_run: Path | None = None) -> None:

@@ -25,7 +25,7 @@ from fsan_cli.metrics import top1_iou
 from fsan_cli.output import log
 from fsan_cli.predict import Predictor
 from fsan_cli.resume import LoopState, restore_run, save_last
-from fsan_cli.runs import remove_run_files, start_run_folder
+from fsan_cli.runs import remove_run_files, start_run_folder, write_failure
 from fsan_cli.settings import Settings
 from fsan_cli.step import (
     TrainingPass,
@@ -226,6 +226,8 @@ def train(
             raise TrainingInterrupted(run.out_dir, state.step, state.saved_step) from None
         if out_of_memory(exc):
             raise memory_error(cfg, dist, device, state.step, state.saved_step, run.out_dir) from None
+        if (error := write_failure(exc, run.out_dir, state.saved_step)) is not None:
+            raise error from None
         raise
     dist.barrier()
     return {"best_epoch": state.best["epoch"], "best_val_miou": state.best["score"],

@@ -75,6 +75,33 @@ def entry_errors(where: str, expected: str) -> Iterator[None]:
         ) from None
 
 
+@contextmanager
+def utf8_text(path: Path) -> Iterator[None]:
+    """Reading `path` as UTF-8 in the block: a file in another encoding is a FsanError naming
+    the line and byte, not a UnicodeDecodeError."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raw = Path(path).read_bytes()
+        try:
+            raw.decode("utf-8")
+            at = 0
+        except UnicodeDecodeError as exc:
+            at = exc.start
+        line, line_start = raw.count(b"\n", 0, at) + 1, raw.rfind(b"\n", 0, at) + 1
+        raise FsanError(
+            f"{path}:{line} is not UTF-8 text (byte 0x{raw[at]:02x} at column {at - line_start + 1}: "
+            "latin-1 or another 8-bit encoding?)",
+            f"Save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > {Path(path).stem}.utf8"
+            f"{Path(path).suffix}`",
+        ) from None
+
+
+def read_utf8(path: Path) -> str:
+    with utf8_text(path):
+        return Path(path).read_text(encoding="utf-8")
+
+
 def require_file(path: Path, what: str, fix: str) -> Path:
     if not path.is_file():
         raise FsanError(f"missing {what}: {path} does not exist", fix)

@@ -19,7 +19,13 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from fsan_cli.data.annotations import Annotations, find_split_file, require_file
+from fsan_cli.data.annotations import (
+    Annotations,
+    find_split_file,
+    read_utf8,
+    require_file,
+    utf8_text,
+)
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
@@ -39,7 +45,7 @@ def _durations(folder: Path, ann: Annotations) -> dict[str, float]:
             f"in {folder}",
         )
         ann.files.append(path)
-        with open(path, encoding="utf-8", newline="") as fh:
+        with utf8_text(path), open(path, encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not {"id", "length"} <= set(reader.fieldnames):
                 raise FsanError(
@@ -81,7 +87,7 @@ def read_annotations(folder: Path, options: Any) -> Annotations:
     for split, path in files.items():
         queries: list[Query] = []
         past[split] = 0
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_utf8(path).splitlines()
         ann.read[split] = sum(1 for line in lines if line.strip())
         for number, line in enumerate(lines, 1):
             if not line.strip():

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fsan_cli.data.annotations import BAD_DURATION, Annotations, clip_span, require_file
+from fsan_cli.data.annotations import BAD_DURATION, Annotations, clip_span, require_file, utf8_text
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
 from fsan_cli.errors import FsanError
@@ -75,7 +75,7 @@ def read_annotations(path: Path, options: Any) -> Annotations:
     require_file(path, "annotations", "Pass --annotations FILE.jsonl")
     ann = Annotations({}, {}, LAYOUT, [path])
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
+    with utf8_text(path), open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue

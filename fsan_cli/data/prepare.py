@@ -35,6 +35,7 @@ from fsan_cli.data.features import (
 )
 from fsan_cli.data.store import SPLITS, store_exists, write_store
 from fsan_cli.errors import FsanError
+from fsan_cli.memory import check_fits
 from fsan_cli.output import log
 from fsan_cli.text import build_vocab, load_word_vectors, tokenize, vectors_record
 
@@ -196,6 +197,20 @@ def _stream(opts, videos: list[str], locs: dict[str, Located], pca, dim_out: int
     return features, total, {"videos": len(bad_videos), "rows": bad_rows, "first": bad_videos[:5]}
 
 
+def _check_memory(opts: PrepareOptions, locs: dict[str, Located], dim_in: int) -> None:
+    """From the HDF5 metadata, before any long read: the largest video's matrix and the pooled
+    features of all fit in the free RAM."""
+    big = max(locs.values(), key=lambda loc: loc.rows * loc.dim * loc.dtype.itemsize)
+    check_fits(big.rows * big.dim * big.dtype.itemsize,
+               f"video {big.video} in {opts.features} ({big.rows:,} x {big.dim} {big.dtype})",
+               "Check the feature file (its dimensions look wrong), or prepare on a machine with more memory")
+    dim = opts.pca or dim_in
+    check_fits(4 * len(locs) * opts.clips * dim,
+               f"the prepared features ({len(locs):,} videos x {opts.clips} clips x {dim} dims)",
+               "Prepare fewer videos (--limit-videos), clips (--clips) or dims (--pca), or on a machine "
+               "with more memory")
+
+
 def _load_adapter(name: str):
     if name not in ADAPTERS:
         raise FsanError(
@@ -277,6 +292,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
                         "Check the annotation and feature files")
     locs = {v: scan.found[v] for v in videos}
     dim_in = next(iter(locs.values())).dim
+    _check_memory(opts, locs, dim_in)
     lap("scan")
     vocab, vectors, words = _vocabulary(ann, opts.glove)
     lap("vocabulary")

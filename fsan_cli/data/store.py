@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fsan_cli.errors import FsanError
+from fsan_cli.errors import FsanError, write_error
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -204,8 +204,11 @@ def write_store(
         tmp.rename(path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        error = write_error(exc, f"the store at {path}", "choose another --out or --data-dir")
+        if error is not None:  # a full disk, a read-only path: the half-written folder is gone
+            raise error from None
         raise
 
 
