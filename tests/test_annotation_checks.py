@@ -92,3 +92,25 @@ def test_activitynet_entries_with_bad_times_or_durations_are_dropped_and_counted
     assert "v_b" not in store.video_index
     text = store_text(tmp_path / "s")
     assert "Infinity" not in text and "NaN" not in text
+
+
+def test_repeated_lines_and_videos_in_train_and_test_are_counted_and_warned(tmp_path):
+    line = {"video": "a", "duration": 30, "query": "a man opens the door", "times": [2, 8]}
+    ann, feats = write_custom(tmp_path, [
+        line, line, line,  # twice repeated
+        {**line, "times": [3, 9]},  # the same sentence at other times: another annotation
+        {**line, "video": "b", "duration": 12.5, "split": "val"},
+        {**line, "video": "c", "duration": 20, "split": "test"},
+        {**line, "video": "a", "split": "test"},  # a train video
+        {**line, "video": "b", "duration": 12.5, "split": "test"},  # a val video: allowed
+    ])
+    result = invoke("prepare", "--dataset", "custom", "--annotations", ann, "--features", feats,
+                    "--out", tmp_path / "s", "--json")
+    assert result.exit_code == 0, result.stderr
+    expected = ["2 train lines repeat another line exactly (same video, sentence and times); kept, so "
+                "they count more than once",
+                "1 videos are in both train and test (a): the model is scored on test videos it was "
+                "trained on"]
+    assert json.loads(result.stdout)["warnings"] == expected
+    assert result.stderr.endswith("".join(f"Warning: {w}\n" for w in expected))
+    assert len(load_store(tmp_path / "s").splits["train"]) == 4

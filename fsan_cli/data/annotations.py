@@ -4,6 +4,7 @@ to them (clipping spans, limits, missing videos, a val split carved from train).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -148,6 +149,30 @@ def apply_limit(ann: Annotations, limit: int) -> None:
     for name, queries in ann.splits.items():
         videos = keep[ann.derived.get(name, name)]
         ann.splits[name] = [q for q in queries if q.video in videos]
+
+
+def overlap_warnings(ann: Annotations) -> list[str]:
+    """What prepare keeps but says: lines that repeat another line of their split exactly, and
+    videos of train that are in another split too (a split derived from another is skipped)."""
+    warnings = []
+    for name, queries in ann.splits.items():
+        if name in ann.derived:
+            continue
+        seen = Counter(json.dumps(q.to_json(), sort_keys=True) for q in queries)
+        repeats = sum(n - 1 for n in seen.values())
+        if repeats:
+            warnings.append(f"{repeats} {name} lines repeat another line exactly (same video, sentence "
+                            "and times); kept, so they count more than once")
+    train = {q.video for q in ann.splits.get("train", [])}
+    for name, queries in ann.splits.items():
+        if name == "train" or ann.derived.get(name) == "train":
+            continue
+        both = list(dict.fromkeys(q.video for q in queries if q.video in train))
+        if both:
+            shown = ", ".join(both[:3]) + (", ..." if len(both) > 3 else "")
+            warnings.append(f"{len(both)} videos are in both train and {name} ({shown}): the model is "
+                            f"scored on {name} videos it was trained on")
+    return warnings
 
 
 def annotated_videos(ann: Annotations) -> list[str]:

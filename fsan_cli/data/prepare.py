@@ -25,6 +25,7 @@ from fsan_cli.data.annotations import (
     carve_val,
     drop_missing,
     md5sum,
+    overlap_warnings,
 )
 from fsan_cli.data.features import (
     Located,
@@ -282,7 +283,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
 
     ann = _read(opts)
     lap("annotations")
-    warnings: list[str] = []
+    warnings = overlap_warnings(ann)
     scan = scan_features(Path(opts.features), annotated_videos(ann), ann.layout)
     missing = _missing(ann, scan, opts, warnings)
     videos = annotated_videos(ann)
