@@ -109,7 +109,10 @@ def _run_dataset(folder: Path) -> str | None:
 
 def check_out(out: Path, overwrite: bool) -> None:
     """A new run may go into `out`: absent or empty, or a run folder to replace with --overwrite
-    (never another kind of folder), and no other training in it."""
+    (never another kind of folder), and no other training in it. Under torchrun rank 0 alone
+    checks: the others would find the folder it has just locked and started."""
+    if quiet_ranks():
+        return
     if out.exists() and not out.is_dir():
         raise FsanError(f"--out {out} is a file, not a folder", "Choose another --out")
     if not out.is_dir():

@@ -221,3 +221,12 @@ def test_a_resumed_run_clears_what_a_killed_write_left(data_dir, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == RUN_FILES
     assert f"Removed what an interrupted run left in {out}: 1 temporary files" in result.stderr
+
+
+def test_under_torchrun_only_rank_0_checks_and_locks_the_folder(held, monkeypatch):
+    """Rank 1 starts a moment after rank 0 locked the folder: it neither checks nor locks it."""
+    out, _ = held
+    monkeypatch.setenv("RANK", "1")
+    runs.check_out(out, overwrite=False)
+    with runs.run_folder(out, resume=False, overwrite=False) as folder:
+        assert folder.work == out and not folder.replacing
