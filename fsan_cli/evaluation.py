@@ -88,7 +88,10 @@ def store_to_score(dataset: str, data_dir: Path, checkpoint: Path | None) -> Sto
     if dataset == "synthetic" and checkpoint is not None:
         from fsan_cli import checkpoint as checkpoints
 
-        clips = int(checkpoints.load(checkpoint)["data"]["clips"])
+        try:
+            clips = int(checkpoints.load(checkpoint)["data"]["clips"])
+        except FsanError:  # the Predictor says what is wrong with the file, after the store's checks
+            clips = None
     return read_store(dataset, data_dir, clips)
 
 
