@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from fsan_cli.output import warn
 from fsan_cli.plotting import check_plot, save_figure  # noqa: F401 (check_plot: fsan ground's)
 from fsan_cli.predict import Grounding
 from fsan_cli.text import UNK
+
+if TYPE_CHECKING:
+    from fsan_cli.grounding import Grounded
 
 
 def clock(seconds: float) -> str:
@@ -119,17 +123,17 @@ def _time_axis(nv: int, cw: int, duration: float) -> tuple[str, str]:
     return "".join(line), "".join(labels).rstrip()
 
 
-def render(video: str, duration: float, results: Sequence[Grounding]) -> None:
+def render(results: Sequence[Grounded]) -> None:
     """Table and heatmap per query on stdout; colour only on a terminal without NO_COLOR."""
     from fsan_cli.output import stdout_console
 
     console = stdout_console()
     colour = console.color_system is not None and not console.no_color
-    for n, g in enumerate(results):
+    for n, r in enumerate(results):
         if n:
             console.print()
-        console.print(moments_table(video, duration, g))
-        console.print(heatmap(g, duration, colour, console.width), highlight=False)
+        console.print(moments_table(r.video, r.duration, r.grounding))
+        console.print(heatmap(r.grounding, r.duration, colour, console.width), highlight=False)
 
 
 # ----------------------------------------------------------------------------- --plot
@@ -137,7 +141,7 @@ def render(video: str, duration: float, results: Sequence[Grounding]) -> None:
 MAX_PANELS = 12
 
 
-def save_plot(path: Path, video: str, duration: float, results: Sequence[Grounding]) -> None:
+def save_plot(path: Path, results: Sequence[Grounded]) -> None:
     """One panel per query (at most MAX_PANELS): the alignment map over time, the top-1 moment
     boxed in red, as in the paper's Figure 3."""
     import matplotlib
@@ -149,7 +153,7 @@ def save_plot(path: Path, video: str, duration: float, results: Sequence[Groundi
     if len(results) > MAX_PANELS:
         warn(f"--plot draws the first {MAX_PANELS} of {len(results)} queries")
     shown = results[:MAX_PANELS]
-    heights = [1.2 + 0.28 * len(g.tokens) for g in shown]
+    heights = [1.2 + 0.28 * len(r.grounding.tokens) for r in shown]
     fig, axes = plt.subplots(
         len(shown),
         1,
@@ -157,7 +161,8 @@ def save_plot(path: Path, video: str, duration: float, results: Sequence[Groundi
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
     )
-    for ax, g in zip(axes[:, 0], shown, strict=True):
+    for ax, r in zip(axes[:, 0], shown, strict=True):
+        g, duration = r.grounding, r.duration
         n = len(g.tokens)
         im = ax.imshow(
             g.alignment_map,
@@ -169,8 +174,9 @@ def save_plot(path: Path, video: str, duration: float, results: Sequence[Groundi
         s, e = (float(v) for v in g.moments[0])
         ax.add_patch(Rectangle((s, -0.5), e - s, n, fill=False, edgecolor="red", linewidth=2))
         ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])
-        ax.set_title(f"{g.query}  (top 1: {s:.1f}-{e:.1f} s, score {g.scores[0]:.3f})", fontsize=9)
+        ax.set_title(f"{g.query} in {r.video}  (top 1: {s:.1f}-{e:.1f} s, score {g.scores[0]:.3f})",
+                     fontsize=9)
         fig.colorbar(im, ax=ax, pad=0.01)
-    axes[-1, 0].set_xlabel(f"time in {video} (s)")
+    axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     save_figure(fig, path)

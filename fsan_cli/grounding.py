@@ -1,20 +1,22 @@
-"""Ground sentences in one video: read its features and queries, answer them with the Predictor.
+"""Ground sentences in videos: read the features of every video asked about, their durations,
+and answer all the queries at once with the Predictor.
 
 The library side of `fsan ground` (the command only parses options and calls these):
 
-- `read_video`: one video's (T, D) features and duration from an HDF5 file, in our layout
-  (dataset `features`, attribute `duration`) or the official ones (a group holding
+- `read_videos`: videos' (T, D) features and durations from one HDF5 file, in our layout
+  (dataset `features`, attribute `duration`) or the official ones (a group per video holding
   `c3d_features`; a single (T, D) dataset per video).
-- `ground_video`: the video's features prepared and every query answered by the one
-  `Predictor` (fsan_cli/predict.py) that `fsan evaluate` uses too.
-- `grounding_row`: the predictions JSONL line plus the alignment map. The table, heatmap and
-  figure are in fsan_cli/ground_render.py.
+- `durations`: each video's seconds: the query line's, --duration, the file's attribute, the
+  prepared store's (official feature files carry none), or DiDeMo's 30 s.
+- `ground`: every query answered by the one `Predictor` (fsan_cli/predict.py) that `fsan
+  evaluate` uses too, batched across videos; each answer with its predictions JSONL line (plus
+  the alignment map and the line's own fields). The table, heatmap and figure are in
+  fsan_cli/ground_render.py.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from fsan_cli.errors import FsanError
-from fsan_cli.output import log, warn
-from fsan_cli.predict import Grounding, Predictor, row_of
+from fsan_cli.output import count_progress, log, warn
+from fsan_cli.predict import Grounding, Predictor
+from fsan_cli.requests import Request
 from fsan_cli.text import UNK, tokenize
 
 MEMBERS = ("c3d_features", "features")  # a video's matrix inside its group (ActivityNet, ours)
+PROGRESS_FROM = 256  # queries: fewer take about a second at the paper config on a CPU
 DIDEMO_SECONDS = 30.0  # DiDeMo's six 5-second chunks: its features carry no duration
 LAYOUT_HELP = (
     "Pass an HDF5 file with a (T, D) dataset `features` and an attribute `duration` (seconds), "
@@ -39,33 +43,6 @@ LAYOUT_HELP = (
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_queries(args: Sequence[str], stdin: Any = None) -> list[tuple[str, str]]:
-    """(where, query) for each QUERY argument; "-" reads one query per line from stdin.
-
-    Blank stdin lines are skipped; a blank argument is an error.
-    """
-    out: list[tuple[str, str]] = []
-    for n, arg in enumerate(args, 1):
-        if arg != "-":
-            if not tokenize(arg):
-                raise FsanError(
-                    f"query {n} ({arg!r}) has no words",
-                    'Pass a sentence, e.g. fsan ground video.h5 "a person opens the door"',
-                )
-            out.append((f"query {n}", arg.strip()))
-            continue
-        lines = (stdin or sys.stdin).read().splitlines()
-        before = len(out)
-        for i, line in enumerate(lines, 1):
-            if line.strip():
-                out.append((f"stdin line {i}", line.strip()))
-        if len(out) == before:
-            raise FsanError(
-                "stdin holds no queries", "Pipe one query per line into `fsan ground VIDEO -`"
-            )
-    return out
-
-
 @dataclass
 class Video:
     video: str
@@ -74,31 +51,36 @@ class Video:
     where: str  # file and dataset path, for messages
 
 
-def read_video(path: Path, video_id: str | None = None) -> Video:
-    """One video's features from `path`; errors name the layout that was expected."""
+def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video]:
+    """The features of each video id (None: the file's only video) in `path`, read in one
+    opening of the file; errors name the layout that was expected."""
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise FsanError(f"video file {path} is a folder", "Pass the path of an HDF5 feature file")
     if not path.is_file():
-        raise FsanError(
-            f"video file {path} does not exist", "Pass the path of an HDF5 feature file"
-        )
+        raise FsanError(f"video file {path} does not exist", "Pass the path of an HDF5 feature file")
     if not h5py.is_hdf5(path):
         raise FsanError(f"{path} is not an HDF5 file", LAYOUT_HELP)
     try:
         with h5py.File(path, "r") as h5:
-            ds, vid, single = _pick(h5, path, video_id)
-            where = f"{path}:{ds.name}"
-            if ds.shape[0] == 0:
-                raise FsanError(
-                    f"video '{vid}' in {where} has no feature rows (T = 0)",
-                    "Extract features for at least one clip of the video",
-                )
-            rows = ds[()]
-            duration = _duration(ds, h5 if single else None, where)
+            return {vid: _read_one(h5, path, vid) for vid in dict.fromkeys(ids)}
     except OSError as exc:
         raise FsanError(f"{path} cannot be read as HDF5 ({exc})", LAYOUT_HELP) from None
-    return Video(vid, rows, duration, where)
+
+
+def read_video(path: Path, video_id: str | None = None) -> Video:
+    return read_videos(path, [video_id])[video_id]
+
+
+def _read_one(h5, path: Path, video_id: str | None) -> Video:
+    ds, vid, single = _pick(h5, path, video_id)
+    where = f"{path}:{ds.name}"
+    if ds.shape[0] == 0:
+        raise FsanError(f"video '{vid}' in {where} has no feature rows (T = 0)",
+                        "Extract features for at least one clip of the video")
+    return Video(vid, ds[()], _duration(ds, h5 if single else None, where), where)
 
 
 def _pick(h5, path: Path, video_id: str | None):
@@ -184,69 +166,133 @@ def _duration(ds, root, where: str) -> float | None:
     return None
 
 
-def resolve_duration(video: Video, flag: float | None, dataset: str | None) -> float:
-    """--duration, else the file's attribute, else DiDeMo's 30 s; positive and finite."""
-    if flag is not None and video.duration is not None and abs(flag - video.duration) > 1e-3:
-        warn(f"--duration {flag:g} replaces the file's duration {video.duration:g}")
-    duration = flag if flag is not None else video.duration
-    if duration is None and dataset == "didemo":
-        log(f"Duration: {DIDEMO_SECONDS:g} s (DiDeMo's six 5-second chunks)")
-        duration = DIDEMO_SECONDS
-    if duration is None:
-        raise FsanError(
-            f"{video.where} has no duration attribute",
-            "Pass --duration SECONDS (the video's length)",
-        )
-    if not (math.isfinite(duration) and duration > 0):
-        raise FsanError(
-            f"the duration of video '{video.video}' is {duration:g} s",
-            "It must be positive; pass --duration SECONDS",
-        )
-    return float(duration)
+def durations(videos: dict[str | None, Video], requests: Sequence[Request], keys: Sequence[str | None],
+              flag: float | None, dataset: str | None, data_dir: Path) -> dict[str | None, float]:
+    """Each video's seconds: its query lines' "duration", else --duration (one video only), else
+    the file's attribute, else the prepared store of `dataset` under `data_dir`, else DiDeMo's
+    30 s; positive and finite."""
+    if flag is not None and len(videos) > 1:
+        raise FsanError(f"--duration gives one length, and the queries ask about {len(videos)} videos",
+                        'Give each JSON line its own "duration", or ground one video at a time')
+    asked: dict[str | None, set[float]] = {}
+    for r, key in zip(requests, keys, strict=True):
+        if r.duration is not None:
+            asked.setdefault(key, set()).add(r.duration)
+    store: dict[str, float] | None = None
+    out = {}
+    for key, video in videos.items():
+        given = asked.get(key, set())
+        if len(given) > 1:
+            raise FsanError(f"the query lines give video '{video.video}' {len(given)} durations "
+                            f"({', '.join(f'{d:g}' for d in sorted(given))})", "Give one")
+        seconds = next(iter(given)) if given else flag
+        if seconds is not None and video.duration is not None and abs(seconds - video.duration) > 1e-3:
+            warn(f"a duration of {seconds:g} s replaces the file's {video.duration:g} s for '{video.video}'")
+        seconds = seconds if seconds is not None else video.duration
+        if seconds is None and dataset is not None:
+            store = _store_durations(dataset, data_dir) if store is None else store
+            seconds = next((store[a] for a in _aliases(video.video) if a in store), None)
+        if seconds is None and dataset == "didemo":
+            seconds = DIDEMO_SECONDS
+        if seconds is None:
+            where = f", nor does the prepared store {Path(data_dir) / dataset} know it" if dataset else ""
+            raise FsanError(f"{video.where} has no duration attribute{where}",
+                            "Pass --duration SECONDS (the video's length), or --dataset and "
+                            "--data-dir of a prepared store that holds the video")
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise FsanError(f"the duration of video '{video.video}' is {seconds:g} s",
+                            "It must be positive; pass --duration SECONDS")
+        out[key] = float(seconds)
+    return out
 
 
-def check_queries(predictor: Predictor, queries: Sequence[tuple[str, str]]) -> None:
+def _store_durations(dataset: str, data_dir: Path) -> dict[str, float]:
+    """{video: seconds} of a prepared store, or {} where there is none."""
+    from fsan_cli.data.store import load_store, store_exists
+
+    path = Path(data_dir) / dataset
+    if not store_exists(path):
+        return {}
+    found = {str(v["video"]): float(v["duration"]) for v in load_store(path, mmap=True).videos}
+    log(f"Durations of videos without one from the prepared store {path}")
+    return found
+
+
+def check_queries(predictor: Predictor, requests: Sequence[Request]) -> None:
     """Each query has a word the model knows; say where the model reads only the first words.
     Words outside the vocabulary are looked up in its word vectors first (Predictor.extend)."""
-    predictor.extend([q for _, q in queries])
-    for where, q in queries:
-        words = tokenize(q)
-        if not words:
-            raise FsanError(f"{where} ({q!r}) has no words", "Pass a sentence")
+    predictor.extend([r.query for r in requests])
+    for r in requests:
+        words = tokenize(r.query)
         if len(words) > predictor.max_tokens:
-            warn(f"{where} has {len(words)} words; the model reads the first {predictor.max_tokens}")
+            warn(f"{r.where} has {len(words)} words; the model reads the first {predictor.max_tokens}")
         read = words[: predictor.max_tokens]
         if all(w not in predictor.word_to_id for w in read):
             raise FsanError(
-                f"{where} ({q!r}) has no word the model knows (unknown: {', '.join(read)})",
+                f"{r.where} ({r.query!r}) has no word the model knows (unknown: {', '.join(read)})",
                 f"Rephrase it with common words; the checkpoint knows {len(predictor.vocab) - 2} words",
             )
 
 
-def ground_video(predictor: Predictor, video: Video, duration: float,
-                 queries: Sequence[tuple[str, str]], top_k: int) -> list[Grounding]:
-    """Prepare the video once, ground every query, and say on stderr what was read."""
-    check_queries(predictor, queries)
-    clips = predictor.video_clips(video.rows, video.video)
+@dataclass
+class Grounded:
+    """One query's answer: its video, the video's seconds, the moments and map, its line."""
+
+    video: str
+    duration: float
+    grounding: Grounding
+    row: dict[str, Any]  # predictions JSONL line + alignment_map + the request's own fields
+
+
+def read_asked(path: Path, requests: Sequence[Request], video_id: str | None = None
+               ) -> tuple[dict[str | None, Video], list[str | None]]:
+    """Every video the requests name (a line's "video", else --video-id, else the file's only
+    one), and each request's key into them."""
+    keys = [r.video if r.video is not None else video_id for r in requests]
+    return read_videos(path, keys), keys
+
+
+def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence[str | None],
+           requests: Sequence[Request], top_k: int, duration: float | None = None,
+           dataset: str | None = None, data_dir: Path = Path("data")) -> list[Grounded]:
+    """Prepare each video once and answer all queries in batches across videos; `dataset`
+    (default: the checkpoint's) names the prepared store that knows durations."""
+    check_queries(predictor, requests)
+    dataset = dataset or predictor.dataset
+    seconds = durations(videos, requests, keys, duration, dataset, data_dir)
+    order = list(videos)  # the videos' rows in `clips`
+    clips = np.stack([predictor.video_clips(videos[k].rows, videos[k].video) for k in order])
+    row_of_key = {k: i for i, k in enumerate(order)}
+    index = np.array([row_of_key[k] for k in keys], np.int64)
+    per_query = np.array([seconds[k] for k in keys], np.float64)
     t0 = time.perf_counter()
-    results = predictor.ground(clips, duration, [q for _, q in queries], top_k)
+    with count_progress(len(requests), "Grounding", enabled=len(requests) > PROGRESS_FROM) as advance:
+        answers, results = predictor.ground(clips, index, per_query, [r.query for r in requests],
+                                            top_k, advance)
     rate = len(results) / max(time.perf_counter() - t0, 1e-9)
-    log(
-        f"Video '{video.video}': {video.rows.shape[0]} rows of {video.rows.shape[1]}-d, "
-        f"{duration:g} s, {predictor.clips} clips; {len(results)} queries ({rate:.0f}/s, {predictor.precision})"
-    )
+    _say_what_was_read(predictor, [videos[k] for k in order], [seconds[k] for k in order], results, rate)
+    out = []
+    for i, (r, key, g) in enumerate(zip(requests, keys, results, strict=True)):
+        video = videos[key].video if r.video is None else r.video
+        row = answers.row(i, video, r.query, seconds[key], top_k)
+        row["alignment_map"] = {
+            "tokens": g.tokens,
+            "clips": int(g.alignment_map.shape[1]),
+            "values": np.round(g.alignment_map.astype(np.float64), 4).tolist(),
+        }
+        out.append(Grounded(video, seconds[key], g, {**row, **r.extra}))
+    return out
+
+
+def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[float],
+                       results: Sequence[Grounding], rate: float) -> None:
+    what = f"{len(results)} queries ({rate:.0f}/s, {predictor.precision})"
+    if len(videos) == 1:
+        v = videos[0]
+        log(f"Video '{v.video}': {v.rows.shape[0]} rows of {v.rows.shape[1]}-d, {seconds[0]:g} s, "
+            f"{predictor.clips} clips; {what}")
+    else:
+        log(f"{len(videos)} videos, {predictor.clips} clips each; {what}")
     unknown = sorted({w for r in results for w in r.unknown})
     if unknown:
         warn(f"not in the model's vocabulary, read as {UNK}: {', '.join(unknown[:20])}")
-    return results
-
-
-def grounding_row(video: str, duration: float, g: Grounding, nms: float) -> dict[str, Any]:
-    """One predictions JSONL line (DESIGN.md) plus the alignment map under its own key."""
-    row = row_of(video, g.query, duration, g.moments, g.scores, nms)
-    row["alignment_map"] = {
-        "tokens": g.tokens,
-        "clips": int(g.alignment_map.shape[1]),
-        "values": np.round(g.alignment_map.astype(np.float64), 4).tolist(),
-    }
-    return row

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -133,3 +134,26 @@ class _Bar:
 
 def training_progress(total: int, enabled: bool = True) -> _Bar:
     return _Bar(total, enabled)
+
+
+@contextmanager
+def count_progress(total: int, what: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr over `total` items; yields `advance(n)` (a no-op when
+    disabled or under -q)."""
+    from fsan_cli.state import STATE
+
+    if not enabled or STATE.quiet:
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=stderr_console(), transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +32,12 @@ from models.segments import segments_to_seconds, top_k_segments
 GPU_BATCH = 64  # queries per model call on a GPU
 CPU_BATCH = 32  # on a CPU, per worker thread (measured best of 16, 32 and 64 with 2 workers)
 FEW = 4  # up to this many queries run on one CPU thread (see `cpu_workers`)
+# A matrix product's rounding depends on its shapes (the kernel and its blocking), so a query's
+# answer moved with the batch it shared when batches were cut to their longest query: ranks 3-5
+# and scores' third decimal in bf16, the last bits in fp32. Every batch therefore has
+# max_tokens tokens. On a CPU the batch size was measured not to matter (tests/
+# test_ground_pairs.py); on a GPU, where padding a batch costs next to nothing, every batch
+# also has GPU_BATCH queries (a short one padded with its own).
 DIDEMO_SEGMENTS = 21  # DiDeMo ranks all 21 (s, e) pairs of its six chunks, without NMS
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -136,9 +142,10 @@ class Predictor:
     # ------------------------------------------------------------------------- the model
 
     def predict(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray, k: int,
-                nms: float | None = None, maps: bool = False) -> Predictions:
+                nms: float | None = None, maps: bool = False,
+                progress: Callable[[int], None] | None = None) -> Predictions:
         """Top-k segments of every query: features (V, N_v, D) of the videos, video (Q,) the row
-        of each query's video, ids (Q, Ns) its tokens."""
+        of each query's video, ids (Q, Ns) its tokens. `progress(n)` hears of each batch done."""
         nms = self.nms if nms is None else nms
         q = len(ids)
         k = min(k, self.clips * (self.clips + 1) // 2)
@@ -147,28 +154,32 @@ class Predictor:
         found: list[np.ndarray | None] = [None] * q
         lengths = (ids != 0).sum(1).clip(1)
         dtype = next(self.model.parameters()).dtype
+        fixed_batch = self.device.type != "cpu"
         self.model.eval()
 
         def run(rows: np.ndarray):
-            n = int(lengths[rows].max())
+            take = np.resize(rows, GPU_BATCH) if fixed_batch else rows  # padded with its own
+            tok = np.zeros((len(take), self.max_tokens), np.int64)  # one width for every batch
+            tok[:, : min(self.max_tokens, ids.shape[1])] = ids[take, : self.max_tokens]
             with torch.inference_mode():  # grad mode is per thread
-                tok = torch.from_numpy(ids[rows, :n]).to(self.device)
-                vid = torch.from_numpy(video[rows]).to(features.device)
-                out = self.model(features[vid].to(self.device, dtype), tok)
-                seg, score = top_k_segments(out.segment_scores, k, nms)
-                amap = out.alignment_map.float().cpu().numpy() if maps else None
+                vid = torch.from_numpy(video[take]).to(features.device)
+                out = self.model(features[vid].to(self.device, dtype), torch.from_numpy(tok).to(self.device))
+                seg, score = top_k_segments(out.segment_scores[: len(rows)], k, nms)
+                amap = out.alignment_map[: len(rows)].float().cpu().numpy() if maps else None
                 return rows, seg.cpu().numpy(), score.float().cpu().numpy(), amap
 
         for rows, seg, score, amap in self._batches(lengths, run):
             segments[rows], scores[rows] = seg, score
+            if progress is not None:
+                progress(len(rows))
             if amap is not None:
                 for j, r in enumerate(rows.tolist()):
                     found[r] = amap[j, : int(lengths[r])]
         return Predictions(segments, scores, found if maps else None)
 
     def _batches(self, lengths: np.ndarray, run) -> Iterator:
-        """`run` over batches of queries of similar length; side by side on a CPU."""
-        order = np.argsort(lengths, kind="stable")
+        """`run` over batches of queries; side by side on a CPU."""
+        order = np.arange(len(lengths))
         with cpu_workers(len(order), self.device) as workers:
             cap = CPU_BATCH if self.device.type == "cpu" else GPU_BATCH
             size = max(1, min(cap, -(-len(order) // workers)))
@@ -197,35 +208,58 @@ class Predictor:
                             f"(first: {missing[0]})", "Run `fsan prepare` again")
         features = torch.from_numpy(np.array(store.features, dtype=np.float32)).to(self.device)
         video = np.array([index[q.video] for q in queries], np.int64)
-        didemo = self.dataset == "didemo"
-        k, nms = (DIDEMO_SEGMENTS, 1.0) if didemo else (top_k, self.nms)
-        out = self.predict(features, video, self.encode([q.query for q in queries]), k, nms)
         durations = np.array([q.duration for q in queries], np.float64)
-        seconds = segments_to_seconds(torch.from_numpy(out.segments), torch.from_numpy(durations), self.clips)
+        answers = self.answer(features, video, durations, [q.query for q in queries], top_k)
         rows = []
         for i, q in enumerate(queries):
-            row = row_of(q.video, q.query, q.duration, seconds[i][:top_k], out.scores[i][:top_k],
-                         None if didemo else self.nms)
-            if didemo:
+            row = answers.row(i, q.video, q.query, q.duration, top_k)
+            if answers.ranked:
                 row["annotation_id"] = q.extra.get("annotation_id")
-                row["segments"] = out.segments[i].tolist()
             rows.append(row)
         return rows
 
-    def ground(self, clips: np.ndarray, duration: float, texts: Sequence[str], top_k: int) -> list[Grounding]:
-        """Top-k moments and alignment maps of every query in one video's (N_v, D) clips."""
-        features = torch.from_numpy(np.ascontiguousarray(clips, np.float32))[None].to(self.device)
-        out = self.predict(features, np.zeros(len(texts), np.int64), self.encode(texts), top_k, maps=True)
-        seconds = segments_to_seconds(torch.from_numpy(out.segments),
-                                      torch.full((len(texts),), float(duration), dtype=torch.float64),
-                                      self.clips)
-        results = []
+    def answer(self, features: torch.Tensor, video: np.ndarray, durations: np.ndarray,
+               texts: Sequence[str], top_k: int, maps: bool = False,
+               progress: Callable[[int], None] | None = None) -> Answers:
+        """Every query's top-k moments (in seconds too); a DiDeMo model ranks all 21 segments."""
+        ranked = self.dataset == "didemo"
+        k, nms = (DIDEMO_SEGMENTS, 1.0) if ranked else (top_k, self.nms)
+        out = self.predict(features, video, self.encode(texts), k, nms, maps, progress)
+        seconds = segments_to_seconds(torch.from_numpy(out.segments), torch.from_numpy(durations), self.clips)
+        return Answers(out, seconds, ranked, None if ranked else self.nms)
+
+    def ground(self, clips: np.ndarray, video: np.ndarray, durations: np.ndarray,
+               texts: Sequence[str], top_k: int,
+               progress: Callable[[int], None] | None = None) -> tuple[Answers, list[Grounding]]:
+        """Top-k moments and alignment maps of every query: clips (V, N_v, D) of the videos,
+        video (Q,) the row of each query's video, durations (Q,) its seconds."""
+        features = torch.from_numpy(np.ascontiguousarray(clips, np.float32)).to(self.device)
+        answers = self.answer(features, video, durations, texts, top_k, maps=True, progress=progress)
+        out, results = answers.predictions, []
         for i, text in enumerate(texts):
             words = tokenize(text)[: self.max_tokens]
             unknown = [w for w in words if w not in self.word_to_id]
-            results.append(Grounding(text, words, unknown, out.segments[i], seconds[i], out.scores[i],
-                                     out.maps[i]))
-        return results
+            results.append(Grounding(text, words, unknown, out.segments[i][:top_k],
+                                     answers.seconds[i][:top_k], out.scores[i][:top_k], out.maps[i]))
+        return answers, results
+
+
+@dataclass
+class Answers:
+    """What `Predictor.answer` found for Q queries, and their predictions rows."""
+
+    predictions: Predictions
+    seconds: np.ndarray  # (Q, k, 2)
+    ranked: bool  # every segment ranked (DiDeMo's protocol), without NMS
+    nms: float | None
+
+    def row(self, i: int, video: str, query: str, duration: float, top_k: int) -> dict[str, Any]:
+        """Query i's predictions JSONL line (DESIGN.md); a ranked one with all its segments."""
+        p = self.predictions
+        row = row_of(video, query, duration, self.seconds[i][:top_k], p.scores[i][:top_k], self.nms)
+        if self.ranked:
+            row["segments"] = p.segments[i].tolist()
+        return row
 
 
 def with_rows(model: FSAN, rows: torch.Tensor) -> FSAN:

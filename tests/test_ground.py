@@ -238,7 +238,9 @@ def test_cpu_workers_match_one_thread(trained, ckpt, monkeypatch):
         results = {}
         for threads in (1, 3):
             torch.set_num_threads(threads)
-            results[threads] = predictor.ground(clips, 60.0, texts, top_k=3)
+            n = len(texts)
+            _, results[threads] = predictor.ground(clips[None], np.zeros(n, np.int64),
+                                                   np.full(n, 60.0), texts, top_k=3)
             assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
@@ -380,7 +382,7 @@ def multi(path: Path, rows) -> Path:
                             "(unknown: blorft, plugh). Rephrase it with common words; the checkpoint knows"),
     ("dim", "a person opens the door", "Error: video 'v' has 64-d features, the checkpoint expects 128-d. "
                                        "Use features from the extractor the model was trained on"),
-    ("no_duration", "a person opens the door", "has no duration attribute. Pass --duration SECONDS"),
+    ("no_duration", "a person opens the door", "has no duration attribute, nor does the prepared "),
     ("empty", "a person opens the door", "has no feature rows (T = 0). Extract features for at least"),
     ("text", "a person opens the door", "is not an HDF5 file. Pass an HDF5 file with a (T, D) dataset"),
     ("missing", "a person opens the door", "does not exist. Pass the path of an HDF5 feature file."),

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import CheckpointOpt, JsonLinesOpt, TopKOpt
+from fsan_cli.options import CheckpointOpt, DataDirOpt, JsonLinesOpt, TopKOpt
 
 
 class Precision(StrEnum):
@@ -20,11 +20,16 @@ class Precision(StrEnum):
 
 @handle_errors
 def ground(
-    video: Annotated[Path, typer.Argument(metavar="VIDEO.h5", help="The video's clip features.")],
+    video: Annotated[Path, typer.Argument(metavar="VIDEO.h5", help="The videos' clip features.")],
     queries: Annotated[
-        list[str],
-        typer.Argument(metavar="QUERY", help="Sentences; '-' reads one per line from stdin."),
-    ],
+        list[str] | None,
+        typer.Argument(metavar="QUERY", help="Sentences; '-' reads one per line (text or JSON) from stdin."),
+    ] = None,
+    queries_file: Annotated[
+        Path | None,
+        typer.Option("--queries", metavar="FILE.jsonl",
+                     help='Ground these lines too: {"video": ..., "query": ..., any other fields}.'),
+    ] = None,
     checkpoint: CheckpointOpt = None,
     video_id: Annotated[
         str | None, typer.Option("--video-id", metavar="ID", help="Which video of a multi-video file.")
@@ -33,6 +38,13 @@ def ground(
         float | None,
         typer.Option("--duration", help="Video length in seconds, if the file has none."),
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", "-d", metavar="NAME",
+                     help="Prepared store whose durations to use where the file has none "
+                     "(default: the checkpoint's dataset)."),
+    ] = None,
+    data_dir: DataDirOpt = Path("data"),
     top_k: TopKOpt = 5,
     as_json: JsonLinesOpt = False,
     precision: Annotated[
@@ -53,12 +65,15 @@ def ground(
 
     VIDEO.h5 holds a (T, D) dataset `features` and an attribute `duration` (seconds), or is an
     official feature file (a group per video holding `c3d_features`, or a (T, D) dataset per
-    video; pick one with --video-id). Features are pooled, normalised and projected as at
-    training time. Without --checkpoint, the newest runs/*/best.pt answers. --json prints one
-    line per query: the predictions format plus its alignment_map. Blank stdin lines are
-    skipped. Example:
+    video). A query line may be plain text or a JSON object: its "video" picks a video of the
+    file (else --video-id), its "duration" gives that video's seconds, and every other field
+    (e.g. annotation_id) is copied into its output line. Videos without a duration take it
+    from the prepared store (--dataset, --data-dir). Features are pooled, normalised and
+    projected as at training time. Without --checkpoint, the newest runs/*/best.pt answers.
+    --json prints one line per query: the predictions format plus its alignment_map. Examples:
 
         fsan ground v.h5 - --json < q.txt | fsan evaluate --predictions -
+        fsan ground feats.hdf5 --queries pairs.jsonl --json > predictions.jsonl
     """
     from fsan_cli import grounding as g
     from fsan_cli import runs
@@ -66,6 +81,7 @@ def ground(
     from fsan_cli.ground_render import check_plot, render, save_plot
     from fsan_cli.output import log, print_json
     from fsan_cli.predict import Predictor
+    from fsan_cli.requests import read_requests
     from fsan_cli.state import STATE
 
     if duration is not None and not duration > 0:
@@ -74,18 +90,17 @@ def ground(
         )
     if plot is not None:
         check_plot(plot)
-    asked = g.read_queries(queries)
-    clip = g.read_video(video, video_id)
+    asked = read_requests(queries or [], queries_file)
+    videos, keys = g.read_asked(video, asked, video_id)
     if checkpoint is None:
         checkpoint = runs.find_checkpoint()
         log(f"Checkpoint: {checkpoint} (the newest under {runs.RUNS}/; --checkpoint picks another)")
     predictor = Predictor.load(checkpoint, resolve_device(STATE.device), precision.value)
-    seconds = g.resolve_duration(clip, duration, predictor.dataset)
-    results = g.ground_video(predictor, clip, seconds, asked, top_k)
+    results = g.ground(predictor, videos, keys, asked, top_k, duration, dataset, data_dir)
     if as_json:
         for r in results:
-            print_json(g.grounding_row(clip.video, seconds, r, predictor.nms))
+            print_json(r.row)
     else:
-        render(clip.video, seconds, results)
+        render(results)
     if plot is not None:
-        save_plot(plot, clip.video, seconds, results)
+        save_plot(plot, results)
