@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fsan_cli.errors import FsanError
+from fsan_cli.memory import check_fits
 from fsan_cli.output import count_progress, log, warn
 from fsan_cli.predict import Grounding, Predictor
 from fsan_cli.requests import Request
@@ -80,6 +81,8 @@ def _read_one(h5, path: Path, video_id: str | None) -> Video:
     if ds.shape[0] == 0:
         raise FsanError(f"video '{vid}' in {where} has no feature rows (T = 0)",
                         "Extract features for at least one clip of the video")
+    check_fits(int(np.prod(ds.shape)) * ds.dtype.itemsize, f"video '{vid}' in {where} holds {ds.shape} values",
+               "Ground it on a machine with more free RAM, or extract fewer rows per video")
     return Video(vid, ds[()], _duration(ds, h5 if single else None, where), where)
 
 

@@ -200,6 +200,9 @@ class Predictor:
         if not queries:
             return []
         checkpoint.check_compatible({"data": self.data}, store)
+        theirs = store.manifest.get("dataset")
+        if self.dataset and theirs and self.dataset != theirs:
+            warn(f"{self.checkpoint or 'the model'} was trained on {self.dataset}; these queries are of {theirs}")
         check_vocabulary(self.vocab, [q.query for q in queries], self.checkpoint or "the model")
         index = store.video_index
         missing = [q.video for q in queries if q.video not in index]

@@ -209,3 +209,29 @@ def test_an_answer_does_not_depend_on_its_batch(precision):
         assert np.array_equal(alone.segments, together[i].segments), i
         assert np.array_equal(alone.scores, together[i].scores), i
         assert np.array_equal(alone.alignment_map, together[i].alignment_map), i
+
+
+def test_a_video_too_large_for_the_free_ram_is_one_error(anet, monkeypatch):
+    from fsan_cli import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    q = anet["store"].split("test")[0]
+    r = fsan("ground", str(anet["h5"]), q.query, "--video-id", q.video, "--checkpoint", str(anet["ckpt"]),
+             "--duration", "30")
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert f"Error: video '{q.video}' in {anet['h5']}:/{q.video}/c3d_features holds" in r.stderr
+    assert "of RAM needed, 0.0 MB free. Ground it on a machine with more free RAM" in r.stderr
+    assert r.stderr.count("Error:") == 1
+
+
+def test_a_checkpoint_of_another_dataset_is_said(anet, tmp_path, capsys):
+    """Same N_v and feature dim, another dataset: scored, with a warning saying so."""
+    from fsan_cli.predict import Predictor
+
+    src = anet["store"]
+    write_store(tmp_path / "custom", {**src.manifest, "dataset": "custom"}, np.asarray(src.features),
+                src.videos, src.vocab, np.asarray(src.vectors), src.splits)
+    other = load_store(tmp_path / "custom")
+    rows = Predictor.load(anet["ckpt"], torch.device("cpu")).rows(other, other.split("test"), 5)
+    assert len(rows) == len(other.split("test"))
+    assert f"Warning: {anet['ckpt']} was trained on synthetic; these queries are of custom" in capsys.readouterr().err
