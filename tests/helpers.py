@@ -15,3 +15,26 @@ def tiny_synthetic(root: Path) -> Path:
     from fsan_cli.data.synthetic import ensure_synthetic
 
     return ensure_synthetic(root, sizes=TINY_SIZES)
+
+
+def make_store(path: Path, dataset: str, splits: dict) -> None:
+    """A tiny store of `splits` (Query lists) under path/dataset: zero features of 6 clips,
+    a 3-word vocabulary; for scoring tests that need no model."""
+    import numpy as np
+
+    from fsan_cli.data.store import write_store
+
+    videos = sorted({q.video: q.duration for qs in splits.values() for q in qs}.items())
+    write_store(path / dataset, {"dataset": dataset}, np.zeros((len(videos), 6, 4), np.float32),
+                [{"video": v, "duration": d, "rows": 6} for v, d in videos], ["<pad>", "<unk>", "a"],
+                np.zeros((3, 4), np.float32), splits)
+
+
+def run_evaluate(args: list[str], data_dir: Path, input: str | None = None):
+    """`fsan evaluate ARGS` through typer's CliRunner on the stores under data_dir."""
+    from typer.testing import CliRunner
+
+    from fsan_cli.app import app
+
+    env = {"FSAN_DATA_DIR": str(data_dir), "COLUMNS": "200", "NO_COLOR": "1"}
+    return CliRunner().invoke(app, ["evaluate", *args], env=env, input=input)

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from fsan_cli import baselines
-from fsan_cli.app import app
 from fsan_cli.breakdown import PAPER_FIGURE4_EDGES, by_length, length_edges, matched_rows
-from fsan_cli.data.store import Query, write_store
+from fsan_cli.data.store import Query
 from fsan_cli.metrics import metric_keys
 from fsan_cli.scoring import score
+from tests.helpers import make_store, run_evaluate
 
 
 def random_split(dataset: str, n: int = 120, seed: int = 1) -> list[Query]:
@@ -172,11 +171,7 @@ gives no length intervals for the synthetic data).
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    splits = {"train": TRAIN, "test": TEST}
-    videos = sorted({q.video: q.duration for qs in splits.values() for q in qs}.items())
-    write_store(tmp_path / "synthetic", {"dataset": "synthetic"}, np.zeros((len(videos), 6, 4), np.float32),
-                [{"video": v, "duration": d, "rows": 6} for v, d in videos], ["<pad>", "<unk>", "a"],
-                np.zeros((3, 4), np.float32), splits)
+    make_store(tmp_path, "synthetic", {"train": TRAIN, "test": TEST})
     return tmp_path
 
 
@@ -187,9 +182,7 @@ def preds_file(tmp_path: Path) -> Path:
     return path
 
 
-def run(args: list[str], data_dir: Path, input: str | None = None):
-    env = {"FSAN_DATA_DIR": str(data_dir), "COLUMNS": "200", "NO_COLOR": "1"}
-    return CliRunner().invoke(app, ["evaluate", *args], env=env, input=input)
+run = run_evaluate
 
 
 def test_by_length_prints_a_second_table_after_the_main_one(data_dir, preds_file):

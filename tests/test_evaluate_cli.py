@@ -6,13 +6,13 @@ import json
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from fsan_cli.app import app
-from fsan_cli.data.store import Query, write_store
+from fsan_cli.data.store import Query
 from fsan_cli.metrics import didemo_segments
+from tests.helpers import make_store, run_evaluate
 
 SEGS = [list(s) for s in didemo_segments()]
 
@@ -45,19 +45,6 @@ def didemo_query(i: int, chunks: list[list[int]]) -> Query:
     return Query(f"d{i}", f"sentence {i}", 30.0, times, {"annotation_id": i, "chunks": chunks})
 
 
-def make_store(path: Path, dataset: str, splits: dict[str, list[Query]]) -> None:
-    videos = sorted({q.video: q.duration for qs in splits.values() for q in qs}.items())
-    write_store(
-        path / dataset,
-        {"dataset": dataset},
-        np.zeros((len(videos), 6, 4), np.float32),
-        [{"video": v, "duration": d, "rows": 6} for v, d in videos],
-        ["<pad>", "<unk>", "a"],
-        np.zeros((3, 4), np.float32),
-        splits,
-    )
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     make_store(tmp_path, "synthetic", {"train": TRAIN, "val": TEST[:2], "test": TEST})
@@ -74,9 +61,7 @@ def preds_file(tmp_path: Path) -> Path:
     return path
 
 
-def run(args: list[str], data_dir: Path, input: str | None = None):
-    env = {"FSAN_DATA_DIR": str(data_dir), "COLUMNS": "200", "NO_COLOR": "1"}
-    return CliRunner().invoke(app, ["evaluate", *args], env=env, input=input)
+run = run_evaluate
 
 
 def test_json_from_predictions_file(data_dir, preds_file):
