@@ -28,6 +28,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: boo
     except OSError as exc:
         raise _naming(exc, path) from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)
             fh.flush()
@@ -38,6 +39,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: boo
         if isinstance(exc, OSError):
             raise _naming(exc, path) from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

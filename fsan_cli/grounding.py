@@ -66,6 +66,11 @@ def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video
         raise FsanError(f"{path} is not an HDF5 file", LAYOUT_HELP)
     try:
         with h5py.File(path, "r") as h5:
+            named = [v for v in dict.fromkeys(ids) if v is not None]
+            if isinstance(h5.get("features"), h5py.Dataset) and len(named) > 1:
+                raise FsanError(f"{path} holds one video, and the queries name {len(named)} "
+                                f"({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})",
+                                "Ground each video with its own file, or use a multi-video file")
             return {vid: _read_one(h5, path, vid) for vid in dict.fromkeys(ids)}
     except OSError as exc:
         raise FsanError(f"{path} cannot be read as HDF5 ({exc})", LAYOUT_HELP) from None
@@ -91,7 +96,11 @@ def _pick(h5, path: Path, video_id: str | None):
     import h5py
 
     if isinstance(h5.get("features"), h5py.Dataset):  # our layout: one video per file
-        label = video_id or _text_attr(h5.attrs.get("video")) or path.stem
+        own = _text_attr(h5.attrs.get("video"))
+        if video_id is not None and own is not None and own not in _aliases(video_id):
+            raise FsanError(f"video '{video_id}' is not in {path}: it holds the one video '{own}'",
+                            f"Name '{own}', or ground '{video_id}' with its own file")
+        label = video_id or own or path.stem
         return _matrix(h5["features"], path), label, True
     keys = list(h5.keys())
     if video_id is not None:
@@ -252,7 +261,8 @@ def read_asked(path: Path, requests: Sequence[Request], video_id: str | None = N
     """Every video the requests name (a line's "video", else --video-id, else the file's only
     one), and each request's key into them."""
     keys = [r.video if r.video is not None else video_id for r in requests]
-    return read_videos(path, keys), keys
+    videos = read_videos(path, [*keys, video_id] if video_id is not None else keys)  # checks --video-id
+    return {k: videos[k] for k in dict.fromkeys(keys)}, keys
 
 
 def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence[str | None],

@@ -17,7 +17,15 @@ def stdout_console() -> Console:
     # Created per call so CliRunner's captured stdout is used in tests.
     # Not a terminal (a pipe, a file, a test): wide enough for the paper's tables, unless COLUMNS says
     width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
-    return Console(file=sys.stdout, no_color="NO_COLOR" in os.environ, soft_wrap=True, width=width)
+    console = Console(file=sys.stdout, no_color="NO_COLOR" in os.environ, soft_wrap=True, width=width)
+    console.on_broken_pipe = _closed  # rich's own exits 1; a closed pipe ends quietly with 141
+    return console
+
+
+def _closed() -> None:
+    from fsan_cli.errors import stdout_closed
+
+    raise SystemExit(stdout_closed())
 
 
 def stderr_console() -> Console:

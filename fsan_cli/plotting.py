@@ -11,10 +11,24 @@ from fsan_cli.errors import FsanError
 from fsan_cli.metrics import metric_keys
 from fsan_cli.output import log
 
+FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
 
-def check_plot(path: Path) -> None:
-    """Fail before any work when --plot cannot be honoured."""
+
+def check_plot(path: Path, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Fail before any work when --plot cannot be honoured: matplotlib, the folder, the format,
+    and never a file the command reads, a folder or a link."""
     import importlib.util
+    import os
+
+    path = Path(path)
+    if path.suffix.lower().lstrip(".") not in FORMATS:
+        raise FsanError(f"--plot {path} has no image file type matplotlib writes",
+                        f"End the name with one of: {', '.join('.' + f for f in FORMATS[:4])}, ...")
+    if path.is_dir() or path.is_symlink() or (path.exists() and not path.is_file()):
+        raise FsanError(f"--plot {path} is a folder, a link or not a regular file", "Give a file name")
+    for source in inputs:
+        if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise FsanError(f"--plot {path} is a file this command reads", "Choose another file for --plot")
 
     if importlib.util.find_spec("matplotlib") is None:
         raise FsanError(

@@ -73,6 +73,7 @@ def _problem(obj: Any) -> str | None:
 def parse_predictions(lines: Iterable[str], source: str) -> list[dict]:
     rows: list[dict] = []
     for n, text in enumerate(lines, start=1):
+        text = text.removeprefix("\ufeff") if n == 1 else text  # a byte-order mark (stdin)
         if not text.strip():
             continue
         try:
@@ -99,7 +100,7 @@ def read_predictions(path_or_dash: str | Path) -> list[dict]:
         return parse_predictions(sys.stdin, "stdin")
     path = Path(path_or_dash)
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             return parse_predictions(fh, str(path))
     except FileNotFoundError:
         raise FsanError(f"predictions file {path} does not exist", "Check the path") from None
@@ -146,6 +147,9 @@ def check_save_path(path: Path, overwrite: bool, inputs: dict[str, Path | None] 
                             "Choose another file for --save-predictions")
     if path.is_dir():
         raise FsanError(f"{path} is a folder", "Pass a file name for --save-predictions")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise FsanError(f"--save-predictions {path} is a link or not a regular file, which a new "
+                        "file would replace", "Give the path of a plain file")
     if path.exists() and not overwrite:
         raise FsanError(f"--save-predictions {path} already exists",
                         "Pass --overwrite to replace it, or choose another file")

@@ -60,9 +60,9 @@ def read_requests(args: Sequence[str], queries_file: Path | None = None, stdin: 
 def _text_lines(stream: Any, name: str) -> list[str]:
     raw = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
     if isinstance(raw, str):
-        return raw.splitlines()
+        return raw.removeprefix("\ufeff").splitlines()
     try:
-        return raw.decode("utf-8").splitlines()
+        return raw.decode("utf-8-sig").splitlines()  # a byte-order mark at the start is dropped
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise FsanError(f"{name} line {line} is not UTF-8 text", "Convert the input to UTF-8") from None

@@ -497,14 +497,16 @@ def test_plot_writes_a_png(trained, video, ckpt, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_closed_stdout_ends_quietly(video, ckpt, tmp_path):
-    """`fsan ground ... --json | head -1`: no error line, exit 141 as a tool killed by SIGPIPE."""
+@pytest.mark.parametrize("how", ["--json", "--top-k=5"])
+def test_a_closed_stdout_ends_quietly(video, ckpt, tmp_path, how):
+    """`fsan ground ... --json | head -1` (and the table): no error line, exit 141 as a tool
+    killed by SIGPIPE."""
     import subprocess
     import sys
 
     queries = tmp_path / "q.txt"
     queries.write_text("".join(f"a person opens the door {i}\n" for i in range(2000)))
-    script = (f'"{sys.executable}" -m fsan_cli ground "{video}" - --json --checkpoint "{ckpt}" '
+    script = (f'"{sys.executable}" -m fsan_cli ground "{video}" - {how} --checkpoint "{ckpt}" '
               f'< "{queries}" 2> "{tmp_path / "err"}" | head -1 > /dev/null; echo ${{PIPESTATUS[0]}}')
     status = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     stderr = (tmp_path / "err").read_text()

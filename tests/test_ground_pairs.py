@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import h5py
@@ -235,3 +236,75 @@ def test_a_checkpoint_of_another_dataset_is_said(anet, tmp_path, capsys):
     rows = Predictor.load(anet["ckpt"], torch.device("cpu")).rows(other, other.split("test"), 5)
     assert len(rows) == len(other.split("test"))
     assert f"Warning: {anet['ckpt']} was trained on synthetic; these queries are of custom" in capsys.readouterr().err
+
+
+def test_a_byte_order_mark_and_crlf_lines_are_read(anet, tmp_path):
+    q = anet["store"].split("test")[0]
+    pairs = tmp_path / "bom.jsonl"
+    pairs.write_bytes(b"\xef\xbb\xbf" + (json.dumps({"video": q.video, "query": q.query}) + "\r\n").encode())
+    r = fsan("ground", str(anet["h5"]), "--queries", str(pairs), "--checkpoint", str(anet["ckpt"]), "--json",
+             "--duration", "30")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["video"] == q.video
+
+
+def test_a_single_video_file_refuses_other_videos(anet, tmp_path):
+    store, (a, b) = anet["store"], anet["store"].videos[:2]
+    path = tmp_path / "one.h5"
+    with h5py.File(path, "w") as h5:
+        h5["features"] = np.asarray(store.features[store.video_index[a["video"]]])
+        h5.attrs["video"], h5.attrs["duration"] = a["video"], a["duration"]
+    common = ["--checkpoint", str(anet["ckpt"]), "--json"]
+    r = fsan("ground", str(path), "a person", "--video-id", b["video"], *common)
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert f"Error: video '{b['video']}' is not in {path}: it holds the one video '{a['video']}'" in r.stderr
+    text = "".join(json.dumps({"video": v, "query": "a person"}) + "\n" for v in ("x1", "x2"))
+    r = fsan("ground", str(path), "-", *common, input=text)
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert f"Error: {path} holds one video, and the queries name 2 (x1, x2)" in r.stderr
+
+
+def test_an_unknown_video_id_is_refused_even_when_lines_name_theirs(anet):
+    q = anet["store"].split("test")[0]
+    r = fsan("ground", str(anet["h5"]), "-", "--video-id", "nope", "--checkpoint", str(anet["ckpt"]),
+             input=json.dumps({"video": q.video, "query": q.query}) + "\n")
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert "Error: video 'nope' is not in" in r.stderr
+
+
+def test_an_infinite_duration_is_refused_at_once(anet):
+    r = fsan("ground", str(anet["h5"]), "a person", "--duration", "inf", "--checkpoint", str(anet["ckpt"]))
+    assert (r.exit_code, r.stdout, r.stderr) == (1, "", "Error: --duration must be positive, got inf. "
+                                                        "Pass the video's length in seconds.\n")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("fig.txt", "has no image file type matplotlib writes"),
+    ("INPUT", "is a file this command reads"),
+])
+def test_plot_is_checked_before_any_work(anet, tmp_path, name, message):
+    q = anet["store"].split("test")[0]
+    pairs = tmp_path / "pairs.pdf"  # an input whose name a figure could take
+    pairs.write_text(json.dumps({"video": q.video, "query": q.query}) + "\n")
+    plot = pairs if name == "INPUT" else tmp_path / name
+    before = pairs.read_text()
+    r = fsan("ground", str(anet["h5"]), "--queries", str(pairs), "--checkpoint", str(anet["ckpt"]),
+             "--plot", str(plot), "--duration", "30")
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert message in r.stderr and "Device" not in r.stderr
+    assert pairs.read_text() == before
+
+
+def test_save_predictions_refuses_a_link_and_writes_with_the_umask(anet, tmp_path):
+    env = {"FSAN_DATA_DIR": str(anet["root"] / "data")}
+    target, link = tmp_path / "target.jsonl", tmp_path / "link.jsonl"
+    target.write_text("{}\n")
+    link.symlink_to(target)
+    r = fsan("evaluate", "--baseline", "prior", "--save-predictions", str(link), "--overwrite", env=env)
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert "is a link or not a regular file" in r.stderr and link.is_symlink()
+    out = tmp_path / "saved.jsonl"
+    assert fsan("evaluate", "--baseline", "prior", "--save-predictions", str(out), env=env).exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask

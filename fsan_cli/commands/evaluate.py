@@ -78,7 +78,7 @@ def evaluate(
 
     _check_options(metric_keys(dataset), dataset, checkpoint, predictions, baseline,
                    save_predictions, as_json, metric)
-    _check_length_options(by_length, plot, metric)
+    _check_length_options(by_length, plot, metric, (checkpoint, Path(predictions) if predictions not in (None, "-") else None))
     if checkpoint is predictions is baseline is None:
         checkpoint = runs.find_checkpoint(dataset=dataset)
         log(f"Checkpoint: {checkpoint} (the newest run of {dataset}; --checkpoint, --predictions "
@@ -114,11 +114,12 @@ def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_js
         raise FsanError(f"checkpoint {checkpoint} does not exist", "Check the path (e.g. runs/x/best.pt)")
 
 
-def _check_length_options(by_length: bool, plot: Path | None, metric: str | None) -> None:
+def _check_length_options(by_length: bool, plot: Path | None, metric: str | None,
+                          inputs: tuple[Path | None, ...]) -> None:
     if metric is not None and (by_length or plot is not None):
         raise FsanError("--metric prints one number, which has no breakdown by video length",
                         "Drop --by-length and --plot, or --metric")
     if plot is not None:  # fail before predicting, not after
         from fsan_cli.plotting import check_plot
 
-        check_plot(plot)
+        check_plot(plot, inputs)

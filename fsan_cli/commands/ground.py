@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -84,12 +85,12 @@ def ground(
     from fsan_cli.requests import read_requests
     from fsan_cli.state import STATE
 
-    if duration is not None and not duration > 0:
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
         raise FsanError(
             f"--duration must be positive, got {duration:g}", "Pass the video's length in seconds"
         )
     if plot is not None:
-        check_plot(plot)
+        check_plot(plot, (video, checkpoint, queries_file))
     asked = read_requests(queries or [], queries_file)
     videos, keys = g.read_asked(video, asked, video_id)
     if checkpoint is None:
