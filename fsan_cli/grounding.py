@@ -76,10 +76,6 @@ def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video
         raise FsanError(f"{path} cannot be read as HDF5 ({exc})", LAYOUT_HELP) from None
 
 
-def read_video(path: Path, video_id: str | None = None) -> Video:
-    return read_videos(path, [video_id])[video_id]
-
-
 def _read_one(h5, path: Path, video_id: str | None) -> Video:
     ds, vid, single = _pick(h5, path, video_id)
     where = f"{path}:{ds.name}"
