@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fsan_cli.output import warn
-from fsan_cli.plotting import check_plot, save_figure  # noqa: F401 (check_plot: fsan ground's)
+from fsan_cli.plotting import save_figure
 from fsan_cli.predict import Grounding
 from fsan_cli.text import UNK
 

@@ -79,8 +79,9 @@ def ground(
     from fsan_cli import grounding as g
     from fsan_cli import runs
     from fsan_cli.device import resolve_device
-    from fsan_cli.ground_render import check_plot, render, save_plot
+    from fsan_cli.ground_render import render, save_plot
     from fsan_cli.output import log, print_json
+    from fsan_cli.plotting import check_plot
     from fsan_cli.predict import Predictor
     from fsan_cli.requests import read_requests
     from fsan_cli.state import STATE
