@@ -6,7 +6,9 @@ were prepared (N_v, feature dim, PCA, normalisation) rebuild the model without t
 Keys: format, version, model_config, settings, vocab, word_vectors {source, dim, sha256} or
 None (where the vocabulary's vectors came from, `word_vectors_of`; absent in older files),
 state_dict, data {dataset, clips, feature_dim, normalize, pca {mean, components} as tensors or
-None}, epoch, and in last.pt `resume` (fsan_cli/resume.py).
+None}, extractor (the record of the feature extractor the store's features came from,
+fsan_cli/extractor.py, plain values; None for official feature files and in older files), epoch,
+and in last.pt `resume` (fsan_cli/resume.py).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def payload(model: FSAN, settings: Settings, store: Any, extra: dict[str, Any]) 
         "settings": settings.to_dict(),
         "vocab": list(store.vocab),
         "word_vectors": word_vectors_of(store),
+        "extractor": store.manifest.get("extractor"),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "data": {
             "dataset": store.manifest.get("dataset"),

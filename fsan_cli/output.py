@@ -165,3 +165,52 @@ def count_progress(total: int, what: str, enabled: bool = True) -> Iterator[Call
                   console=stderr_console(), transient=True) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+class _VideoBar:
+    """`fsan extract`'s progress on stderr: one bar over videos, one over the current video's
+    frames (no-op under -q)."""
+
+    def __init__(self, total: int) -> None:
+        from fsan_cli.state import STATE
+
+        self.progress = None
+        if STATE.quiet:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=stderr_console(), transient=True)
+        self.videos = self.progress.add_task("videos", total=total)
+        self.frame_task = self.progress.add_task("frames", total=None)
+
+    def __enter__(self) -> _VideoBar:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def start(self, video: str) -> None:
+        if self.progress:
+            self.progress.reset(self.frame_task, total=None, description=f"frames of {video}")
+
+    def frames(self, done: int, expected: int) -> None:
+        if self.progress:
+            self.progress.update(self.frame_task, completed=done, total=expected)
+
+    def done(self) -> None:
+        if self.progress:
+            self.progress.advance(self.videos)
+
+
+def video_progress(total: int) -> _VideoBar:
+    return _VideoBar(total)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from fsan_cli.commands.extract import WeightsOpt
 from fsan_cli.errors import FsanError, handle_errors
 from fsan_cli.options import CheckpointOpt, DataDirOpt, JsonLinesOpt, TopKOpt
 
@@ -21,7 +22,7 @@ class Precision(StrEnum):
 
 @handle_errors
 def ground(
-    video: Annotated[Path, typer.Argument(metavar="VIDEO.h5", help="The videos' clip features.")],
+    video: Annotated[Path, typer.Argument(metavar="VIDEO", help="The videos' clip features (.h5), or a video file.")],
     queries: Annotated[
         list[str] | None,
         typer.Argument(metavar="QUERY", help="Sentences; '-' reads one per line (text or JSON) from stdin."),
@@ -60,15 +61,20 @@ def ground(
         Path | None,
         typer.Option("--plot", metavar="FILE.png", help="Also save the figure (needs matplotlib)."),
     ] = None,
+    weights: WeightsOpt = None,
 ) -> None:
-    """Find the moments of VIDEO.h5 that QUERY describes: top-k (start, end, score) and the
+    """Find the moments of VIDEO that QUERY describes: top-k (start, end, score) and the
     word-by-clip alignment map (paper Figure 3).
 
-    VIDEO.h5 holds a (T, D) dataset `features` and an attribute `duration` (seconds), or is an
-    official feature file (a group per video holding `c3d_features`, or a (T, D) dataset per
-    video). A query line may be plain text or a JSON object: its "video" picks a video of the
-    file (else --video-id), its "duration" gives that video's seconds, and every other field
-    (e.g. annotation_id) is copied into its output line. Videos without a duration take it
+    VIDEO is an HDF5 file holding a (T, D) dataset `features` and an attribute `duration`
+    (seconds), an official feature file (a group per video holding `c3d_features`, or a (T, D)
+    dataset per video), a file of `fsan extract`, or a video file (.mp4, .mkv, ...): its
+    features are extracted as the checkpoint's training features were (the extractor recorded
+    in it; --weights for a local copy of its weights) and cached in
+    $XDG_CACHE_HOME/fsan/features (~/.cache/fsan/features). A query line may be plain text or a
+    JSON object: its "video" picks a video of the file (else --video-id), its "duration" gives
+    that video's seconds, and every other field (e.g. annotation_id) is copied into its output
+    line. Videos without a duration take it
     from the prepared store (--dataset, --data-dir). Features are pooled, normalised and
     projected as at training time. Without --checkpoint, the newest runs/*/best.pt answers.
     --json prints one line per query: the predictions format plus its alignment_map. Examples:
@@ -79,12 +85,18 @@ def ground(
     from fsan_cli import grounding as g
     from fsan_cli import runs
     from fsan_cli.device import resolve_device
+    from fsan_cli.extract import features_for_ground, is_video_file
     from fsan_cli.ground_render import render, save_plot
     from fsan_cli.output import log, print_json
     from fsan_cli.plotting import check_plot
     from fsan_cli.predict import Predictor
     from fsan_cli.requests import read_requests
     from fsan_cli.state import STATE
+
+    def newest() -> Path:
+        found = runs.find_checkpoint()
+        log(f"Checkpoint: {found} (the newest under {runs.RUNS}/; --checkpoint picks another)")
+        return found
 
     if duration is not None and not (math.isfinite(duration) and duration > 0):
         raise FsanError(
@@ -93,10 +105,11 @@ def ground(
     if plot is not None:
         check_plot(plot, (video, checkpoint, queries_file))
     asked = read_requests(queries or [], queries_file)
+    if is_video_file(video):  # extracted as the checkpoint's features were, cached
+        checkpoint = checkpoint or newest()
+        video = features_for_ground(video, checkpoint, weights, resolve_device(STATE.device))
     videos, keys = g.read_asked(video, asked, video_id)
-    if checkpoint is None:
-        checkpoint = runs.find_checkpoint()
-        log(f"Checkpoint: {checkpoint} (the newest under {runs.RUNS}/; --checkpoint picks another)")
+    checkpoint = checkpoint or newest()
     predictor = Predictor.load(checkpoint, resolve_device(STATE.device), precision.value)
     results = g.ground(predictor, videos, keys, asked, top_k, duration, dataset, data_dir)
     if as_json:

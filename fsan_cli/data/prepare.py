@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fsan_cli import extractor
 from fsan_cli.data.annotations import (
     Annotations,
     annotated_videos,
@@ -317,6 +318,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
         "normalize": opts.normalize,
         "pca": pca_info,
         "word_vectors": vectors_record(opts.glove, vocab, vectors),
+        "extractor": extractor.of_datasets(Path(opts.features), [loc.path for loc in locs.values()]),
         "inputs": _inputs(opts, ann),
         "summary": summary,
     }
