@@ -48,14 +48,27 @@ class Dist:
             return idx[:1], neg[:1], 0.0
         return mine, neg_mine, mine.numel() / idx.numel()
 
-    def wrap(self, module: torch.nn.Module, device: torch.device, mc) -> torch.nn.Module:
+    def wrap(self, module: torch.nn.Module, device: torch.device, mc, static_graph: bool = False,
+             side_stream: bool = False) -> torch.nn.Module:
+        """DDP around `module` (itself in one process). static_graph (train.static_graph): every
+        step uses the same parameters in the same order, which DDP records on its first step
+        (unused ones included); a captured step needs it. side_stream: built on a side CUDA
+        stream, as capturing DDP's backward requires."""
         if self.world == 1:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
         unused = mc.grounding == "mlp" or not mc.sap  # some parameters get no gradient
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+        extra = {"static_graph": True} if static_graph else {"find_unused_parameters": unused}
+        if not (side_stream and device.type == "cuda"):
+            return DistributedDataParallel(module, device_ids=ids, **extra)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            wrapped = DistributedDataParallel(module, device_ids=ids, **extra)
+        torch.cuda.current_stream(device).wait_stream(side)
+        return wrapped
 
     def all_sum(self, x: torch.Tensor) -> torch.Tensor:
         return self._all_reduce(x, "SUM")

@@ -65,6 +65,15 @@ class TrainSettings:
     cuda_graph: bool = True
     checkpoint_every: int = field(default=0, metadata=at_least(0))  # also a last.pt every N steps
     seed: int = 0
+    # issue 22's speed options, off until measured on a GPU (fsan_cli/step_options.py):
+    # forward and backward on a bf16 copy of the weights, Adam on the fp32 master weights
+    # (which checkpoints save) instead of autocast's casts; on a CPU too (otherwise fp32 there)
+    bf16_weights: bool = False
+    # torch.compile the segment scores (eq. 8) and the losses (eq. 6-13) alone, not the network
+    compile_losses: bool = False
+    # under torchrun: DistributedDataParallel(static_graph=True), and with train.cuda_graph
+    # the DDP step (its all-reduce included) captured too
+    static_graph: bool = False
 
 
 @dataclass

@@ -28,7 +28,6 @@ from fsan_cli.resume import LoopState, restore_run, save_last
 from fsan_cli.runs import remove_run_files, start_run_folder, write_failure
 from fsan_cli.settings import Settings
 from fsan_cli.step import (
-    TrainingPass,
     accumulate,
     lr_at,
     make_optimizer,
@@ -36,6 +35,7 @@ from fsan_cli.step import (
     sap_schedule,
     set_lr,
 )
+from fsan_cli.step_options import MasterWeights, describe, training_pass
 from fsan_cli.text import WordSource, encode_texts, tokenize
 from models.config import FSANConfig
 from models.fsan import FSAN
@@ -144,13 +144,16 @@ class Run:
     dist: Any  # fsan_cli.distributed.Dist
     captured: CapturedStep | None = None  # train.cuda_graph
     promote: Any = None  # called after the first last.pt: the run's folder from then on (runs.RunFolder)
+    masters: MasterWeights | None = None  # train.bf16_weights: runner runs their bf16 copy
 
 
 def capture_steps(run: Run) -> None:
     """From now on `one_step` goes through a CapturedStep of `step_body` (run.runner must be
-    the plain TrainingPass: neither compiled nor wrapped by DDP)."""
-    run.runner.cast_cache = False  # autocast's cache and graph capture do not mix
-    run.captured = CapturedStep(partial(step_body, run))
+    a TrainingPass, not compiled; under torchrun wrapped by DDP with train.static_graph, which
+    needs 11 eager steps before the capture)."""
+    plain = getattr(run.runner, "module", run.runner)
+    plain.cast_cache = False  # autocast's cache and graph capture do not mix
+    run.captured = CapturedStep(partial(step_body, run), warmup=11 if run.dist.world > 1 else 3)
 
 
 def train(
@@ -206,15 +209,17 @@ def train(
         start_run_folder(out_dir, cfg, store)
     if dist.world > 1 and state.step == 0:
         torch.manual_seed(tc.seed + dist.rank)  # dropout masks differ between ranks
-    runner = dist.wrap(TrainingPass(model, device.type == "cuda"), device, mc)
+    masters = MasterWeights(model) if tc.bf16_weights else None  # after a restore: its weights
+    runner = dist.wrap(training_pass(model, tc, device, masters), device, mc,
+                       static_graph=tc.static_graph, side_stream=graphed)
     if compile:
         runner = torch.compile(runner, mode=tc.compile_mode)
     run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist,
-              promote=promote if dist.main else None)
+              promote=promote if dist.main else None, masters=masters)
     if graphed:
         capture_steps(run)
-        if progress and dist.main:
-            log("Capturing the training step as a CUDA graph after 3 eager steps (train.cuda_graph)")
+    if progress and dist.main:
+        log(describe(tc, device, compile, graphed, dist.world))
     if checkpoint_every is None:
         checkpoint_every = int(tc.checkpoint_every)
     try:
@@ -293,10 +298,14 @@ def step_body(run: Run, idx: torch.Tensor, neg: torch.Tensor, sap_scale: float |
     # DDP averages gradients over ranks; weighted so they are the global batch's mean
     parts = accumulate(run.runner, run.model, run.data, mine, neg_mine, run.device, sap_scale,
                        weight * run.dist.world, int(tc.micro_batch))
+    if run.masters is not None:
+        run.masters.grads_to_masters()
     if tc.grad_clip > 0:
         params = [p for p in run.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
     run.opt.step()
+    if run.masters is not None:
+        run.masters.copy_to_work()
     return parts * weight
 
 

@@ -61,6 +61,9 @@ class FSAN(nn.Module):
         self.w_s = nn.Linear(d, cfg.align_dim, bias=False)  # W^s of eq. 5
         self.w_v = nn.Linear(d, cfg.align_dim, bias=False)  # W^v of eq. 5
         self.mlp_grounding = MLPGrounding(cfg) if cfg.grounding == "mlp" else None
+        # eq. 8 for training passes: train.compile_losses puts a torch.compile'd segment_scores
+        # here (fsan_cli/step_options.py); evaluation always runs the eager one
+        self.compiled_scores = None
 
     def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
         n = tokens.shape[1]
@@ -90,7 +93,8 @@ class FSAN(nn.Module):
         if self.mlp_grounding is not None:
             sc = self.mlp_grounding(v).float()
         else:
-            sc = segment_scores(self.sc_input(p, token_mask), token_mask)
+            compiled = self.compiled_scores if self.training else None
+            sc = (compiled or segment_scores)(self.sc_input(p, token_mask), token_mask)
         return FSANOutput(p, sc, token_mask)
 
     def sc_input(self, p: Tensor, token_mask: Tensor) -> Tensor:

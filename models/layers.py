@@ -34,13 +34,13 @@ class Dropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.cheap(x):
             return super().forward(x)
-        return x * self.keep_mask(x)
+        return (x * self.keep_mask(x)).to(x.dtype)  # bf16 stays bf16 (train.bf16_weights)
 
     def residual(self, x: Tensor, fx: Tensor) -> Tensor:
         """x + dropout(fx), in one pass on the CPU path."""
         if not self.cheap(fx):
             return x + super().forward(fx)
-        return torch.addcmul(x, fx, self.keep_mask(fx))
+        return torch.addcmul(x, fx, self.keep_mask(fx)).to(x.dtype)
 
 
 class Attention(nn.Module):
