@@ -131,18 +131,19 @@ def load_encoder(model: str, weights: Path | None, device: torch.device, fps: fl
         "or pass --weights DIR with a local copy"
     )
     try:
-        net = CLIPVisionModelWithProjection.from_pretrained(source)
+        try:  # the cache first: no network round trip when the weights are there
+            net = CLIPVisionModelWithProjection.from_pretrained(source, local_files_only=True)
+        except OSError:
+            if weights is not None:
+                raise
+            net = CLIPVisionModelWithProjection.from_pretrained(source)  # downloads them
     except OSError as exc:
-        where = (
-            f"in {source}"
+        what = (
+            f"--weights {weights} holds no CLIP vision model"
             if weights is not None
-            else "in the Hugging Face cache and cannot be downloaded"
+            else f"the CLIP weights {model} are not in the Hugging Face cache and cannot be downloaded"
         )
-        raise FsanError(
-            f"the CLIP weights {model if weights is None else source} are not {where} "
-            f"({_first_line(exc)})",
-            how,
-        ) from None
+        raise FsanError(f"{what} ({_first_line(exc)})", how) from None
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise FsanError(
             f"{source} does not hold CLIP vision weights ({type(exc).__name__}: "

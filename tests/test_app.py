@@ -9,7 +9,7 @@ from fsan_cli import __version__
 from fsan_cli.app import app
 
 runner = CliRunner()
-COMMANDS = ["prepare", "train", "evaluate", "ground", "ablate"]
+COMMANDS = ["extract", "prepare", "train", "evaluate", "ground", "ablate"]
 
 
 def test_top_level_help_lists_every_subcommand():
