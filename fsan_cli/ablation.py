@@ -122,18 +122,18 @@ class Job:
 
 
 def plan(dataset: str, config_file: Path | None, overrides: list[str], variants: list[Variant],
-         seeds: int, out: Path) -> list[Job]:
+         seeds: int, out: Path, size: str | None = None) -> list[Job]:
     """Resolve every (variant, seed) config; variants whose settings coincide train once."""
     if seeds < 1:
         raise FsanError(f"--seeds must be at least 1, got {seeds}", "Pass --seeds 1 or more")
-    base = load_settings(dataset, config_file, overrides)
+    base = load_settings(dataset, config_file, overrides, size)
     jobs: list[Job] = []
     seen: dict[str, Job] = {}
     for variant in variants:
         for k in range(seeds):
             seed = base.train.seed + k
             cfg = load_settings(dataset, config_file,
-                              [*overrides, *variant.overrides, f"train.seed={seed}"])
+                                [*overrides, *variant.overrides, f"train.seed={seed}"], size)
             folder = out / (variant.name if seeds == 1 else f"{variant.name}-seed{seed}")
             job = Job(variant, seed, folder, cfg)
             key = cfg.to_toml()
@@ -155,12 +155,15 @@ def check_models(jobs: list[Job], store: Store) -> None:
 
 
 def ablate(dataset: str, data_dir: Path, out: Path, config_file: Path | None, overrides: list[str],
-           variants: str, seeds: int, overwrite: bool, device_spec: str) -> tuple[list[Job], Store]:
+           variants: str, seeds: int, overwrite: bool, device_spec: str,
+           size: str | None = None) -> tuple[list[Job], Store]:
     """Plan, check and run every (variant, seed) into `out`; the jobs with their results."""
     from fsan_cli.data.store import open_store
     from fsan_cli.device import resolve_device
+    from fsan_cli.settings import chosen_size
 
-    jobs = plan(dataset, config_file, overrides, select_variants(variants), seeds, out)
+    size = chosen_size(dataset, size, device_spec)
+    jobs = plan(dataset, config_file, overrides, select_variants(variants), seeds, out, size)
     device = resolve_device(device_spec)  # before any data is read or generated
     store = open_store(dataset, data_dir, jobs[0].cfg.data.clips)
     check_models(jobs, store)

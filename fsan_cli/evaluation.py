@@ -33,12 +33,21 @@ class Evaluation:
     baselines: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     caption: str = ""
     by_length: LengthBreakdown | None = None  # the metrics by video length, when asked
+    # a checkpoint's answers with the span prior: the model's own metrics, w and the share of
+    # queries whose top-1 answer the prior changed
+    without_prior: dict[str, float] | None = None
+    prior_weight: float | None = None
+    prior_changed: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """The --json object: the split, counts and each metric in percent (and by length)."""
         keys = metric_keys(self.dataset)
         out = {"dataset": self.dataset, "split": self.split, "queries": self.queries,
                "predicted": self.predicted, **{k: round(self.metrics[k], 4) for k in keys}}
+        if self.without_prior is not None:
+            out["span_prior_weight"] = self.prior_weight
+            out["span_prior_changed"] = round(self.prior_changed or 0.0, 4)
+            out["without_span_prior"] = {k: round(self.without_prior[k], 4) for k in keys}
         if self.by_length is not None:
             out["by_length"] = self.by_length.as_json()
             out["by_length_buckets"] = self.by_length.source
@@ -49,17 +58,19 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
                    predictions: str | None = None, baseline: str | None = None,
                    save_predictions: Path | None = None, top_k: int = 5, seed: int = 0,
                    device: Any = None, with_baselines: bool = True,
-                   by_length: bool = False, overwrite: bool = False) -> Evaluation:
+                   by_length: bool = False, overwrite: bool = False,
+                   span_prior: bool = True) -> Evaluation:
     """Score one source (exactly one of checkpoint, predictions, baseline) on `split`; the
     random and prior baselines on the same split beside it unless with_baselines is False;
     with by_length, its metrics by video length too (fsan_cli/breakdown.py). save_predictions
-    never replaces a file it reads, nor an existing file unless `overwrite`."""
+    never replaces a file it reads, nor an existing file unless `overwrite`. span_prior=False
+    answers with the checkpoint's model alone, without its span prior."""
     queries = store.split(split)
     check_annotated(dataset, queries)  # before predicting, which can take a while
     if save_predictions is not None:
         check_save_path(save_predictions, overwrite, _read_files(store, checkpoint, predictions))
     rows, label, nms = _rows(dataset, store, queries, split, checkpoint, predictions, baseline,
-                             top_k, seed, device)
+                             top_k, seed, device, span_prior)
     if save_predictions is not None:
         write_predictions(save_predictions, rows, overwrite)
         log(f"Wrote {len(rows)} predictions to {save_predictions}")
@@ -76,7 +87,18 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     lengths = None
     if by_length:
         lengths = breakdown.by_length(dataset, queries, breakdown.matched_rows(dataset, queries, rows))
-    return Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption, lengths)
+    result = Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption, lengths)
+    if checkpoint is not None and rows and "span_prior" in rows[0]:
+        own = [{**row, "moments": row["span_prior"]["moments"]} for row in rows]
+        result.without_prior = score(dataset, queries, own)[0]
+        result.prior_weight = float(rows[0]["span_prior"]["weight"])
+        result.prior_changed = 100 * sum(row["span_prior"]["changed"] for row in rows) / len(rows)
+        result.label = "FSAN + span prior (this run)"
+        result.baselines.insert(0, ("FSAN without span prior (this run)", result.without_prior))
+        result.caption += (f"\nSpan prior: SC + {result.prior_weight:g} log p(s, e), p the train spans' "
+                           f"distribution, the weight chosen on val; it changed the top-1 answer of "
+                           f"{result.prior_changed:.1f}% of the queries.")
+    return result
 
 
 def store_to_score(dataset: str, data_dir: Path, checkpoint: Path | None) -> Store:
@@ -132,7 +154,7 @@ def show(result: Evaluation, as_json: bool = False, metric: str | None = None,
 
 
 def _rows(dataset: str, store: Store, queries: list[Query], split: str, checkpoint, predictions,
-          baseline, top_k: int, seed: int, device) -> tuple[list[dict], str, str]:
+          baseline, top_k: int, seed: int, device, span_prior: bool = True) -> tuple[list[dict], str, str]:
     """This run's prediction rows, its table label, and what NMS produced them."""
     if checkpoint is not None:
         import torch
@@ -141,7 +163,10 @@ def _rows(dataset: str, store: Store, queries: list[Query], split: str, checkpoi
 
         device = torch.device("cpu") if device is None else device
         log(f"Predicting {len(queries)} queries of {dataset} {split} with {checkpoint}")
-        rows = Predictor.load(checkpoint, device).rows(store, queries, top_k)
+        predictor = Predictor.load(checkpoint, device)
+        if not span_prior:
+            predictor.span_prior = None
+        rows = predictor.rows(store, queries, top_k)
         return rows, "FSAN (this run)", _row_nms(rows, "the checkpoint's eval.nms")
     if predictions is not None:
         rows = read_predictions(predictions)

@@ -27,6 +27,18 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", metavar="KEY=VALUE", help="Override one setting, e.g. --set model.hidden=256 (repeatable)."),
 ]
+SizeOpt = Annotated[
+    str | None,
+    typer.Option("--size", metavar="SIZE", help="Model size and its recipe: small (a CPU: minutes), base "
+                 "(one consumer GPU) or paper (the paper's §4.2 model). Default: small on a CPU and for the "
+                 "synthetic benchmark, else paper (docs/method.md, \"Sizes\")."),
+]
+SpanPriorOpt = Annotated[
+    bool,
+    typer.Option("--span-prior/--no-span-prior",
+                 help="Rank segments by the model's score plus the checkpoint's span prior (learned on train, "
+                 "weighted as chosen on val; used where it helped there), or by the model's score alone."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 CheckpointOpt = Annotated[
     Path | None,

@@ -25,6 +25,7 @@ import torch
 from fsan_cli import checkpoint
 from fsan_cli.errors import FsanError
 from fsan_cli.output import warn
+from fsan_cli.span_prior import SpanPrior
 from fsan_cli.text import WordSource, encode_texts, tokenize
 from models.fsan import FSAN
 from models.segments import segments_to_seconds, top_k_segments
@@ -47,8 +48,11 @@ class Predictions:
     """Answers for Q queries, in the order asked."""
 
     segments: np.ndarray  # (Q, k, 2) clip ids, inclusive
-    scores: np.ndarray  # (Q, k) SC of each
+    scores: np.ndarray  # (Q, k) SC of each (plus the weighted span prior, when it is used)
     maps: list[np.ndarray] | None  # per query (its tokens, N_v) alignment map P, when asked
+    score_maps: list[np.ndarray] | None = None  # and the map SC reads (eq. 8; e.g. P centred)
+    changed: np.ndarray | None = None  # (Q,) the span prior changed the top-1 answer
+    plain: Predictions | None = None  # the model's own answers, without the span prior
 
 
 class Predictor:
@@ -72,6 +76,7 @@ class Predictor:
         self.max_tokens = int(model.cfg.max_tokens)
         self.words = words
         self.checkpoint: Path | None = None
+        self.span_prior: SpanPrior | None = None  # the prior-aware answer (fsan_cli/span_prior.py)
 
     @classmethod
     def load(cls, path: Path, device: torch.device, precision: str = "fp32") -> Predictor:
@@ -84,7 +89,16 @@ class Predictor:
         predictor = cls(checkpoint.build_model(ckpt, device), ckpt["vocab"], data, nms, device, precision,
                         words)
         predictor.checkpoint = Path(path)
+        prior = SpanPrior.of(ckpt.get("span_prior"))
+        if prior is not None and prior.log_prior.shape[0] == predictor.clips and prior.weight > 0:
+            predictor.span_prior = prior
         return predictor
+
+    def weighted_prior(self) -> torch.Tensor | None:
+        """w * log p (N_v, N_v) on the device, or None without a span prior in use."""
+        if self.span_prior is None or self.span_prior.weight <= 0:
+            return None
+        return torch.from_numpy(self.span_prior.weight * self.span_prior.log_prior).to(self.device)
 
     @property
     def dataset(self) -> str | None:
@@ -141,41 +155,86 @@ class Predictor:
 
     # ------------------------------------------------------------------------- the model
 
+    def _forward(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray, rows: np.ndarray):
+        """The model's output for queries `rows` (inference mode): every batch max_tokens
+        wide, and on a GPU GPU_BATCH long (padded with its own queries; cut back here)."""
+        take = np.resize(rows, GPU_BATCH) if self.device.type != "cpu" else rows
+        tok = np.zeros((len(take), self.max_tokens), np.int64)  # one width for every batch
+        tok[:, : min(self.max_tokens, ids.shape[1])] = ids[take, : self.max_tokens]
+        dtype = next(self.model.parameters()).dtype
+        vid = torch.from_numpy(video[take]).to(features.device)
+        out = self.model(features[vid].to(self.device, dtype), torch.from_numpy(tok).to(self.device))
+        return out, len(rows)
+
     def predict(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray, k: int,
                 nms: float | None = None, maps: bool = False,
-                progress: Callable[[int], None] | None = None) -> Predictions:
+                progress: Callable[[int], None] | None = None, plain: bool = False) -> Predictions:
         """Top-k segments of every query: features (V, N_v, D) of the videos, video (Q,) the row
-        of each query's video, ids (Q, Ns) its tokens. `progress(n)` hears of each batch done."""
+        of each query's video, ids (Q, Ns) its tokens. `progress(n)` hears of each batch done.
+
+        With a span prior in use the segments rank by SC + w log p; `changed` flags the
+        queries whose top-1 it moved, and with `plain` the model's own top-k come too."""
         nms = self.nms if nms is None else nms
         q = len(ids)
         k = min(k, self.clips * (self.clips + 1) // 2)
-        segments = np.zeros((q, k, 2), np.int64)
-        scores = np.zeros((q, k), np.float32)
+        prior = self.weighted_prior()
+        both = plain and prior is not None
+        segments = np.zeros((2 if both else 1, q, k, 2), np.int64)
+        scores = np.zeros((2 if both else 1, q, k), np.float32)
+        changed = np.zeros(q, bool)
         found: list[np.ndarray | None] = [None] * q
+        score_maps: list[np.ndarray | None] = [None] * q
         lengths = (ids != 0).sum(1).clip(1)
-        dtype = next(self.model.parameters()).dtype
-        fixed_batch = self.device.type != "cpu"
         self.model.eval()
 
         def run(rows: np.ndarray):
-            take = np.resize(rows, GPU_BATCH) if fixed_batch else rows  # padded with its own
-            tok = np.zeros((len(take), self.max_tokens), np.int64)  # one width for every batch
-            tok[:, : min(self.max_tokens, ids.shape[1])] = ids[take, : self.max_tokens]
             with torch.inference_mode():  # grad mode is per thread
-                vid = torch.from_numpy(video[take]).to(features.device)
-                out = self.model(features[vid].to(self.device, dtype), torch.from_numpy(tok).to(self.device))
-                seg, score = top_k_segments(out.segment_scores[: len(rows)], k, nms)
-                amap = out.alignment_map[: len(rows)].float().cpu().numpy() if maps else None
-                return rows, seg.cpu().numpy(), score.float().cpu().numpy(), amap
+                out, n = self._forward(features, video, ids, rows)
+                sc = out.segment_scores[:n].float()
+                ranked = [sc] if prior is None else [sc + prior, sc][: 2 if both else 1]
+                tops = [top_k_segments(x, k, nms) for x in ranked]
+                moved = None
+                if prior is not None:
+                    moved = (ranked[0].flatten(1).argmax(1) != sc.flatten(1).argmax(1)).cpu().numpy()
+                amap = smap = None
+                if maps:
+                    amap = out.alignment_map[:n].float().cpu().numpy()
+                    smap = self.model.sc_input(out.alignment_map[:n], out.token_mask[:n]).float().cpu().numpy()
+                return (rows, [t[0].cpu().numpy() for t in tops], [t[1].float().cpu().numpy() for t in tops],
+                        moved, amap, smap)
 
-        for rows, seg, score, amap in self._batches(lengths, run):
-            segments[rows], scores[rows] = seg, score
+        for rows, seg, score, moved, amap, smap in self._batches(lengths, run):
+            for i in range(len(seg)):
+                segments[i, rows], scores[i, rows] = seg[i], score[i]
+            if moved is not None:
+                changed[rows] = moved
             if progress is not None:
                 progress(len(rows))
             if amap is not None:
                 for j, r in enumerate(rows.tolist()):
                     found[r] = amap[j, : int(lengths[r])]
-        return Predictions(segments, scores, found if maps else None)
+                    score_maps[r] = smap[j, : int(lengths[r])]
+        own = Predictions(segments[-1], scores[-1], None) if both else None
+        return Predictions(segments[0], scores[0], found if maps else None, score_maps if maps else None,
+                           changed if prior is not None else None, own)
+
+    def segment_grid(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """(Q, S) every query's SC of the S = N_v (N_v + 1) / 2 valid segments (row-major
+        s <= e, span_prior.valid_cells): what the span prior's weight is chosen on."""
+        from fsan_cli.span_prior import valid_cells
+
+        cells = torch.from_numpy(valid_cells(self.clips)).to(self.device)
+        grid = np.zeros((len(ids), len(cells)), np.float32)
+        self.model.eval()
+
+        def run(rows: np.ndarray):
+            with torch.inference_mode():
+                out, n = self._forward(features, video, ids, rows)
+                return rows, out.segment_scores[:n].float().flatten(1)[:, cells].cpu().numpy()
+
+        for rows, values in self._batches((ids != 0).sum(1).clip(1), run):
+            grid[rows] = values
+        return grid
 
     def _batches(self, lengths: np.ndarray, run) -> Iterator:
         """`run` over batches of queries; side by side on a CPU."""
@@ -224,12 +283,18 @@ class Predictor:
     def answer(self, features: torch.Tensor, video: np.ndarray, durations: np.ndarray,
                texts: Sequence[str], top_k: int, maps: bool = False,
                progress: Callable[[int], None] | None = None) -> Answers:
-        """Every query's top-k moments (in seconds too); a DiDeMo model ranks all 21 segments."""
+        """Every query's top-k moments (in seconds too); a DiDeMo model ranks all 21 segments.
+        With a span prior in use, the model's own top-k come along (Answers.plain)."""
         ranked = self.dataset == "didemo"
         k, nms = (DIDEMO_SEGMENTS, 1.0) if ranked else (top_k, self.nms)
-        out = self.predict(features, video, self.encode(texts), k, nms, maps, progress)
-        seconds = segments_to_seconds(torch.from_numpy(out.segments), torch.from_numpy(durations), self.clips)
-        return Answers(out, seconds, ranked, None if ranked else self.nms)
+        out = self.predict(features, video, self.encode(texts), k, nms, maps, progress, plain=True)
+        dur = torch.from_numpy(durations)
+        seconds = segments_to_seconds(torch.from_numpy(out.segments), dur, self.clips)
+        plain = None
+        if out.plain is not None:
+            plain = segments_to_seconds(torch.from_numpy(out.plain.segments), dur, self.clips)
+        weight = self.span_prior.weight if out.changed is not None else None
+        return Answers(out, seconds, ranked, None if ranked else self.nms, plain, weight)
 
     def ground(self, clips: np.ndarray, video: np.ndarray, durations: np.ndarray,
                texts: Sequence[str], top_k: int,
@@ -242,8 +307,14 @@ class Predictor:
         for i, text in enumerate(texts):
             words = tokenize(text)[: self.max_tokens]
             unknown = [w for w in words if w not in self.word_to_id]
+            own = None
+            if answers.plain_seconds is not None and out.plain is not None:
+                own = (answers.plain_seconds[i][0], float(out.plain.scores[i][0]))
             results.append(Grounding(text, words, unknown, out.segments[i][:top_k],
-                                     answers.seconds[i][:top_k], out.scores[i][:top_k], out.maps[i]))
+                                     answers.seconds[i][:top_k], out.scores[i][:top_k], out.maps[i],
+                                     out.score_maps[i] if out.score_maps else None,
+                                     self.model.cfg.sc_map, answers.prior_weight,
+                                     bool(out.changed[i]) if out.changed is not None else False, own))
         return answers, results
 
 
@@ -255,13 +326,21 @@ class Answers:
     seconds: np.ndarray  # (Q, k, 2)
     ranked: bool  # every segment ranked (DiDeMo's protocol), without NMS
     nms: float | None
+    plain_seconds: np.ndarray | None = None  # (Q, k, 2) the model's own, without the span prior
+    prior_weight: float | None = None  # w of the span prior in use, else None
 
     def row(self, i: int, video: str, query: str, duration: float, top_k: int) -> dict[str, Any]:
-        """Query i's predictions JSONL line (DESIGN.md); a ranked one with all its segments."""
+        """Query i's predictions JSONL line (DESIGN.md); a ranked one with all its segments.
+        With a span prior in use, "span_prior" holds its weight, whether it changed the top-1
+        answer and the model's own moments."""
         p = self.predictions
         row = row_of(video, query, duration, self.seconds[i][:top_k], p.scores[i][:top_k], self.nms)
         if self.ranked:
             row["segments"] = p.segments[i].tolist()
+        if self.plain_seconds is not None and p.plain is not None and p.changed is not None:
+            own = row_of(video, query, duration, self.plain_seconds[i][:top_k], p.plain.scores[i][:top_k], None)
+            row["span_prior"] = {"weight": self.prior_weight, "changed": bool(p.changed[i]),
+                                 "moments": own["moments"]}
         return row
 
 
@@ -299,6 +378,11 @@ class Grounding:
     moments: np.ndarray  # (k, 2) seconds
     scores: np.ndarray  # (k,)
     alignment_map: np.ndarray  # (len(tokens), N_v) cosine
+    score_map: np.ndarray | None = None  # the map the segment scores read (align.sc_map of P)
+    sc_map: str = "p"  # which: "p", "p_hat" or "centered"
+    prior_weight: float | None = None  # w of the span prior in use, else None
+    prior_changed: bool = False  # the span prior moved the top-1 answer
+    model_top: tuple[np.ndarray, float] | None = None  # the model's own top-1 (seconds, SC)
 
 
 def row_of(video: str, query: str, duration: float, seconds: np.ndarray, scores: np.ndarray,

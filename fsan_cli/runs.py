@@ -216,9 +216,9 @@ def _deferred_interrupts() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite) -> None:
-    given = [name for name, value in (("--config", config), ("--set", set_), ("--epochs", epochs),
-                                      ("--batch-size", batch_size)) if value]
+def check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite, size=None) -> None:
+    given = [name for name, value in (("--size", size), ("--config", config), ("--set", set_),
+                                      ("--epochs", epochs), ("--batch-size", batch_size)) if value]
     if overwrite:
         given.append("--overwrite")
     if out is not None and Path(out).resolve() != Path(resume).resolve():

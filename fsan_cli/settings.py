@@ -34,6 +34,11 @@ from models.config import (
 )
 
 DATASETS = ("synthetic", "activitynet", "didemo", "charades", "custom")
+# Model sizes, each with the learning rate, batch and length that make it ground
+# (presets/size-<name>.toml; measured in docs/method.md): small for a CPU, base for one consumer
+# GPU, paper for the paper's §4.2 model.
+SIZES = ("small", "base", "paper")
+Size = Literal["small", "base", "paper"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
@@ -45,7 +50,14 @@ class DataSettings:
 
 @dataclass
 class TrainSettings:
-    epochs: int = field(default=10, metadata=at_least(1))
+    # the model size whose recipe these settings started from (presets/size-<name>.toml); a record
+    size: Size = "paper"
+    # whole passes over the train split; 0: as many as it takes to make train.steps steps
+    epochs: int = field(default=10, metadata=at_least(0))
+    # with epochs = 0, the run's length in optimizer steps (rounded up to whole epochs, at least
+    # 2): the schedules below are shares of it, so a size's recipe is the same number of updates
+    # on 1,000 videos as on 10,000
+    steps: int = field(default=0, metadata=at_least(0))
     batch_size: int = field(default=128, metadata=at_least(1))  # §4.2
     # most samples per forward/backward on each process: the gradient stays the batch's,
     # accumulated over the pieces, and activation memory scales with the piece. 0: the whole
@@ -80,6 +92,9 @@ class TrainSettings:
 class EvalSettings:
     top_k: int = field(default=5, metadata=at_least(1))
     nms: float = field(default=0.5, metadata=between(0, 1))  # IoU threshold of the top-k's NMS
+    # at the end of training, learn the span prior on train and choose its weight on val
+    # (fsan_cli/span_prior.py); answers then rank segments by SC + w log p where w > 0
+    span_prior: bool = False
 
 
 # keys of older fsan versions (run folders' config.toml, checkpoints, users' files)
@@ -152,6 +167,9 @@ def _build(flat: dict[str, Any]) -> Settings:
         sections.setdefault(section, {})[key] = value
     cls_of = typing.get_type_hints(Settings)
     settings = Settings(**{s: cls_of[s](**vals) for s, vals in sections.items()})
+    if settings.train.epochs == 0 and settings.train.steps == 0:
+        raise FsanError("train.epochs is 0 (as long as train.steps) but train.steps is 0 too",
+                        "Set train.epochs to a number of epochs, or train.steps to a number of steps")
     if settings.model.hidden % settings.model.heads:
         raise FsanError(
             f"model.hidden={settings.model.hidden} is not divisible by model.heads={settings.model.heads}",
@@ -272,13 +290,48 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise FsanError(f"config file {path} is not valid TOML ({exc})", "Fix it") from None
 
 
+def default_size(dataset: str, device: str | None = None) -> Size:
+    """The size a run gets without --size: small on a CPU (`device` "cpu", or "auto" without
+    CUDA) and for the embedded synthetic benchmark, else paper."""
+    if dataset == "synthetic":
+        return "small"
+    if device is None:
+        return "paper"
+    if device == "cpu":
+        return "small"
+    if device == "auto":
+        import torch
+
+        return "paper" if torch.cuda.is_available() else "small"
+    return "paper"
+
+
+def chosen_size(dataset: str, size: str | None, device: str) -> str:
+    """--size, or the default for `dataset` on `device` (said on stderr when it is small on a
+    CPU: the paper's model would take hours per epoch there)."""
+    if size is not None:
+        return size
+    size = default_size(dataset, device)
+    if size == "small" and dataset != "synthetic":
+        from fsan_cli.output import log
+
+        log("No --size given: training the small model on the CPU (minutes; docs/method.md, \"Sizes\"). "
+            "Pass --size paper for the paper's model")
+    return size
+
+
 def load_settings(dataset: str, config_file: Path | None = None,
-                  overrides: list[str] | None = None) -> Settings:
-    """Resolved settings for `dataset`: paper < base preset < dataset preset < file < --set."""
+                  overrides: list[str] | None = None, size: str | None = None) -> Settings:
+    """Resolved settings for `dataset`: paper < base preset < size preset (default:
+    `default_size(dataset)`) < dataset preset < file < --set."""
     if dataset not in DATASETS:
         raise FsanError(f"unknown dataset '{dataset}'", f"Use one of: {', '.join(DATASETS)}")
+    size = size or default_size(dataset)
+    if size not in SIZES:
+        raise FsanError(f"unknown size '{size}'", f"Use one of: {', '.join(SIZES)}")
     flat = flatten(asdict(Settings.paper()))
     _overlay(flat, preset("base"), "preset base.toml")
+    _overlay(flat, preset(f"size-{size}"), f"preset size-{size}.toml")
     _overlay(flat, preset(dataset), f"preset {dataset}.toml")
     if config_file is not None:
         _overlay(flat, read_toml(config_file), str(config_file))

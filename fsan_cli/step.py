@@ -4,6 +4,7 @@ pieces, and the optimizer with its learning-rate and SAP schedules."""
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -89,6 +90,15 @@ def accumulate(
             (losses.total * (scale * share)).backward()
         parts += torch.stack([losses.total, losses.matching, losses.inner, losses.outer]).detach() * share
     return parts
+
+
+def run_length(tc: TrainSettings, queries: int) -> tuple[int, int]:
+    """(steps per epoch, epochs) of a run over `queries` train queries: train.epochs, or with
+    train.epochs = 0 as many whole epochs as make train.steps optimizer steps (at least 2, so
+    that val has two epochs to choose from)."""
+    steps_per_epoch = math.ceil(queries / tc.batch_size)
+    epochs = tc.epochs or max(2, math.ceil(tc.steps / steps_per_epoch))
+    return steps_per_epoch, epochs
 
 
 def lr_at(step: int, total: int, tc: TrainSettings) -> float:

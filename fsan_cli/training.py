@@ -32,6 +32,7 @@ from fsan_cli.step import (
     lr_at,
     make_optimizer,
     ready_optimizer,
+    run_length,
     sap_schedule,
     set_lr,
 )
@@ -234,9 +235,32 @@ def train(
         if (error := write_failure(exc, run.out_dir, state.saved_step)) is not None:
             raise error from None
         raise
+    if dist.main:
+        fit_span_prior(run, progress)
     dist.barrier()
     return {"best_epoch": state.best["epoch"], "best_val_miou": state.best["score"],
             "out": str(run.out_dir), "steps": state.step}
+
+
+def fit_span_prior(run: Run, progress: bool) -> None:
+    """eval.span_prior: learn the span prior on train, choose its weight on val with best.pt's
+    model, and store both in best.pt (fsan_cli/span_prior.py); said on stderr."""
+    from fsan_cli import span_prior
+
+    if not run.cfg.eval.span_prior or not (run.out_dir / "best.pt").is_file():
+        return
+    prior = span_prior.fit_checkpoint(run.out_dir / "best.pt", run.store, run.device)
+    if not progress:
+        return
+    if prior is None:
+        log("Span prior: not used (it needs a val split to choose its weight; never for DiDeMo)")
+        return
+    own, best = prior.choices[0][1], dict(prior.choices)[prior.weight]
+    if prior.weight > 0:
+        log(f"Span prior: weight {prior.weight:g} chosen on val (mean of val R@1 and mIoU {own:.2f} -> "
+            f"{best:.2f}); stored in best.pt")
+    else:
+        log(f"Span prior: no weight helped on val (mean of val R@1 and mIoU {own:.2f}); answers are the model's own")
 
 
 def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
@@ -246,11 +270,14 @@ def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
 
     tc = run.cfg.train
     n, bs = run.data.tokens.shape[0], tc.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    total = steps_per_epoch * tc.epochs
+    steps_per_epoch, epochs = run_length(tc, n)
+    total = steps_per_epoch * epochs
+    if progress and run.dist.main and not tc.epochs and state.step == 0:
+        log(f"Training {epochs} epochs of {steps_per_epoch} steps ({total} steps: train.steps={tc.steps}, "
+            f"size {tc.size})")
     watch = FiniteWatch(run)
     with training_progress(total, enabled=progress and run.dist.main) as bar:
-        while state.epoch <= tc.epochs:
+        while state.epoch <= epochs:
             run.model.train()
             if state.pos == 0:
                 state.perm = torch.randperm(n, device=run.device, generator=run.gen)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt
+from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
 
 
 @handle_errors
@@ -19,6 +19,7 @@ def ablate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder of the runs (default runs/ablate-<dataset>).")
     ] = None,
+    size: SizeOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Shortcut for --set train.epochs=N.")] = None,
@@ -54,7 +55,7 @@ def ablate(
     out = out or Path("runs") / f"ablate-{dataset}"
     try:
         jobs, store = ablation.ablate(dataset, data_dir, out, config, overrides, variants, seeds,
-                                      overwrite, STATE.device)
+                                      overwrite, STATE.device, size)
     except KeyboardInterrupt:
         print(f"Error: interrupted. Finished variants are kept in {out}; run the same command "
               "again to resume.", file=sys.stderr)

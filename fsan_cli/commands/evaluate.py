@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import CheckpointOpt, DataDirOpt, DatasetOpt, JsonOpt, TopKOpt
+from fsan_cli.options import CheckpointOpt, DataDirOpt, DatasetOpt, JsonOpt, SpanPriorOpt, TopKOpt
 from fsan_cli.predictions import FORMAT_HELP
 
 
@@ -48,6 +48,7 @@ def evaluate(
         typer.Option("--metric", metavar="NAME", help="Print this one metric alone, e.g. rank@5."),
     ] = None,
     top_k: TopKOpt = 5,
+    span_prior: SpanPriorOpt = True,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random baseline.")] = 0,
     by_length: Annotated[
         bool, typer.Option("--by-length", help="Also the metrics by video length (paper Figure 4).")
@@ -66,7 +67,7 @@ def evaluate(
     ActivityNet-Captions, synthetic, custom: R@{1,5} at IoU {0.1,0.3,0.5} and mIoU of the top-1
     moment; Charades-STA: IoU {0.3,0.5,0.7}; DiDeMo: the official Rank@1, Rank@5 and mIoU. All in
     percent. The table shows the paper's rows, this run, and the random and prior baselines
-    computed on the same split. --save-predictions FILE never replaces a file the command reads
+    computed on the same split; a checkpoint with a span prior, also the model without it. --save-predictions FILE never replaces a file the command reads
     (the checkpoint, the predictions, the store), nor any existing file without --overwrite.
     """
     from fsan_cli import runs
@@ -89,7 +90,8 @@ def evaluate(
                             predictions=predictions, baseline=baseline and baseline.value,
                             save_predictions=save_predictions, top_k=top_k, seed=seed,
                             device=device, with_baselines=not (as_json or metric),
-                            by_length=by_length or plot is not None, overwrite=overwrite)
+                            by_length=by_length or plot is not None, overwrite=overwrite,
+                            span_prior=span_prior)
     show(result, as_json, metric, plot=plot)
 
 

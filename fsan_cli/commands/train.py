@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.errors import handle_errors
-from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt
+from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
 
 
 @handle_errors
@@ -20,6 +20,7 @@ def train(
         Path | None,
         typer.Option("--out", help="Run folder (default runs/<dataset>-<time>)."),
     ] = None,
+    size: SizeOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Shortcut for --set train.epochs=N.")] = None,
@@ -66,12 +67,12 @@ def train(
     STATE.quiet = STATE.quiet or runs.quiet_ranks()
     # options and settings first, then the device, then the data (which may be generated)
     if resume is not None:
-        runs.check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite)
+        runs.check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite, size)
         device = resolve_device(STATE.device)
         cfg, store, dataset = runs.resumed(resume, data_dir, micro_batch)
         out = resume
     else:
-        cfg = _settings(dataset, config, set_, epochs, batch_size, micro_batch)
+        cfg = _settings(dataset, config, set_, epochs, batch_size, micro_batch, size)
         out = out or runs.default_out(dataset)
         runs.check_out(out, overwrite)
         device = resolve_device(STATE.device)
@@ -88,8 +89,9 @@ def train(
     log(f"Total wall time {time.perf_counter() - t0:.0f} s")
 
 
-def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None):
-    from fsan_cli.settings import load_settings
+def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None, size=None):
+    from fsan_cli.settings import chosen_size, load_settings
+    from fsan_cli.state import STATE
 
     overrides = list(set_ or [])
     if epochs is not None:
@@ -98,6 +100,6 @@ def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None):
         overrides.append(f"train.batch_size={batch_size}")
     if micro_batch is not None:
         overrides.append(f"train.micro_batch={micro_batch}")
-    return load_settings(dataset, config, overrides)
+    return load_settings(dataset, config, overrides, chosen_size(dataset, size, STATE.device))
 
 
