@@ -300,6 +300,21 @@ def test_the_extractor_travels_into_the_store_and_checkpoint(trained, features):
     assert checkpoint.load(ckpt_path)["extractor"] == record  # weights_only loading
 
 
+def test_prepare_videos_extracts_then_prepares(trained, videos, weights, tmp_path):
+    _, store = trained
+    ann = Path(store.manifest["inputs"][0]["path"])
+    r = run(["prepare", "--dataset", "custom", "--annotations", ann, "--videos", videos,
+             "--weights", weights, "--data-dir", tmp_path, "--clips", "4", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert sorted(read(tmp_path / "custom-features.h5")) == ["a", "b", "c"]
+    again = load_store(tmp_path / "custom")
+    assert again.manifest["extractor"] == store.manifest["extractor"]
+    assert np.array_equal(again.features, store.features)
+    r = run(["prepare", "--dataset", "didemo", "--annotations", ann, "--videos", videos,
+             "--data-dir", tmp_path / "d"])  # fmt: skip
+    assert_one_error(r, "--videos extracts features for --dataset custom, not didemo.")
+
+
 def ground(args: list, cache: Path):
     return run(
         ["ground", *args, "--json", "--precision", "fp32"], env={"XDG_CACHE_HOME": str(cache)}

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fsan_cli.errors import handle_errors
+from fsan_cli.commands.extract import WeightsOpt
+from fsan_cli.errors import FsanError, handle_errors
 from fsan_cli.options import DataDirOpt, JsonOpt
 from fsan_cli.output import fmt, make_table, print_json, stdout_console, warn
 from fsan_cli.settings import load_settings
@@ -37,7 +38,17 @@ def prepare(
             "--annotations", help="Folder of the official annotation files (custom: FILE.jsonl)."
         ),
     ],
-    features: Annotated[Path, typer.Option("--features", help="The HDF5 feature file.")],
+    features: Annotated[
+        Path | None,
+        typer.Option("--features", help="The HDF5 feature file (with --videos: the one to extract into, "
+                     "default DATA_DIR/custom-features.h5)."),
+    ] = None,
+    videos: Annotated[
+        list[Path] | None,
+        typer.Option("--videos", metavar="DIR", help="custom: first extract CLIP features of these video "
+                     "files or folders into --features, as `fsan extract` does (repeatable)."),
+    ] = None,
+    weights: WeightsOpt = None,
     data_dir: DataDirOpt = Path("data"),
     out: Annotated[Path | None, typer.Option("--out", help="Write the store here instead.")] = None,
     glove: Annotated[
@@ -90,11 +101,18 @@ def prepare(
 ) -> None:
     """Turn a benchmark's official annotation and feature files into the store `train` reads.
 
+    Your own videos: --dataset custom --annotations FILE.jsonl --videos DIR extracts their CLIP
+    features first (`fsan extract`; --weights for a local copy of the CLIP weights).
+
     Clips are pooled to N_v per video, optionally PCA'd and L2-normalised; the vocabulary comes
     from the train split. Layouts and sources: docs/datasets.md.
     """
     from fsan_cli.data.prepare import PrepareOptions, prepare_dataset
 
+    if videos:
+        features = _extract(dataset, videos, features or data_dir / "custom-features.h5", weights)
+    if features is None:
+        raise FsanError("--features is missing", "Pass the HDF5 feature file, or (custom) --videos DIR")
     cfg = load_settings(dataset.value)
     opts = PrepareOptions(
         dataset=dataset.value,
@@ -118,6 +136,27 @@ def prepare(
         print_json(summary)
     else:
         stdout_console().print(_table(summary))
+
+
+def _extract(dataset: Dataset, videos: list[Path], features: Path, weights: Path | None) -> Path:
+    """`fsan extract VIDEOS --out FEATURES` with its defaults (resumable: videos already there
+    are skipped); any video that fails stops prepare."""
+    from fsan_cli.device import resolve_device
+    from fsan_cli.extract import extract_files
+    from fsan_cli.state import STATE
+    from fsan_cli.video import DEFAULT_BATCH, DEFAULT_FPS, DEFAULT_MODEL
+
+    if dataset is not Dataset.custom:
+        raise FsanError(f"--videos extracts features for --dataset custom, not {dataset.value}",
+                        f"Pass the official feature file of {dataset.value} with --features")
+    features.parent.mkdir(parents=True, exist_ok=True)
+    summary = extract_files(videos, features, DEFAULT_MODEL, weights, DEFAULT_FPS, DEFAULT_BATCH,
+                            resolve_device(STATE.device))
+    if summary["failed"]:
+        first = summary["failed"][0]
+        raise FsanError(f"{len(summary['failed'])} videos could not be read; the first: {first['reason']}",
+                        f"Fix or remove them and run again (the others are kept in {features})")
+    return features
 
 
 def _table(s: dict[str, Any]):
