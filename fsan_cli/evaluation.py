@@ -88,13 +88,15 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     if by_length:
         lengths = breakdown.by_length(dataset, queries, breakdown.matched_rows(dataset, queries, rows))
     result = Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption, lengths)
-    if checkpoint is not None and rows and "span_prior" in rows[0]:
+    if rows and all(isinstance(row.get("span_prior"), dict) for row in rows):  # prior-aware answers
         own = [{**row, "moments": row["span_prior"]["moments"]} for row in rows]
-        result.without_prior = score(dataset, queries, own)[0]
+        result.without_prior = score_details(dataset, queries, own, in_split_order=predictions is None)[0]
         result.prior_weight = float(rows[0]["span_prior"]["weight"])
-        result.prior_changed = 100 * sum(row["span_prior"]["changed"] for row in rows) / len(rows)
-        result.label = "FSAN + span prior (this run)"
-        result.baselines.insert(0, ("FSAN without span prior (this run)", result.without_prior))
+        result.prior_changed = 100 * sum(bool(row["span_prior"]["changed"]) for row in rows) / len(rows)
+        if checkpoint is not None:
+            result.label = "FSAN + span prior (this run)"
+        result.baselines.insert(0, (f"{'FSAN' if checkpoint is not None else 'the same'} without span prior",
+                                    result.without_prior))
         result.caption += (f"\nSpan prior: SC + {result.prior_weight:g} log p(s, e), p the train spans' "
                            f"distribution, the weight chosen on val; it changed the top-1 answer of "
                            f"{result.prior_changed:.1f}% of the queries.")

@@ -34,11 +34,24 @@ def moments_table(video: str, duration: float, g: Grounding):
         (str(r), f"{s:.2f}", f"{e:.2f}", clock(s), clock(e), f"{c:.4f}")
         for r, ((s, e), c) in enumerate(zip(g.moments, g.scores, strict=True), 1)
     ]
-    return make_table(
+    table = make_table(
         escape(f"{g.query!r} in {video} ({duration:.1f} s, {clock(duration)})"),
         ["rank", "start (s)", "end (s)", "start", "end", "score"],
         rows,
     )
+    table.caption = escape(prior_note(g)) or None
+    return table
+
+
+def prior_note(g: Grounding) -> str:
+    """One line on the span prior behind the answer, or "" when none was used."""
+    if g.prior_weight is None:
+        return ""
+    text = f"Scores: SC + {g.prior_weight:g} log p(s, e), the span prior learned on train. "
+    if g.prior_changed and g.model_top is not None:
+        (s, e), sc = g.model_top
+        return text + f"It moved the top answer: the model alone answers {s:.2f}-{e:.2f} s (SC {sc:.4f})."
+    return text + "The top answer is the model's own."
 
 
 PLAIN_RAMP = " .:-=+*#%@"  # low to high
@@ -58,24 +71,44 @@ def _shade(x: float) -> tuple[int, int, int]:
     return tuple(round(a[c] + f * (b[c] - a[c])) for c in range(3))  # type: ignore[return-value]
 
 
+# what each align.sc_map shows: the map the segment scores (eq. 8) read
+MAP_TITLES = {
+    "p": "Alignment map P",
+    "p_hat": "(1 + P) / 2, the map the segment scores read",
+    "centered": "P centred (each word's mean over the clips removed), the map the segment scores read",
+}
+
+
+def shown_map(g: Grounding) -> tuple[np.ndarray, str, float, float]:
+    """(values, title, low, high) of the map to draw: the one the segment scores read. A
+    centred map is drawn on a scale symmetric about 0, so a word that responds evenly over
+    the whole video (a flat row, which no segment can win on) shows as one even shade."""
+    values = g.alignment_map if g.score_map is None else g.score_map
+    title = MAP_TITLES.get(g.sc_map if g.score_map is not None else "p", MAP_TITLES["p"])
+    if g.score_map is not None and g.sc_map == "centered":
+        m = float(np.abs(values).max())
+        return values, title, -m, m
+    return values, title, float(values.min()), float(values.max())
+
+
 def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
-    """The token-by-clip alignment map as rich Text (paper Figure 3), the top-1 moment marked
-    under it, and a time axis. Without colour: ASCII shades from PLAIN_RAMP."""
+    """The token-by-clip map the segment scores read (P, or P centred: paper Figure 3) as rich
+    Text, the top-1 moment marked under it (and the model's own, when the span prior moved
+    it), and a time axis. Without colour: ASCII shades from PLAIN_RAMP."""
     from rich.text import Text
 
-    values = g.alignment_map
+    values, title, lo, hi = shown_map(g)
     nv = values.shape[1]
     names = [t + ("*" if t in g.unknown else "") for t in g.tokens]
     label = max(5, min(LABEL_WIDTH, max(len(n) for n in names)))  # 5: "top 1"
     cw = max(1, min(3, (width - label - 3) // nv))  # characters per clip
-    lo, hi = float(values.min()), float(values.max())
     scaled = (values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5)
     shades = (
         f"dark {lo:.2f} to bright {hi:.2f}"
         if colour
         else f"shades '{PLAIN_RAMP}' from {lo:.2f} to {hi:.2f}"
     )
-    out = Text(f"Alignment map, words x {nv} clips of {duration / nv:.2f} s; {shades}\n")
+    out = Text(f"{title}, words x {nv} clips of {duration / nv:.2f} s; {shades}\n")
     for t, name in enumerate(names):
         out.append(_fit(name, label).rjust(label) + " |")
         for j in range(nv):
@@ -89,6 +122,13 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
     out.append("top 1".rjust(label) + "  " + " " * (s * cw))
     out.append(_marker((e - s + 1) * cw), style="bold red" if colour else "")
     out.append("\n")
+    if g.prior_changed and g.model_top is not None:  # where the model alone would have answered
+        (a, b), _ = g.model_top
+        ms = min(nv - 1, int(round(a / duration * nv)))
+        me = max(ms, min(nv - 1, int(round(b / duration * nv)) - 1))
+        out.append("model".rjust(label) + "  " + " " * (ms * cw))
+        out.append(_marker((me - ms + 1) * cw), style="yellow" if colour else "")
+        out.append("  (without the span prior)\n")
     axis, labels = _time_axis(nv, cw, duration)
     out.append(" " * (label + 2) + axis + "\n" + " " * (label + 2) + labels)
     if g.unknown:
@@ -142,8 +182,10 @@ MAX_PANELS = 12
 
 
 def save_plot(path: Path, results: Sequence[Grounded]) -> None:
-    """One panel per query (at most MAX_PANELS): the alignment map over time, the top-1 moment
-    boxed in red, as in the paper's Figure 3."""
+    """One row per query (at most MAX_PANELS): the alignment map P over time, and beside it the
+    map the segment scores read when that is another (e.g. P centred), the top-1 moment boxed
+    in red (and the model's own in dashed yellow when the span prior moved it), as in the
+    paper's Figure 3."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,29 +196,38 @@ def save_plot(path: Path, results: Sequence[Grounded]) -> None:
         warn(f"--plot draws the first {MAX_PANELS} of {len(results)} queries")
     shown = results[:MAX_PANELS]
     heights = [1.2 + 0.28 * len(r.grounding.tokens) for r in shown]
+    two = any(r.grounding.score_map is not None and r.grounding.sc_map != "p" for r in shown)
     fig, axes = plt.subplots(
         len(shown),
-        1,
-        figsize=(10, sum(heights)),
+        2 if two else 1,
+        figsize=(18 if two else 10, sum(heights)),
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
     )
-    for ax, r in zip(axes[:, 0], shown, strict=True):
+    for row, r in zip(axes, shown, strict=True):
         g, duration = r.grounding, r.duration
         n = len(g.tokens)
-        im = ax.imshow(
-            g.alignment_map,
-            aspect="auto",
-            cmap="viridis",
-            interpolation="nearest",
-            extent=(0, duration, n - 0.5, -0.5),
-        )
-        s, e = (float(v) for v in g.moments[0])
-        ax.add_patch(Rectangle((s, -0.5), e - s, n, fill=False, edgecolor="red", linewidth=2))
-        ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])
-        ax.set_title(f"{g.query} in {r.video}  (top 1: {s:.1f}-{e:.1f} s, score {g.scores[0]:.3f})",
-                     fontsize=9)
-        fig.colorbar(im, ax=ax, pad=0.01)
-    axes[-1, 0].set_xlabel("time (s)")
+        panels = [(g.alignment_map, "P", None, None)]
+        if two and g.score_map is not None:
+            values, title, lo, hi = shown_map(g)
+            panels.append((values, title.split(",")[0], lo, hi))
+        for ax, (values, name, lo, hi) in zip(row, panels, strict=False):
+            im = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
+                           extent=(0, duration, n - 0.5, -0.5), vmin=lo, vmax=hi)
+            s, e = (float(v) for v in g.moments[0])
+            ax.add_patch(Rectangle((s, -0.5), e - s, n, fill=False, edgecolor="red", linewidth=2))
+            if g.prior_changed and g.model_top is not None:
+                (a, b), _ = g.model_top
+                ax.add_patch(Rectangle((a, -0.5), b - a, n, fill=False, edgecolor="yellow",
+                                       linewidth=1.5, linestyle="--"))
+            ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])
+            moved = " (span prior; the model alone: dashed)" if g.prior_changed else ""
+            ax.set_title(f"{name}: {g.query} in {r.video}  (top 1: {s:.1f}-{e:.1f} s, score "
+                         f"{g.scores[0]:.3f}){moved}", fontsize=9)
+            fig.colorbar(im, ax=ax, pad=0.01)
+        for ax in row[len(panels):]:
+            ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("time (s)")
     fig.tight_layout()
     save_figure(fig, path)

@@ -289,6 +289,9 @@ def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence
             "clips": int(g.alignment_map.shape[1]),
             "values": np.round(g.alignment_map.astype(np.float64), 4).tolist(),
         }
+        if g.score_map is not None and g.sc_map != "p":  # what the segment scores read
+            row["score_map"] = {"kind": g.sc_map,
+                                "values": np.round(g.score_map.astype(np.float64), 4).tolist()}
         out.append(Grounded(video, seconds[key], g, {**row, **r.extra}))
     return out
 

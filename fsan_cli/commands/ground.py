@@ -11,7 +11,7 @@ import typer
 
 from fsan_cli.commands.extract import WeightsOpt
 from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import CheckpointOpt, DataDirOpt, JsonLinesOpt, TopKOpt
+from fsan_cli.options import CheckpointOpt, DataDirOpt, JsonLinesOpt, SpanPriorOpt, TopKOpt
 
 
 class Precision(StrEnum):
@@ -48,6 +48,7 @@ def ground(
     ] = None,
     data_dir: DataDirOpt = Path("data"),
     top_k: TopKOpt = 5,
+    span_prior: SpanPriorOpt = True,
     as_json: JsonLinesOpt = False,
     precision: Annotated[
         Precision,
@@ -77,7 +78,11 @@ def ground(
     line. Videos without a duration take it
     from the prepared store (--dataset, --data-dir). Features are pooled, normalised and
     projected as at training time. Without --checkpoint, the newest runs/*/best.pt answers.
-    --json prints one line per query: the predictions format plus its alignment_map. Examples:
+    The map drawn is the one the segment scores read (P centred, by default); --plot draws P
+    beside it. With the checkpoint's span prior (`fsan train` chose its weight on val), a
+    segment's score is SC + w log p(s, e), and an answer the prior moved is marked, with the
+    model's own beside it. --json prints one line per query: the predictions format plus its
+    alignment_map, score_map and span_prior. Examples:
 
         fsan ground v.h5 - --json < q.txt | fsan evaluate --predictions -
         fsan ground feats.hdf5 --queries pairs.jsonl --json > predictions.jsonl
@@ -111,6 +116,8 @@ def ground(
     videos, keys = g.read_asked(video, asked, video_id)
     checkpoint = checkpoint or newest()
     predictor = Predictor.load(checkpoint, resolve_device(STATE.device), precision.value)
+    if not span_prior:
+        predictor.span_prior = None
     results = g.ground(predictor, videos, keys, asked, top_k, duration, dataset, data_dir)
     if as_json:
         for r in results:
