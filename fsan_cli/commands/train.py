@@ -42,6 +42,11 @@ def train(
     ] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step (compiling takes minutes; on one GPU it replaces the CUDA graph that train.cuda_graph captures).")] = False,
     no_test: Annotated[bool, typer.Option("--no-test", help="Skip scoring on the test split.")] = False,
+    seeds: Annotated[
+        str | None,
+        typer.Option("--seeds", metavar="LIST", help="Train once per seed (e.g. 0,1,2) into OUT/seed<N>; "
+                     "the test table shows each seed, their mean and standard deviation."),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Train FSAN on a prepared dataset (default: the embedded synthetic benchmark).
@@ -66,6 +71,9 @@ def train(
 
     STATE.quiet = STATE.quiet or runs.quiet_ranks()
     # options and settings first, then the device, then the data (which may be generated)
+    if seeds is not None:
+        return _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro_batch, size,
+                            overwrite, resume, compile_, no_test, seeds, json_)
     if resume is not None:
         runs.check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite, size)
         device = resolve_device(STATE.device)
@@ -87,6 +95,29 @@ def train(
                             seed=cfg.train.seed, device=summary["device"], with_baselines=not json_)
     show(result, json_, extra_json={"run": str(out), "best_epoch": summary["best_epoch"]})
     log(f"Total wall time {time.perf_counter() - t0:.0f} s")
+
+
+def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro_batch, size, overwrite,
+                 resume, compile_, no_test, seeds, json_) -> None:
+    from fsan_cli import runs
+    from fsan_cli.data.store import open_store
+    from fsan_cli.device import resolve_device
+    from fsan_cli.errors import FsanError
+    from fsan_cli.seeds import parse_seeds, show_seeds, train_seeds
+    from fsan_cli.state import STATE
+
+    chosen = parse_seeds(seeds)
+    for name, value in (("--resume", resume), ("--no-test", no_test)):
+        if value:
+            raise FsanError(f"--seeds trains and tests new runs, so {name} cannot go with it",
+                            f"Drop {name}, or train one seed at a time")
+    cfg = _settings(dataset, config, set_, epochs, batch_size, micro_batch, size)
+    out = out or runs.default_out(dataset)
+    device = resolve_device(STATE.device)
+    store = open_store(dataset, data_dir, cfg.data.clips)
+    result = train_seeds(dataset, cfg, store, out, chosen, device, compile_, overwrite, json_)
+    if result is not None:
+        show_seeds(dataset, result, json_)
 
 
 def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None, size=None):
