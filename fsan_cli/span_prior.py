@@ -27,8 +27,9 @@ import torch
 
 SMOOTHING = 1.0  # add-one: every segment keeps some prior mass
 # candidate weights, chosen on val; SC is a difference of cosine means (|SC| < 2) and log p
-# spans about -2 (the most common span) to -10 (a span never seen in 10,000 moments)
-WEIGHTS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
+# spans about -2 (the most common span) to -10 (a span never seen in 10,000 moments), so from
+# 1 on the prior decides nearly alone (an untrained model's val choice)
+WEIGHTS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass
