@@ -7,6 +7,9 @@ model FLOP utilisation where the device's peak is known.
         --set model.heads=2 --set data.clips=32 --batch-size 64
     python -m benchmarks.speed.train_speed --device cuda --compile --json
     python -m benchmarks.speed.train_speed --device cuda --cuda-graph --profile   # train.cuda_graph
+    python -m benchmarks.speed.train_speed --device cuda --cuda-graph --bf16-weights --compile-losses
+    torchrun --nproc_per_node=2 -m benchmarks.speed.train_speed --device cuda --cuda-graph \
+        --set train.static_graph=true --batch-size 256     # DDP: --batch-size is the global batch
 
 Inputs are random with the paper's shapes: 500-d clip features, ~24 tokens, 300-d word vectors.
 The result (and --json's line) carries a "record" of how it was made (benchmarks/record.py).
@@ -15,25 +18,32 @@ The result (and --json's line) carries a "record" of how it was made (benchmarks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from benchmarks.record import record
+from fsan_cli import distributed
 from fsan_cli.device import resolve_device
-from fsan_cli.distributed import Dist
 from fsan_cli.memory import activation_bytes, step_bytes
 from fsan_cli.settings import load_settings
-from fsan_cli.step import TrainingPass, make_optimizer
+from fsan_cli.step import make_optimizer
+from fsan_cli.step_options import MasterWeights, training_pass
 from fsan_cli.training import Run, TrainingData, capture_steps, step_body
 from models.fsan import FSAN
+from models.losses import fsan_losses
 
 ACTIVITYNET_PAIRS = 37_421
 # dense bf16 peak of known GPUs (TFLOP/s), for model FLOP utilisation
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# bf16 matrix-multiply rate measured on the GPU (TFLOP/s; DESIGN.md, "Speed anchors"): the
+# issue's MFU target (45%) is against this
+MEASURED_BF16 = {"H200": 790.0}
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -68,6 +78,23 @@ def profile_steps(step, sync, device: torch.device, steps: int = 3) -> dict:
     }
 
 
+@contextlib.contextmanager
+def uncompiled(plain: torch.nn.Module):
+    """The pass with train.compile_losses' compiled functions swapped for the eager ones (the
+    FLOP counter counts eager operators)."""
+    net, losses = plain.model, getattr(plain, "losses", None)
+    scores = net.compiled_scores
+    net.compiled_scores = None
+    if losses is not None:
+        plain.losses = fsan_losses
+    try:
+        yield
+    finally:
+        net.compiled_scores = scores
+        if losses is not None:
+            plain.losses = losses
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +123,12 @@ def main(argv: list[str] | None = None) -> dict:
                          "combines with --cuda-graph")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="capture the whole step as one CUDA graph (train.cuda_graph)")
+    ap.add_argument("--bf16-weights", action="store_true",
+                    help="bf16 weights with fp32 masters instead of autocast (train.bf16_weights)")
+    ap.add_argument("--compile-losses", action="store_true",
+                    help="torch.compile the losses and segment scores alone (train.compile_losses)")
+    ap.add_argument("--name", default=None, help="a name for the row (--out)")
+    ap.add_argument("--out", type=Path, default=None, help="also append the JSON row to this file")
     ap.add_argument("--profile", action="store_true",
                     help="also profile a few steps: kernels launched and GPU busy time per step, "
                          "and the costliest kernels (on stderr)")
@@ -103,8 +136,31 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     sets = list(args.sets) + ([f"train.batch_size={args.batch_size}"] if args.batch_size else [])
+    sets += ["train.bf16_weights=true"] * args.bf16_weights + ["train.compile_losses=true"] * args.compile_losses
     cfg = load_settings("activitynet", overrides=sets)
-    device = resolve_device(args.device, announce=False)
+    dist, device = distributed.init(resolve_device(args.device, announce=False))  # torchrun: DDP
+    try:
+        result = measure(args, argv, cfg, device, dist)
+    finally:
+        distributed.shutdown()
+    if not dist.main:
+        return result
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(json.dumps({"name": args.name, **result}) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>22}: {v}")
+    return result
+
+
+def measure(args, argv, cfg, device: torch.device, dist) -> dict:
+    """The measurement, in this process (one rank of torchrun, or alone)."""
+    if args.cuda_graph and device.type != "cuda":  # a dry run on a CPU (gpu_check.sh DRY=1)
+        print("--cuda-graph ignored: capturing needs CUDA", file=sys.stderr)
+        args.cuda_graph = False
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
@@ -130,9 +186,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.micro_batch:
         cfg = cfg.replace("train.micro_batch", args.micro_batch)
     opt = make_optimizer(model, cfg.train, device, captured=args.cuda_graph)
-    plain = TrainingPass(model, autocast)  # what `fsan train` runs (and compiles) per step
-    runner = torch.compile(plain, mode=args.compile_mode) if args.compile else plain
-    run = Run(model, runner, opt, None, data, cfg, None, None, device, Dist())
+    masters = MasterWeights(model) if cfg.train.bf16_weights else None
+    plain = training_pass(model, cfg.train, device, masters)  # what `fsan train` runs per step
+    plain.bf16 = autocast and masters is None  # --precision tf32 / fp32: no autocast
+    wrapped = dist.wrap(plain, device, mc, static_graph=cfg.train.static_graph, side_stream=args.cuda_graph)
+    runner = torch.compile(wrapped, mode=args.compile_mode) if args.compile else wrapped
+    run = Run(model, runner, opt, None, data, cfg, None, None, device, dist, masters=masters)
     if args.cuda_graph:
         capture_steps(run)
 
@@ -144,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             step_body(run if not eager else eager_run, idx, neg, 1.0)
 
-    eager_run = Run(model, plain, opt, None, data, cfg, None, None, device, Dist())
+    eager_run = Run(model, wrapped, opt, None, data, cfg, None, None, device, dist, masters=masters)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -154,13 +213,14 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, uncompiled(plain):
             step(eager=True)
-        flops = counter.get_total_flops() / b
+        flops = counter.get_total_flops() / dist.largest_share(b)  # this rank's rows
     except Exception:  # noqa: BLE001 - FLOP counting is best effort
         flops = None
     if args.compile_layers:  # after the FLOP count, which runs eagerly
-        for block in [*model.icim, *model.text_encoder]:
+        net = plain.model  # the bf16 copy under --bf16-weights
+        for block in [*net.icim, *net.text_encoder]:
             block.compile()
     sync()
     if device.type == "cuda":
@@ -175,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     budget = args.seconds if args.seconds is not None else (5.0 if device.type == "cuda" else 20.0)
     rates: list[float] = []  # samples/s of each window: a shared machine's load moves it by 10-20%
     spent = 0.0
-    while not rates or spent < budget:
+    while not rates or more(spent < budget, dist, device):
         sync()
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -189,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
         "samples_per_s": round(sps, 2),
         "samples_per_s_range": [round(min(rates), 2), round(max(rates), 2)],
         "windows": len(rates),
+        "processes": dist.world,  # torchrun: samples/s of all of them; per GPU below
+        "samples_per_s_per_process": round(sps / dist.world, 2),
         "epoch_s_activitynet": round(ACTIVITYNET_PAIRS / sps, 2),
         "gflop_per_sample": round(flops / 1e9, 2) if flops else None,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -196,6 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
         "compile": args.compile_mode if args.compile else False,
         "compile_layers": args.compile_layers,
         "cuda_graph": args.cuda_graph,
+        "bf16_weights": cfg.train.bf16_weights,
+        "compile_losses": cfg.train.compile_losses,
+        "static_graph": cfg.train.static_graph if dist.world > 1 else None,
+        "negative_video": mc.negative_video,  # the third pass (V^-, S)
         "warmup_s": round(warmup_s, 1),
         "batch_size": b,
         "micro_batch": args.micro_batch,
@@ -210,18 +276,22 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if flops and device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        if peak:
-            result["mfu_percent"] = round(100 * flops * sps / (peak * 1e12), 1)
+        for key, table in (("mfu_percent", PEAK_BF16), ("mfu_measured_percent", MEASURED_BF16)):
+            peak = next((v for k, v in table.items() if k in name), None)
+            if peak:  # per GPU
+                result[key] = round(100 * flops * sps / dist.world / (peak * 1e12), 1)
     if args.profile:
         result.update(profile_steps(step, sync, device))
     result["record"] = record(__spec__.name, argv)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>22}: {v}")
     return result
+
+
+def more(wanted: bool, dist, device: torch.device) -> bool:
+    """Whether to time another window: under torchrun, only while every rank wants one (the
+    ranks step together)."""
+    if dist.world == 1:
+        return wanted
+    return bool(dist.all_min(torch.tensor(int(wanted), device=device)).item())
 
 
 if __name__ == "__main__":
