@@ -63,5 +63,5 @@ def use_cuda_graph(tc: TrainSettings, device: torch.device, compile: bool, dist:
     """Whether to capture the step (train.cuda_graph, on by default): on CUDA, without --compile
     (whose reduce-overhead mode captures graphs of its own), in one process or under torchrun
     with train.static_graph (DDP's all-reduce captured with the step; NCCL 2.9.6 or later)."""
-    alone = dist.world == 1 or bool(tc.static_graph)
+    alone = dist.world == 1 or dist.static_graph(tc)
     return bool(tc.cuda_graph) and device.type == "cuda" and not compile and alone

@@ -48,6 +48,13 @@ class Dist:
             return idx[:1], neg[:1], 0.0
         return mine, neg_mine, mine.numel() / idx.numel()
 
+    def static_graph(self, tc) -> bool:
+        """Whether DDP is built with static_graph=True: train.static_graph under torchrun, with
+        each rank's share of a batch in one piece (DDP's static graph does not take the
+        no_sync of train.micro_batch's pieces: such a run steps with the dynamic one)."""
+        pieces = 0 < tc.micro_batch < self.largest_share(tc.batch_size)
+        return bool(tc.static_graph) and self.world > 1 and not pieces
+
     def wrap(self, module: torch.nn.Module, device: torch.device, mc, static_graph: bool = False,
              side_stream: bool = False) -> torch.nn.Module:
         """DDP around `module` (itself in one process). static_graph (train.static_graph): every

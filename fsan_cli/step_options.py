@@ -109,7 +109,12 @@ def training_pass(
 
 
 def describe(
-    tc: TrainSettings, device: torch.device, compile: bool, graphed: bool, world: int
+    tc: TrainSettings,
+    device: torch.device,
+    compile: bool,
+    graphed: bool,
+    world: int,
+    static: bool = False,
 ) -> str:
     """One line for stderr: the step's path and its options, e.g. "Training step: captured as
     one CUDA graph after 3 eager steps (train.cuda_graph), bf16 autocast"."""
@@ -130,8 +135,10 @@ def describe(
     if tc.compile_losses:
         parts.append("compiled losses (train.compile_losses)")
     if world > 1:
-        parts.append(
-            f"DDP over {world} processes"
-            + (", static graph (train.static_graph)" if tc.static_graph else "")
-        )
+        if static:
+            parts.append(f"DDP over {world} processes, static graph (train.static_graph)")
+        elif tc.static_graph:  # Dist.static_graph: not with micro-batch pieces
+            parts.append(f"DDP over {world} processes, dynamic graph (train.micro_batch's pieces)")
+        else:
+            parts.append(f"DDP over {world} processes")
     return "Training step: " + ", ".join(parts)

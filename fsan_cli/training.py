@@ -212,7 +212,7 @@ def train(
         torch.manual_seed(tc.seed + dist.rank)  # dropout masks differ between ranks
     masters = MasterWeights(model) if tc.bf16_weights else None  # after a restore: its weights
     runner = dist.wrap(training_pass(model, tc, device, masters), device, mc,
-                       static_graph=tc.static_graph, side_stream=graphed)
+                       static_graph=dist.static_graph(tc), side_stream=graphed)
     if compile:
         runner = torch.compile(runner, mode=tc.compile_mode)
     run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist,
@@ -220,7 +220,7 @@ def train(
     if graphed:
         capture_steps(run)
     if progress and dist.main:
-        log(describe(tc, device, compile, graphed, dist.world))
+        log(describe(tc, device, compile, graphed, dist.world, dist.static_graph(tc)))
     if checkpoint_every is None:
         checkpoint_every = int(tc.checkpoint_every)
     try:

@@ -216,6 +216,11 @@ def test_when_a_ddp_step_is_captured():
     assert use_cuda_graph(TrainSettings(), gpu, False, two) is False
     assert use_cuda_graph(TrainSettings(static_graph=True), gpu, False, two) is True
     assert use_cuda_graph(TrainSettings(static_graph=True), gpu, True, two) is False  # --compile
+    pieces = TrainSettings(static_graph=True, micro_batch=16)  # shares of 64 in 4 pieces
+    assert two.static_graph(pieces) is False and use_cuda_graph(pieces, gpu, False, two) is False
+    whole = TrainSettings(static_graph=True, micro_batch=64)  # one piece each
+    assert two.static_graph(whole) is True and Dist().static_graph(whole) is False
+    assert "dynamic graph" in describe(pieces, gpu, False, False, 2, False)
     assert (
         use_cuda_graph(TrainSettings(static_graph=True), torch.device("cpu"), False, two) is False
     )
@@ -233,7 +238,7 @@ def test_the_stderr_line_names_the_path():
         TrainSettings(), gpu, True, False, 1
     )
     tc = TrainSettings(bf16_weights=True, compile_losses=True, static_graph=True)
-    line = describe(tc, gpu, False, True, 2)
+    line = describe(tc, gpu, False, True, 2, True)
     assert "after 11 eager steps" in line and "bf16 weights with fp32 masters" in line
     assert "compiled losses" in line and "DDP over 2 processes, static graph" in line
 
@@ -328,11 +333,32 @@ def test_two_processes_with_a_static_graph_follow_one_process(tmp_path):
     )
     assert static.returncode == 0, static.stderr[-3000:]
     assert "DDP over 2 processes, static graph (train.static_graph)" in static.stderr
+    # micro-batch pieces need DDP's no_sync, which a static graph refuses: the dynamic one
+    pieces = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            *train,
+            "--set=train.static_graph=true",
+            "--micro-batch",
+            "3",
+            "--out",
+            str(tmp_path / "pieces"),
+        ],
+        tmp_path,
+    )
+    assert pieces.returncode == 0, pieces.stderr[-3000:]
+    assert "DDP over 2 processes, dynamic graph (train.micro_batch's pieces)" in pieces.stderr
     one = run([sys.executable, *train, "--out", str(tmp_path / "one")], tmp_path)
     assert one.returncode == 0, one.stderr
-    a, b = losses(tmp_path / "static"), losses(tmp_path / "one")
-    assert len(a) == len(b) == 2
-    for x, y in zip(a, b, strict=True):
-        for key in LOSSES:
-            assert x[key] == pytest.approx(y[key], abs=1e-2), (key, a, b)
-    assert a[0]["loss"] == pytest.approx(b[0]["loss"], abs=1e-3)
+    b = losses(tmp_path / "one")
+    for name in ("static", "pieces"):
+        a = losses(tmp_path / name)
+        assert len(a) == len(b) == 2
+        for x, y in zip(a, b, strict=True):
+            for key in LOSSES:
+                assert x[key] == pytest.approx(y[key], abs=1e-2), (name, key, a, b)
+        assert a[0]["loss"] == pytest.approx(b[0]["loss"], abs=1e-3)

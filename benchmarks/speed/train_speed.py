@@ -189,7 +189,7 @@ def measure(args, argv, cfg, device: torch.device, dist) -> dict:
     masters = MasterWeights(model) if cfg.train.bf16_weights else None
     plain = training_pass(model, cfg.train, device, masters)  # what `fsan train` runs per step
     plain.bf16 = autocast and masters is None  # --precision tf32 / fp32: no autocast
-    wrapped = dist.wrap(plain, device, mc, static_graph=cfg.train.static_graph, side_stream=args.cuda_graph)
+    wrapped = dist.wrap(plain, device, mc, static_graph=dist.static_graph(cfg.train), side_stream=args.cuda_graph)
     runner = torch.compile(wrapped, mode=args.compile_mode) if args.compile else wrapped
     run = Run(model, runner, opt, None, data, cfg, None, None, device, dist, masters=masters)
     if args.cuda_graph:
@@ -260,7 +260,7 @@ def measure(args, argv, cfg, device: torch.device, dist) -> dict:
         "cuda_graph": args.cuda_graph,
         "bf16_weights": cfg.train.bf16_weights,
         "compile_losses": cfg.train.compile_losses,
-        "static_graph": cfg.train.static_graph if dist.world > 1 else None,
+        "static_graph": dist.static_graph(cfg.train) if dist.world > 1 else None,
         "negative_video": mc.negative_video,  # the third pass (V^-, S)
         "warmup_s": round(warmup_s, 1),
         "batch_size": b,
