@@ -121,7 +121,8 @@ def fit_checkpoint(path: Path, store: Any, device: torch.device, dataset: str | 
     from fsan_cli.training import video_rows
 
     dataset = dataset or store.manifest.get("dataset") or "custom"
-    train_q, val_q = store.splits.get("train") or [], store.splits.get("val") or []
+    train_q = store.splits.get("train") or []
+    val_q = [q for q in store.splits.get("val") or [] if q.times]  # the weight is scored on these
     if dataset == "didemo" or not val_q or not train_q:
         return None
     predictor = Predictor.load(path, device)

@@ -104,7 +104,7 @@ def training_data(mc: FSANConfig, store: Store, device: torch.device) -> Trainin
             f"Pass --set data.clips={store.clips}, or prepare again with --clips {mc.clips}",
         )
     train_q = store.split("train")
-    val_q = store.splits.get("val") or []
+    val_q = [q for q in store.splits.get("val") or [] if q.times]  # only annotated queries can select
     if not train_q:
         raise FsanError(f"the train split at {store.path} is empty", "Prepare the data again")
     vids = torch.from_numpy(video_rows(store, train_q)).to(device)

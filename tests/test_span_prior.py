@@ -193,3 +193,21 @@ def test_didemo_gets_no_prior(tmp_path):
     store = SimpleNamespace(manifest={"dataset": "didemo"},
                             splits={"train": [Query("a", "x", 30.0, [[0, 5]])], "val": [Query("a", "x", 30.0, [[0, 5]])]})
     assert span_prior.fit_checkpoint(tmp_path / "missing.pt", store, torch.device("cpu")) is None
+
+
+def test_a_val_split_without_times_selects_nothing_and_fits_no_prior(tmp_path):
+    import shutil
+
+    src = tiny_synthetic(tmp_path / "a")
+    dst = tmp_path / "b" / "synthetic"
+    shutil.copytree(src, dst)
+    lines = [json.loads(x) for x in (dst / "val.jsonl").read_text().splitlines()]
+    (dst / "val.jsonl").write_text("".join(json.dumps({k: v for k, v in x.items() if k != "times"}) + "\n"
+                                           for x in lines))
+    store = load_store(dst)
+    assert store.split("val") and not any(q.times for q in store.split("val"))
+    out = tmp_path / "run"
+    summary = training.train(load_settings("synthetic", overrides=TINY), store, out, torch.device("cpu"),
+                             progress=False)
+    assert summary["best_epoch"] == 2  # no val scores: the last epoch
+    assert "span_prior" not in checkpoint.load(out / "best.pt")
