@@ -61,6 +61,7 @@ def train_run(args, data_dir: Path, runs: Path, seed: int) -> dict:
         seconds = round(time.perf_counter() - t0, 1)
         (out / "done").write_text(json.dumps({"train_s": seconds}))
     seconds = json.loads((out / "done").read_text())["train_s"]
+    fit_prior_if_missing(out / "best.pt", data_dir, args.dataset)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     best = max((r for r in records if r.get("best")), key=lambda r: r["epoch"])
     row = {"size": args.size, "seed": seed, "tag": args.tag, "sets": args.sets, "train_s": seconds,
@@ -73,6 +74,18 @@ def train_run(args, data_dir: Path, runs: Path, seed: int) -> dict:
           f"test mIoU {m['miou']:.2f} (without span prior {m.get('without_span_prior', m)['miou']:.2f})",
           file=sys.stderr, flush=True)
     return row
+
+
+def fit_prior_if_missing(best: Path, data_dir: Path, dataset: str) -> None:
+    """A run trained by an fsan older than the span prior gets it now, as `fsan train` would
+    have at its end (chosen on val)."""
+    import torch
+
+    from fsan_cli import checkpoint, span_prior
+    from fsan_cli.data.store import load_store
+
+    if "span_prior" not in checkpoint.load(best):
+        span_prior.fit_checkpoint(best, load_store(data_dir / dataset), torch.device("cpu"))
 
 
 def keys_of(dataset: str) -> list[str]:
