@@ -291,7 +291,9 @@ def train_and_score(job: Job, store: Store, dataset: str, queries: list, device:
     t0 = time.perf_counter()
     summary = trainer(job.cfg, store, job.folder, device, progress=progress, resume=resume)
     train_s = time.perf_counter() - t0
-    rows = Predictor.load(job.folder / "best.pt", device).rows(store, queries, job.cfg.eval.top_k)
+    predictor = Predictor.load(job.folder / "best.pt", device)
+    predictor.span_prior = None  # Table 4 compares the networks: each variant's own answers
+    rows = predictor.rows(store, queries, job.cfg.eval.top_k)
     metrics, _ = score(dataset, queries, rows)
     result = {
         "variant": job.variant.name,

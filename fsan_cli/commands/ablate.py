@@ -45,6 +45,8 @@ def ablate(
     (the default); design = weights_raw, weights_softmax, sc_p, sc_p_hat, sc_centered,
     outer_literal, outer_lower, inner_sigmoid_sum, inner_log_mean (DESIGN.md's decisions, each
     beside its alternative); all. A variant whose settings equal the full model's trains once.
+    Every variant is scored on its network's own answers, without the span prior (the table
+    compares networks); --size picks the model size as for `fsan train`.
     """
     from fsan_cli import ablation, ablation_report
     from fsan_cli.state import STATE
