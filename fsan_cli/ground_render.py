@@ -221,9 +221,12 @@ def save_plot(path: Path, results: Sequence[Grounded]) -> None:
                 ax.add_patch(Rectangle((a, -0.5), b - a, n, fill=False, edgecolor="yellow",
                                        linewidth=1.5, linestyle="--"))
             ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])
-            moved = " (span prior; the model alone: dashed)" if g.prior_changed else ""
-            ax.set_title(f"{name}: {g.query} in {r.video}  (top 1: {s:.1f}-{e:.1f} s, score "
-                         f"{g.scores[0]:.3f}){moved}", fontsize=9)
+            if ax is row[0]:
+                moved = "; moved by the span prior, the model alone dashed" if g.prior_changed else ""
+                ax.set_title(f"{name}: {g.query} in {r.video}  (top 1: {s:.1f}-{e:.1f} s, score "
+                             f"{g.scores[0]:.3f}{moved})", fontsize=9, loc="left")
+            else:
+                ax.set_title(f"{name}: what the segment scores read", fontsize=9, loc="left")
             fig.colorbar(im, ax=ax, pad=0.01)
         for ax in row[len(panels):]:
             ax.axis("off")

@@ -211,3 +211,47 @@ def test_a_val_split_without_times_selects_nothing_and_fits_no_prior(tmp_path):
                              progress=False)
     assert summary["best_epoch"] == 2  # no val scores: the last epoch
     assert "span_prior" not in checkpoint.load(out / "best.pt")
+
+
+def test_ground_shows_the_map_the_scores_read_and_marks_moved_answers(trained, tmp_path):
+    import h5py
+    from typer.testing import CliRunner
+
+    from fsan_cli.app import app
+
+    _, store, best = trained
+    q = store.split("test")[0]
+    video = tmp_path / "v.h5"
+    with h5py.File(video, "w") as f:
+        f.create_dataset("features", data=np.asarray(store.features[store.video_index[q.video]]))
+        f.attrs["duration"] = q.duration
+    texts = sorted({x.query for x in store.split("test")})[:6]
+    seen = set()
+    for weight in (0.05, 1e-7):  # a prior that moves every answer here, and one that moves none
+        path = with_prior(best, tmp_path, weight)
+
+        def ground(*args, path=path):
+            return CliRunner().invoke(app, ["--device", "cpu", "ground", str(video), *texts, "--checkpoint",
+                                            str(path), "--precision", "fp32", *args], env={"COLUMNS": "120"})
+
+        rows = [json.loads(x) for x in ground("--json").stdout.splitlines()]
+        assert len(rows) == len(texts)
+        for row in rows:
+            p = np.array(row["alignment_map"]["values"])
+            assert row["score_map"]["kind"] == "centered"
+            np.testing.assert_allclose(row["score_map"]["values"], p - p.mean(1, keepdims=True), atol=2e-4)
+            prior = row["span_prior"]
+            assert prior["weight"] == weight
+            assert prior["changed"] == (prior["moments"][0][:2] != row["moments"][0][:2])
+            seen.add(prior["changed"])
+        blocks = ground().stdout.split("\n\n")
+        assert len(blocks) == len(texts)
+        for block, row in zip(blocks, rows, strict=True):
+            assert "P centred (each word's mean over the clips removed), the map the segment scores read" in block
+            own = row["span_prior"]["moments"][0]
+            marked = any(line.lstrip().startswith("model ") for line in block.splitlines())
+            if row["span_prior"]["changed"]:
+                assert f"the model alone answers {own[0]:.2f}-{own[1]:.2f} s" in block and marked
+            else:
+                assert "The top answer is the model's own." in block and not marked
+    assert seen == {True, False}  # both kinds were shown
