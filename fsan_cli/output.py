@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.table import Table
@@ -85,7 +85,22 @@ def make_table(
     return table
 
 
-class _Bar:
+class _LiveBar:
+    """A rich Progress (or None when disabled) shown for the length of a `with` block."""
+
+    progress: Any = None
+
+    def __enter__(self) -> Self:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+
+class _Bar(_LiveBar):
     """A rich progress bar on stderr showing epoch, loss and samples/s (no-op when disabled)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
@@ -114,14 +129,6 @@ class _Bar:
             )
             self.task = self.progress.add_task("train", total=total, epoch=1, loss=0.0, rate=0.0)
 
-    def __enter__(self) -> _Bar:
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress:
-            self.progress.stop()
 
     def update(self, step: int, **fields: Any) -> None:
         if self.progress:
@@ -167,7 +174,7 @@ def count_progress(total: int, what: str, enabled: bool = True) -> Iterator[Call
         yield lambda n: bar.advance(task, n)
 
 
-class _VideoBar:
+class _VideoBar(_LiveBar):
     """`fsan extract`'s progress on stderr: one bar over videos, one over the current video's
     frames (no-op under -q)."""
 
@@ -190,14 +197,6 @@ class _VideoBar:
         self.videos = self.progress.add_task("videos", total=total)
         self.frame_task = self.progress.add_task("frames", total=None)
 
-    def __enter__(self) -> _VideoBar:
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress:
-            self.progress.stop()
 
     def start(self, video: str) -> None:
         if self.progress:
