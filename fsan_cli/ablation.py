@@ -122,11 +122,12 @@ class Job:
 
 
 def plan(dataset: str, config_file: Path | None, overrides: list[str], variants: list[Variant],
-         seeds: int, out: Path, size: str | None = None) -> list[Job]:
+         seeds: int, out: Path, size: str | None = None, device: str | None = None) -> list[Job]:
     """Resolve every (variant, seed) config; variants whose settings coincide train once."""
     if seeds < 1:
         raise FsanError(f"--seeds must be at least 1, got {seeds}", "Pass --seeds 1 or more")
-    base = load_settings(dataset, config_file, overrides, size)
+    base = load_settings(dataset, config_file, overrides, size, device)  # says a default size once
+    size = base.train.size
     jobs: list[Job] = []
     seen: dict[str, Job] = {}
     for variant in variants:
@@ -160,10 +161,7 @@ def ablate(dataset: str, data_dir: Path, out: Path, config_file: Path | None, ov
     """Plan, check and run every (variant, seed) into `out`; the jobs with their results."""
     from fsan_cli.data.store import open_store
     from fsan_cli.device import resolve_device
-    from fsan_cli.settings import chosen_size
-
-    size = chosen_size(dataset, size, device_spec)
-    jobs = plan(dataset, config_file, overrides, select_variants(variants), seeds, out, size)
+    jobs = plan(dataset, config_file, overrides, select_variants(variants), seeds, out, size, device_spec)
     device = resolve_device(device_spec)  # before any data is read or generated
     store = open_store(dataset, data_dir, jobs[0].cfg.data.clips)
     check_models(jobs, store)

@@ -81,7 +81,9 @@ def handle_errors(func: F) -> F:
                 traceback.print_exc(file=sys.stderr)
             print(f"Error: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if hasattr(exc, "report"):  # an interrupt that knows what was kept (runs.ScoringInterrupted)
+                exc.report()
             print("Error: interrupted. Nothing partial was kept; run the command again.", file=sys.stderr)
             raise typer.Exit(130) from None
         except BrokenPipeError:

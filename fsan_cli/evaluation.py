@@ -71,6 +71,9 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
         check_save_path(save_predictions, overwrite, _read_files(store, checkpoint, predictions))
     rows, label, nms = _rows(dataset, store, queries, split, checkpoint, predictions, baseline,
                              top_k, seed, device, span_prior)
+    own = model_own_rows(rows)
+    if own is not None and not span_prior:  # --no-span-prior on a file of prior-aware answers
+        rows, own = own, None
     if save_predictions is not None:
         write_predictions(save_predictions, rows, overwrite)
         log(f"Wrote {len(rows)} predictions to {save_predictions}")
@@ -88,11 +91,10 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     if by_length:
         lengths = breakdown.by_length(dataset, queries, breakdown.matched_rows(dataset, queries, rows))
     result = Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption, lengths)
-    if rows and all(isinstance(row.get("span_prior"), dict) for row in rows):  # prior-aware answers
-        own = [{**row, "moments": row["span_prior"]["moments"]} for row in rows]
+    if own is not None:  # prior-aware answers: the model's own beside them
         result.without_prior = score_details(dataset, queries, own, in_split_order=predictions is None)[0]
         result.prior_weight = float(rows[0]["span_prior"]["weight"])
-        result.prior_changed = 100 * sum(bool(row["span_prior"]["changed"]) for row in rows) / len(rows)
+        result.prior_changed = 100 * sum(row["span_prior"]["changed"] for row in rows) / len(rows)
         if checkpoint is not None:
             result.label = "FSAN + span prior (this run)"
         result.baselines.insert(0, (f"{'FSAN' if checkpoint is not None else 'the same'} without span prior",
@@ -101,6 +103,28 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
                            f"distribution, the weight chosen on val; it changed the top-1 answer of "
                            f"{result.prior_changed:.1f}% of the queries.")
     return result
+
+
+def model_own_rows(rows: list[dict]) -> list[dict] | None:
+    """The model's own answers of prior-aware rows (each with a "span_prior" object holding
+    the weight, whether it changed the top-1 answer and the model's moments: Answers.row), or
+    None when the rows are not all such; a malformed "span_prior" is an error naming its row."""
+    if not rows or not all("span_prior" in row for row in rows):
+        return None
+    import math
+
+    for i, row in enumerate(rows, 1):
+        prior = row["span_prior"]
+        weight = prior.get("weight") if isinstance(prior, dict) else None
+        ok = (isinstance(prior, dict) and isinstance(prior.get("moments"), list)
+              and isinstance(prior.get("changed"), bool) and isinstance(weight, int | float)
+              and not isinstance(weight, bool) and math.isfinite(weight) and weight >= 0)
+        if not ok:
+            raise FsanError(
+                f'prediction row {i} has a malformed "span_prior" (it needs "weight", a number >= 0, '
+                '"changed", true or false, and "moments", the model\'s own [start, end, score] list)',
+                'Fix the row, or drop its "span_prior" field')
+    return [{**row, "moments": row["span_prior"]["moments"]} for row in rows]
 
 
 def store_to_score(dataset: str, data_dir: Path, checkpoint: Path | None) -> Store:

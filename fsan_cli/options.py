@@ -37,7 +37,8 @@ SpanPriorOpt = Annotated[
     bool,
     typer.Option("--span-prior/--no-span-prior",
                  help="Rank segments by the model's score plus the checkpoint's span prior (learned on train, "
-                 "weighted as chosen on val; used where it helped there), or by the model's score alone."),
+                 "weighted as chosen on val; used where it helped there), or by the model's score alone "
+                 "(for a predictions file with span_prior fields: the model's own moments)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 CheckpointOpt = Annotated[

@@ -288,7 +288,24 @@ def write_failure(exc: BaseException, out_dir: Path, saved_step: int | None) -> 
                      f"--resume {out_dir}")
 
 
-def _interrupted(exc, old_run: Path | None = None) -> None:
+class ScoringInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a finished run was being scored on test: the run is whole."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(str(out))
+        self.out = out
+
+    def report(self) -> None:
+        print(f"Error: interrupted while scoring the test split; the run in {self.out} is complete. "
+              f"Score it with: fsan evaluate --checkpoint {self.out / 'best.pt'}", file=sys.stderr)
+        raise typer.Exit(130)
+
+
+def _interrupted(exc, old_run: Path | None = None, again: str | None = None) -> None:
+    if again is not None:  # a command that continues where it stopped when run again (--seeds)
+        kept = "nothing of it was kept" if exc.saved_step is None else f"its last checkpoint (step {exc.saved_step}) is intact"
+        print(f"Error: interrupted in {exc.out_dir} at step {exc.step}; {kept}. {again}", file=sys.stderr)
+        raise typer.Exit(130)
     if exc.saved_step is None and old_run is not None:
         print(f"Error: interrupted before the new run's first checkpoint; the run in {old_run} "
               "is as it was. Run the command again.", file=sys.stderr)
@@ -324,7 +341,7 @@ def default_out(dataset: str) -> Path:
 
 
 def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compile: bool,
-        overwrite: bool = False) -> dict | None:
+        overwrite: bool = False, again: str | None = None) -> dict | None:
     """Train in this process (one rank of torchrun, or alone) in the locked run folder `out`
     (run_folder); rank 0 gets the summary, the others None. SIGTERM ends training like Ctrl-C:
     the last checkpoint kept, exit code 130 and the command that resumes printed."""
@@ -338,7 +355,7 @@ def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compi
                 summary = training.train(cfg, store, folder.work, device, resume=resume, compile=compile,
                                          dist=dist, promote=folder.promote if folder.replacing else None)
         except training.TrainingInterrupted as exc:
-            _interrupted(exc, out if folder.work != out else None)
+            _interrupted(exc, out if folder.work != out else None, again)
         finally:
             distributed.shutdown()
     if not dist.main:

@@ -306,38 +306,52 @@ def default_size(dataset: str, device: str | None = None) -> Size:
     return "paper"
 
 
-def chosen_size(dataset: str, size: str | None, device: str) -> str:
-    """--size, or the default for `dataset` on `device` (said on stderr when it is small on a
-    CPU: the paper's model would take hours per epoch there)."""
-    if size is not None:
-        return size
-    size = default_size(dataset, device)
-    if size == "small" and dataset != "synthetic":
-        from fsan_cli.output import log
-
-        log("No --size given: training the small model on the CPU (minutes; docs/method.md, \"Sizes\"). "
-            "Pass --size paper for the paper's model")
-    return size
-
-
 def load_settings(dataset: str, config_file: Path | None = None,
-                  overrides: list[str] | None = None, size: str | None = None) -> Settings:
-    """Resolved settings for `dataset`: paper < base preset < size preset (default:
-    `default_size(dataset)`) < dataset preset < file < --set."""
+                  overrides: list[str] | None = None, size: str | None = None,
+                  device: str | None = None) -> Settings:
+    """Resolved settings for `dataset`: paper < base preset < size preset < dataset preset <
+    file < --set. The size is `size`, else train.size of --set or the file, else
+    `default_size(dataset, device)`; with a `device` (a command's --device), a small default on
+    a CPU is said on stderr (the paper's model would take hours per epoch there)."""
     if dataset not in DATASETS:
         raise FsanError(f"unknown dataset '{dataset}'", f"Use one of: {', '.join(DATASETS)}")
-    size = size or default_size(dataset)
-    if size not in SIZES:
-        raise FsanError(f"unknown size '{size}'", f"Use one of: {', '.join(SIZES)}")
-    flat = flatten(asdict(Settings.paper()))
-    _overlay(flat, preset("base"), "preset base.toml")
-    _overlay(flat, preset(f"size-{size}"), f"preset size-{size}.toml")
-    _overlay(flat, preset(dataset), f"preset {dataset}.toml")
-    if config_file is not None:
-        _overlay(flat, read_toml(config_file), str(config_file))
+    file_values = read_toml(config_file) if config_file is not None else None
+    sets = []
     for item in overrides or []:
         if "=" not in item:
             raise FsanError(f"--set '{item}' is not key=value", "Write e.g. --set model.hidden=256")
         key, value = item.split("=", 1)
-        _set(flat, key.strip(), parse_value(value.strip()), "--set")
-    return _build(flat)
+        sets.append((key.strip(), parse_value(value.strip())))
+    asked = _size_asked(size, file_values, config_file, sets)
+    size = asked or default_size(dataset, device)
+    flat = flatten(asdict(Settings.paper()))
+    _overlay(flat, preset("base"), "preset base.toml")
+    _overlay(flat, preset(f"size-{size}"), f"preset size-{size}.toml")
+    _overlay(flat, preset(dataset), f"preset {dataset}.toml")
+    if file_values is not None:
+        _overlay(flat, file_values, str(config_file))
+    for key, value in sets:
+        _set(flat, key, value, "--set")
+    settings = _build(flat)
+    if asked is None and device is not None and size == "small" and dataset != "synthetic":
+        from fsan_cli.output import log
+
+        log('No --size given: training the small model on the CPU (minutes; docs/method.md, "Sizes"). '
+            "Pass --size paper for the paper's model")
+    return settings
+
+
+def _size_asked(size: str | None, file_values: Any, config_file: Path | None,
+                sets: list[tuple[str, Any]]) -> str | None:
+    """The size whose preset to start from: --size, else train.size of --set or of the config
+    file (a run folder's config.toml names its own), checked; two that differ are an error."""
+    asked = [(f"--size {size}", size)] if size is not None else []
+    if isinstance(file_values, dict) and isinstance(file_values.get("train"), dict) and "size" in file_values["train"]:
+        asked.append((f"train.size in {config_file}", file_values["train"]["size"]))
+    asked += [(f"--set train.size={v}", v) for k, v in sets if k == "train.size"]
+    for where, value in asked:
+        if value not in SIZES:
+            raise FsanError(f"unknown size {value!r} ({where})", f"Use one of: {', '.join(SIZES)}")
+    if len({v for _, v in asked}) > 1:
+        raise FsanError(f"{' and '.join(w for w, _ in asked)} ask for different sizes", "Ask for one size")
+    return asked[-1][1] if asked else None

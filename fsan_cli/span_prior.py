@@ -46,13 +46,24 @@ class SpanPrior:
                 "chosen_on": "val"}
 
     @classmethod
-    def of(cls, entry: dict[str, Any] | None) -> SpanPrior | None:
+    def of(cls, entry: dict[str, Any] | None, source: Any = "the checkpoint") -> SpanPrior | None:
+        """The checkpoint's entry, checked: a square finite log-prior and a finite weight >= 0."""
         if not entry:
             return None
-        log_prior = entry["log_prior"]
-        log_prior = log_prior.numpy() if torch.is_tensor(log_prior) else np.asarray(log_prior)
-        return cls(np.asarray(log_prior, np.float32), float(entry["weight"]),
-                   [(float(w), float(v)) for w, v in entry.get("choices", [])], int(entry.get("moments", 0)))
+        from fsan_cli.errors import FsanError
+
+        try:
+            log_prior = entry["log_prior"]
+            log_prior = np.asarray(log_prior.numpy() if torch.is_tensor(log_prior) else log_prior, np.float32)
+            prior = cls(log_prior, float(entry["weight"]),
+                        [(float(w), float(v)) for w, v in entry.get("choices", [])], int(entry.get("moments", 0)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            prior = None
+        if (prior is None or prior.log_prior.ndim != 2 or prior.log_prior.shape[0] != prior.log_prior.shape[1]
+                or not np.isfinite(prior.log_prior).all() or not np.isfinite(prior.weight) or prior.weight < 0):
+            raise FsanError(f"the span prior stored in {source} is damaged",
+                            "Answer without it (--no-span-prior), or train again")
+        return prior
 
 
 def segment_cells(moments: np.ndarray, clips: int) -> np.ndarray:

@@ -225,6 +225,8 @@ def train(
         checkpoint_every = int(tc.checkpoint_every)
     try:
         run_epochs(run, state, progress, checkpoint_every)
+        if dist.main:
+            fit_span_prior(run, progress)
     except BaseException as exc:
         if dist.main and state.saved_step is None and not resume:
             remove_run_files(run.out_dir)  # nothing worth keeping: leave no half run behind
@@ -235,8 +237,6 @@ def train(
         if (error := write_failure(exc, run.out_dir, state.saved_step)) is not None:
             raise error from None
         raise
-    if dist.main:
-        fit_span_prior(run, progress)
     dist.barrier()
     return {"best_epoch": state.best["epoch"], "best_val_miou": state.best["score"],
             "out": str(run.out_dir), "steps": state.step}

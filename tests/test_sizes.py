@@ -90,7 +90,7 @@ def test_a_cpu_run_without_size_says_it_trains_small(tmp_path):
     assert "No --size given" not in r.stderr
     r = train("--size", "huge", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines()[-1] == "Error: unknown size 'huge'. Use one of: small, base, paper."
+    assert r.stderr.strip().splitlines()[-1] == "Error: unknown size 'huge' (--size huge). Use one of: small, base, paper."
 
 
 def test_seeds_report_every_run_and_their_spread(data_dir, tmp_path):
@@ -120,3 +120,46 @@ def test_seeds_report_every_run_and_their_spread(data_dir, tmp_path):
 def test_bad_seeds_are_refused(data_dir, tmp_path, seeds, message):
     r = train("--data-dir", str(data_dir), "--out", str(tmp_path / "x"), "--seeds", seeds)
     assert r.exit_code == 1 and r.stderr.strip() == message
+
+
+def test_train_size_of_set_or_config_selects_the_size(tmp_path):
+    assert load_settings("activitynet", overrides=["train.size=paper"], device="cpu").model.hidden == 512
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\nsize = "base"\n')
+    assert load_settings("activitynet", cfg).model.hidden == 128
+    with pytest.raises(FsanError, match="ask for different sizes"):
+        load_settings("activitynet", cfg, ["train.size=small"])
+
+
+def test_seeds_run_again_continue_and_one_seed_has_no_spread(data_dir, tmp_path):
+    out = tmp_path / "seeds"
+    first = train("--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", "--seeds", "0", "--json", *TINY)
+    assert first.exit_code == 0, first.stderr
+    again = train("--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", "--seeds", "0,1", "--json", *TINY)
+    assert again.exit_code == 0, again.stderr
+    assert f"Continuing seed 0 in {out / 'seed0'}" in again.stderr
+    one, both = json.loads(first.stdout), json.loads(again.stdout)
+    assert both["runs"][0]["miou"] == one["runs"][0]["miou"] and len(both["runs"]) == 2
+    other = train("--data-dir", str(data_dir), "--out", str(out), "--epochs", "2", "--seeds", "0", *TINY)
+    assert other.exit_code == 1
+    assert other.stderr.strip().endswith(f"Error: run folder {out / 'seed0'} holds a run of other settings. "
+                                         "Pass --overwrite to replace it, or choose another --out.")
+    table = train("--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", "--seeds", "1", *TINY)
+    assert table.exit_code == 0, table.stderr
+    assert "FSAN seed 1" in table.stdout and "sd (sample)" not in table.stdout and "mean of" not in table.stdout
+
+
+def test_ctrl_c_while_scoring_says_the_run_is_complete(data_dir, tmp_path, monkeypatch):
+    from fsan_cli import evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_split", interrupted)
+    out = tmp_path / "run"
+    r = train("--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", *TINY)
+    assert r.exit_code == 130
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"Error: interrupted while scoring the test split; the run in {out} is complete. "
+        f"Score it with: fsan evaluate --checkpoint {out / 'best.pt'}")
+    assert "span_prior" in __import__("fsan_cli.checkpoint").checkpoint.load(out / "best.pt")

@@ -255,3 +255,37 @@ def test_ground_shows_the_map_the_scores_read_and_marks_moved_answers(trained, t
             else:
                 assert "The top answer is the model's own." in block and not marked
     assert seen == {True, False}  # both kinds were shown
+
+
+def test_predictions_with_span_prior_fields(trained, tmp_path):
+    root, _, best = trained
+    path = with_prior(best, tmp_path, 0.05)
+    saved = tmp_path / "p.jsonl"
+    assert run_evaluate(["--checkpoint", str(path), "--save-predictions", str(saved)], root).exit_code == 0
+    text = saved.read_text()
+    own = json.loads(run_evaluate(["--predictions", "-", "--json", "--no-span-prior"], root, input=text).stdout)
+    plain = json.loads(run_evaluate(["--checkpoint", str(best), "--json", "--no-span-prior"], root).stdout)
+    assert {k: own[k] for k in plain if k.startswith(("r@", "miou"))} == {k: plain[k] for k in plain if k.startswith(("r@", "miou"))}
+    rows = [json.loads(x) for x in text.splitlines()]
+    for bad in ({}, {"weight": "abc", "changed": True, "moments": []}, {"weight": 0.1, "changed": "no", "moments": []},
+                {"weight": float("nan"), "changed": True, "moments": []}, {"weight": 0.1, "changed": True}):
+        broken = [dict(r) for r in rows]
+        broken[1]["span_prior"] = bad
+        r = run_evaluate(["--predictions", "-", "--json"], root, input="".join(json.dumps(x) + "\n" for x in broken))
+        assert r.exit_code == 1
+        assert r.stderr.strip().splitlines()[-1].startswith('Error: prediction row 2 has a malformed "span_prior"')
+
+
+def test_a_damaged_or_mismatched_prior_is_said(trained, tmp_path, capsys):
+    from fsan_cli.errors import FsanError
+
+    _, _, best = trained
+    ckpt = checkpoint.load(best)
+    ckpt["span_prior"] = {"log_prior": torch.zeros(32), "weight": 0.1}
+    checkpoint.save(ckpt, tmp_path / "flat.pt")
+    with pytest.raises(FsanError, match="the span prior stored in .* is damaged"):
+        Predictor.load(tmp_path / "flat.pt", torch.device("cpu"))
+    ckpt["span_prior"] = {"log_prior": torch.zeros(16, 16), "weight": 0.1}
+    checkpoint.save(ckpt, tmp_path / "nv16.pt")
+    assert Predictor.load(tmp_path / "nv16.pt", torch.device("cpu")).span_prior is None
+    assert "the span prior in" in capsys.readouterr().err

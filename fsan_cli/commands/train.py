@@ -44,8 +44,9 @@ def train(
     no_test: Annotated[bool, typer.Option("--no-test", help="Skip scoring on the test split.")] = False,
     seeds: Annotated[
         str | None,
-        typer.Option("--seeds", metavar="LIST", help="Train once per seed (e.g. 0,1,2) into OUT/seed<N>; "
-                     "the test table shows each seed, their mean and standard deviation."),
+        typer.Option("--seeds", metavar="LIST", help="Train once per seed of the list (e.g. 0,1,2) into "
+                     "OUT/seed<N>; the test table shows each seed, their mean and standard deviation. Run again, "
+                     "it continues: seed folders holding a run of the same settings are resumed."),
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -91,8 +92,11 @@ def train(
         if summary is not None and json_:
             print_json({k: v for k, v in summary.items() if k != "device"})
         return
-    result = evaluate_split(dataset, store, "test", checkpoint=out / "best.pt", top_k=cfg.eval.top_k,
-                            seed=cfg.train.seed, device=summary["device"], with_baselines=not json_)
+    try:
+        result = evaluate_split(dataset, store, "test", checkpoint=out / "best.pt", top_k=cfg.eval.top_k,
+                                seed=cfg.train.seed, device=summary["device"], with_baselines=not json_)
+    except KeyboardInterrupt:
+        raise runs.ScoringInterrupted(out) from None
     show(result, json_, extra_json={"run": str(out), "best_epoch": summary["best_epoch"]})
     log(f"Total wall time {time.perf_counter() - t0:.0f} s")
 
@@ -103,7 +107,7 @@ def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro
     from fsan_cli.data.store import open_store
     from fsan_cli.device import resolve_device
     from fsan_cli.errors import FsanError
-    from fsan_cli.seeds import parse_seeds, show_seeds, train_seeds
+    from fsan_cli.seeds import parse_seeds, plan_folders, show_seeds, train_seeds
     from fsan_cli.state import STATE
 
     chosen = parse_seeds(seeds)
@@ -113,15 +117,16 @@ def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro
                             f"Drop {name}, or train one seed at a time")
     cfg = _settings(dataset, config, set_, epochs, batch_size, micro_batch, size)
     out = out or runs.default_out(dataset)
+    kept = plan_folders(out, chosen, cfg, overwrite)  # before the device and the data
     device = resolve_device(STATE.device)
     store = open_store(dataset, data_dir, cfg.data.clips)
-    result = train_seeds(dataset, cfg, store, out, chosen, device, compile_, overwrite, json_)
+    result = train_seeds(dataset, cfg, store, out, chosen, kept, device, compile_, overwrite, json_)
     if result is not None:
         show_seeds(dataset, result, json_)
 
 
 def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None, size=None):
-    from fsan_cli.settings import chosen_size, load_settings
+    from fsan_cli.settings import load_settings
     from fsan_cli.state import STATE
 
     overrides = list(set_ or [])
@@ -131,6 +136,6 @@ def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None, size=
         overrides.append(f"train.batch_size={batch_size}")
     if micro_batch is not None:
         overrides.append(f"train.micro_batch={micro_batch}")
-    return load_settings(dataset, config, overrides, chosen_size(dataset, size, STATE.device))
+    return load_settings(dataset, config, overrides, size, STATE.device)
 
 
