@@ -54,9 +54,9 @@ class TrainSettings:
     size: Size = "paper"
     # whole passes over the train split; 0: as many as it takes to make train.steps steps
     epochs: int = field(default=10, metadata=at_least(0))
-    # with epochs = 0, the run's length in optimizer steps (rounded up to whole epochs, at least
-    # 2): the schedules below are shares of it, so a size's recipe is the same number of updates
-    # on 1,000 videos as on 10,000
+    # with epochs = 0, the run's length in optimizer steps (rounded up to whole epochs, 2 to 100:
+    # step.run_length): the schedules below are shares of it, so a size's recipe is the same
+    # number of updates on 1,000 videos as on 10,000
     steps: int = field(default=0, metadata=at_least(0))
     batch_size: int = field(default=128, metadata=at_least(1))  # §4.2
     # most samples per forward/backward on each process: the gradient stays the batch's,

@@ -92,12 +92,15 @@ def accumulate(
     return parts
 
 
+MAX_AUTO_EPOCHS = 100  # a tiny dataset (a user's handful of videos) is not passed over 2,000 times
+
+
 def run_length(tc: TrainSettings, queries: int) -> tuple[int, int]:
     """(steps per epoch, epochs) of a run over `queries` train queries: train.epochs, or with
     train.epochs = 0 as many whole epochs as make train.steps optimizer steps (at least 2, so
-    that val has two epochs to choose from)."""
+    that val has two epochs to choose from, and at most MAX_AUTO_EPOCHS)."""
     steps_per_epoch = math.ceil(queries / tc.batch_size)
-    epochs = tc.epochs or max(2, math.ceil(tc.steps / steps_per_epoch))
+    epochs = tc.epochs or min(MAX_AUTO_EPOCHS, max(2, math.ceil(tc.steps / steps_per_epoch)))
     return steps_per_epoch, epochs
 
 

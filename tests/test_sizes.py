@@ -53,6 +53,7 @@ def test_unknown_size_and_no_length_are_refused():
     (0, 2000, 37421, 64, (585, 4)),  # all of ActivityNet: the same number of updates
     (0, 10, 5544, 64, (87, 2)),      # at least two epochs for val to choose from
     (7, 2000, 5544, 64, (87, 7)),    # epochs given: they win
+    (0, 2000, 40, 64, (1, 100)),     # a handful of videos: at most 100 epochs
 ])  # fmt: skip
 def test_run_length(epochs, steps, queries, batch, want):
     tc = SimpleNamespace(epochs=epochs, steps=steps, batch_size=batch)
