@@ -108,7 +108,7 @@ CASES = [
      1, "unknown setting 'model.hiden'", "Did you mean model.hidden"),
     ("train-zero-epochs", lambda w, t: ["train", "--data-dir", w["data"], "--out", t / "r",
                                         "--epochs", "0"],
-     1, "train.epochs must be at least 1", "Pass a value at least 1"),
+     1, "--epochs must be at least 1, got 0", "Pass a value at least 1 (train.epochs=0 trains for train.steps steps)"),
     ("train-heads", lambda w, t: ["train", "--data-dir", w["data"], "--out", t / "r", *SETS,
                                   "--set", "model.heads=3"],
      1, "not divisible by model.heads=3", "Choose values"),

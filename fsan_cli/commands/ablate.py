@@ -53,6 +53,9 @@ def ablate(
 
     if json_ and csv_:
         raise FsanError("--json and --csv both choose what stdout carries", "Pass only one")
+    if epochs is not None and epochs < 1:
+        raise FsanError(f"--epochs must be at least 1, got {epochs}",
+                        "Pass a value at least 1 (train.epochs=0 trains for train.steps steps)")
     overrides = [*(set_ or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
     out = out or Path("runs") / f"ablate-{dataset}"
     try:

@@ -130,6 +130,11 @@ def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None, size=
     from fsan_cli.state import STATE
 
     overrides = list(set_ or [])
+    if epochs is not None and epochs < 1:
+        from fsan_cli.errors import FsanError
+
+        raise FsanError(f"--epochs must be at least 1, got {epochs}",
+                        "Pass a value at least 1 (train.epochs=0 trains for train.steps steps)")
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     if batch_size is not None:
