@@ -7,6 +7,7 @@ with `show`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,6 @@ def model_own_rows(rows: list[dict]) -> list[dict] | None:
     None when the rows are not all such; a malformed "span_prior" is an error naming its row."""
     if not rows or not all("span_prior" in row for row in rows):
         return None
-    import math
-
     for i, row in enumerate(rows, 1):
         prior = row["span_prior"]
         weight = prior.get("weight") if isinstance(prior, dict) else None

@@ -49,7 +49,7 @@ def prior_note(g: Grounding) -> str:
         return ""
     text = f"Scores: SC + {g.prior_weight:g} log p(s, e), the span prior learned on train. "
     if g.prior_changed and g.model_top is not None:
-        (s, e), sc = g.model_top
+        _, (s, e), sc = g.model_top
         return text + f"It moved the top answer: the model alone answers {s:.2f}-{e:.2f} s (SC {sc:.4f})."
     return text + "The top answer is the model's own."
 
@@ -123,9 +123,7 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
     out.append(_marker((e - s + 1) * cw), style="bold red" if colour else "")
     out.append("\n")
     if g.prior_changed and g.model_top is not None:  # where the model alone would have answered
-        (a, b), _ = g.model_top
-        ms = min(nv - 1, int(round(a / duration * nv)))
-        me = max(ms, min(nv - 1, int(round(b / duration * nv)) - 1))
+        ms, me = (int(v) for v in g.model_top[0])
         out.append("model".rjust(label) + "  " + " " * (ms * cw))
         out.append(_marker((me - ms + 1) * cw), style="yellow" if colour else "")
         out.append("  (without the span prior)\n")
@@ -217,7 +215,7 @@ def save_plot(path: Path, results: Sequence[Grounded]) -> None:
             s, e = (float(v) for v in g.moments[0])
             ax.add_patch(Rectangle((s, -0.5), e - s, n, fill=False, edgecolor="red", linewidth=2))
             if g.prior_changed and g.model_top is not None:
-                (a, b), _ = g.model_top
+                _, (a, b), _ = g.model_top
                 ax.add_patch(Rectangle((a, -0.5), b - a, n, fill=False, edgecolor="yellow",
                                        linewidth=1.5, linestyle="--"))
             ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])

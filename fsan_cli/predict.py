@@ -24,7 +24,7 @@ import torch
 
 from fsan_cli import checkpoint
 from fsan_cli.errors import FsanError
-from fsan_cli.output import log, warn
+from fsan_cli.output import warn
 from fsan_cli.span_prior import SpanPrior
 from fsan_cli.text import WordSource, encode_texts, tokenize
 from models.fsan import FSAN
@@ -89,7 +89,7 @@ class Predictor:
         predictor = cls(checkpoint.build_model(ckpt, device), ckpt["vocab"], data, nms, device, precision,
                         words)
         predictor.checkpoint = Path(path)
-        predictor.span_prior = span_prior_of(ckpt, path, predictor.clips)
+        predictor.span_prior = SpanPrior.in_checkpoint(ckpt, path, predictor.clips)
         return predictor
 
     def weighted_prior(self) -> torch.Tensor | None:
@@ -307,7 +307,7 @@ class Predictor:
             unknown = [w for w in words if w not in self.word_to_id]
             own = None
             if answers.plain_seconds is not None and out.plain is not None:
-                own = (answers.plain_seconds[i][0], float(out.plain.scores[i][0]))
+                own = (out.plain.segments[i][0], answers.plain_seconds[i][0], float(out.plain.scores[i][0]))
             results.append(Grounding(text, words, unknown, out.segments[i][:top_k],
                                      answers.seconds[i][:top_k], out.scores[i][:top_k], out.maps[i],
                                      out.score_maps[i] if out.score_maps else None,
@@ -340,24 +340,6 @@ class Answers:
             row["span_prior"] = {"weight": self.prior_weight, "changed": bool(p.changed[i]),
                                  "moments": own["moments"]}
         return row
-
-
-def span_prior_of(ckpt: dict[str, Any], path: Path, clips: int) -> SpanPrior | None:
-    """The checkpoint's span prior where it is used (a weight > 0), else None; one that does
-    not fit the model's N_v is said and left out, and so is said a checkpoint of a run that
-    learns one but holds none (last.pt: fsan train stores the prior in best.pt)."""
-    entry = ckpt.get("span_prior")
-    if entry is None:
-        if checkpoint.settings_of(ckpt).eval.span_prior and ckpt["data"].get("dataset") != "didemo":
-            log(f"{path} holds no span prior (fsan train stores it in best.pt at the end of a run); "
-                "answers are the model's own")
-        return None
-    prior = SpanPrior.of(entry, path)
-    if prior is not None and prior.log_prior.shape[0] != clips:
-        warn(f"the span prior in {path} is for {prior.log_prior.shape[0]} clips, the model has {clips}; "
-             "answers are the model's own")
-        return None
-    return prior if prior is not None and prior.weight > 0 else None
 
 
 def with_rows(model: FSAN, rows: torch.Tensor) -> FSAN:
@@ -398,7 +380,7 @@ class Grounding:
     sc_map: str = "p"  # which: "p", "p_hat" or "centered"
     prior_weight: float | None = None  # w of the span prior in use, else None
     prior_changed: bool = False  # the span prior moved the top-1 answer
-    model_top: tuple[np.ndarray, float] | None = None  # the model's own top-1 (seconds, SC)
+    model_top: tuple[np.ndarray, np.ndarray, float] | None = None  # the model's own top-1 (clips, seconds, SC)
 
 
 def row_of(video: str, query: str, duration: float, seconds: np.ndarray, scores: np.ndarray,

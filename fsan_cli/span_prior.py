@@ -66,6 +66,28 @@ class SpanPrior:
         return prior
 
 
+    @classmethod
+    def in_checkpoint(cls, ckpt: dict[str, Any], path: Any, clips: int) -> SpanPrior | None:
+        """The checkpoint's span prior where it is used (a weight > 0), else None; one that does
+        not fit the model's N_v is said and left out, and so is said a checkpoint of a run that
+        learns one but holds none (last.pt: fsan train stores the prior in best.pt)."""
+        from fsan_cli.checkpoint import settings_of
+        from fsan_cli.output import log, warn
+
+        entry = ckpt.get("span_prior")
+        if entry is None:
+            if settings_of(ckpt).eval.span_prior and ckpt["data"].get("dataset") != "didemo":
+                log(f"{path} holds no span prior (fsan train stores it in best.pt at the end of a run); "
+                    "answers are the model's own")
+            return None
+        prior = cls.of(entry, path)
+        if prior is not None and prior.log_prior.shape[0] != clips:
+            warn(f"the span prior in {path} is for {prior.log_prior.shape[0]} clips, the model has {clips}; "
+                 "answers are the model's own")
+            return None
+        return prior if prior is not None and prior.weight > 0 else None
+
+
 def segment_cells(moments: np.ndarray, clips: int) -> np.ndarray:
     """(M, 2) moments relative to their duration, in [0, 1] -> (M,) flat index s * Nv + e of
     the grid segment each covers: clip j spans [j, j + 1) / Nv, so s = floor(start * Nv) and
