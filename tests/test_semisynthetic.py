@@ -47,3 +47,19 @@ def test_official_layouts_through_prepare(shared_data, tmp_path, monkeypatch, da
         assert (splits["train"], splits["val"], splits["test"]) == (20, 5, 5)
     else:  # Charades-STA has no val: prepare holds out 10% of train videos (2 of 20)
         assert (splits["train"], splits["val"], splits["test"]) == (18, 2, 5)
+
+
+def test_build_reuses_a_matching_store_and_rebuilds_a_different_one(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(semisynthetic.SIZES, "tiny", {"train": 6, "val": 2, "test": 2})
+    data_dir = semisynthetic.build_and_prepare("charades", shared_data / "charades", tmp_path, "tiny", dim=16)
+    stored = data_dir / "charades"
+    before = {p.name: p.stat().st_mtime_ns for p in stored.iterdir()}
+    calls = []
+    monkeypatch.setattr(semisynthetic.subprocess, "run", lambda *a, **k: calls.append(a))
+    assert semisynthetic.build_and_prepare("charades", shared_data / "charades", tmp_path, "tiny", dim=16) == data_dir
+    assert calls == [] and {p.name: p.stat().st_mtime_ns for p in stored.iterdir()} == before
+    semisynthetic.build_and_prepare("charades", shared_data / "charades", tmp_path, "tiny", dim=8)
+    assert len(calls) == 1  # other options: built and prepared again
+    monkeypatch.setitem(semisynthetic.SIZES, "tiny", {"train": 7, "val": 2, "test": 2})
+    semisynthetic.build_and_prepare("charades", shared_data / "charades", tmp_path, "tiny", dim=8)
+    assert len(calls) == 2  # the same options but another subset of videos: built again

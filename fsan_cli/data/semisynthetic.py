@@ -135,14 +135,23 @@ def build_charades(src: Path, dst: Path, size: str, args) -> Path:
 def build_and_prepare(dataset: str, annotations: Path, work: Path, size: str, dim: int = 128,
                       rows_per_second: float = 1.0, noise: float = 0.6, seed: int = 7) -> Path:
     """Write the semi-synthetic files under WORK/DATASET-SIZE and `fsan prepare` them into
-    WORK/data; returns that data folder."""
+    WORK/data; returns that data folder. Where WORK already holds a store built from the same
+    annotation folder and options (its `built.json`), it is reused as it is: a second sweep
+    started beside a running one neither rebuilds nor rewrites files the first is reading."""
     opts = SimpleNamespace(dim=dim, rows_per_second=rows_per_second, noise=noise, seed=seed)
     dst = work / f"{dataset}-{size}"
+    data_dir = work / "data"
+    stamp = {"dataset": dataset, "annotations": str(Path(annotations).resolve()), "size": size,
+             "limits": SIZES[size], **vars(opts)}
+    built = work / "built.json"
+    if built.is_file() and (data_dir / dataset).is_dir() and json.loads(built.read_text()) == stamp:
+        return data_dir
+    built.unlink(missing_ok=True)
     build = build_activitynet if dataset == "activitynet" else build_charades
     features = build(annotations, dst, size, opts)
-    data_dir = work / "data"
     subprocess.run([sys.executable, "-m", "fsan_cli", "prepare", "--dataset", dataset,
                     "--annotations", str(dst / "annotations"), "--features", str(features),
                     "--data-dir", str(data_dir), "--overwrite"], check=True)
+    built.write_text(json.dumps(stamp))
     return data_dir
 
