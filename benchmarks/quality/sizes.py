@@ -7,8 +7,8 @@ the span prior, beside the random and prior baselines; mean and spread over the 
         --work /tmp/sem --size small --seeds 0,1,2
     python -m benchmarks.quality.sizes --dataset charades --annotations ../shared/data/charades \
         --work /tmp/sem --size small --seeds 0,1,2
-    ... --size base --subsample 1000        # the first 1,000 train videos only (say so in the table)
-    ... --set train.steps=4000              # an override for every run (repeatable)
+    ... --size base --tag 1500 --set train.steps=1500   # shortened: half of base's 3,000 steps
+    ... --data-size full --work /tmp/semfull            # all 10,009 ActivityNet train videos
 
 Each run is one `fsan train` subprocess (one CPU thread: train.threads of the size, or 1),
 then `fsan evaluate --json` of its best.pt on val and test. A run whose folder already holds a
