@@ -10,7 +10,8 @@ the span prior, beside the random and prior baselines; mean and spread over the 
     ... --size base --tag 1500 --set train.steps=1500   # shortened: half of base's 3,000 steps
     ... --data-size full --work /tmp/semfull            # all 10,009 ActivityNet train videos
 
-Each run is one `fsan train` subprocess (one CPU thread: train.threads of the size, or 1),
+Each run is one `fsan train` subprocess on one CPU thread (`--set train.threads=1`, unless a
+--set says otherwise: runs side by side on a small CPU slow down several-fold with two each),
 then `fsan evaluate --json` of its best.pt on val and test. A run whose folder already holds a
 finished best.pt (its `done` marker) is not trained again, so an interrupted sweep resumes.
 Rows go to WORK/sizes-DATASET.jsonl with the command that made them and a record
@@ -51,7 +52,8 @@ def train_run(args, data_dir: Path, runs: Path, seed: int) -> dict:
     out = runs / name
     cmd = fsan("-q", "--device", "cpu", "train", "--dataset", args.dataset, "--data-dir", str(data_dir),
                "--size", args.size, "--out", str(out), "--overwrite", "--no-test",
-               "--set", f"train.seed={seed}", *(x for s in args.sets for x in ("--set", s)))  # fmt: skip
+               "--set", f"train.seed={seed}", "--set", "train.threads=1",
+               *(x for s in args.sets for x in ("--set", s)))  # fmt: skip
     seconds = None
     if not (out / "done").is_file():
         t0 = time.perf_counter()
