@@ -120,11 +120,30 @@ def markdown(dataset: str, baselines: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def table_of(args) -> str:
+    """The markdown table of the latest row of each asked seed in WORK/sizes-DATASET.jsonl made
+    with this size, tag and data size, with the records of the invocations that made them."""
+    path = args.work / f"sizes-{args.dataset}.jsonl"
+    latest = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        r = json.loads(line)
+        if (r["size"], r["tag"], r["data_size"]) == (args.size, args.tag, args.data_size):
+            latest[r["seed"]] = r
+    seeds = [int(s) for s in args.seeds.split(",")]
+    missing = [s for s in seeds if s not in latest]
+    if missing:
+        sys.exit(f"{path}: no rows for seed(s) {', '.join(map(str, missing))} of size {args.size}, "
+                 f"tag '{args.tag}', data size {args.data_size}")
+    rows = [latest[s] for s in seeds]
+    made = sorted({json.dumps(r["record"], sort_keys=True) for r in rows})
+    return "\n".join(f"# record: {m}" for m in made) + "\n" + markdown(args.dataset, rows[-1]["baselines"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["activitynet", "charades"], required=True)
-    ap.add_argument("--annotations", type=Path, required=True)
+    ap.add_argument("--annotations", type=Path, help="the official annotation folder (not with --table)")
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--data-size", choices=sorted(semisynthetic.SIZES), default="small",
                     help="the semi-real benchmark's size (small: 1,500 train videos)")
@@ -133,7 +152,15 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="a name for this variant of the runs (with --set)")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="an override for every run, e.g. --set train.steps=4000 (repeatable)")
+    ap.add_argument("--table", action="store_true",
+                    help="train nothing: the table of the rows already in WORK/sizes-DATASET.jsonl for "
+                         "this --size, --tag, --data-size and --seeds (runs made by separate invocations)")
     args = ap.parse_args()
+    if args.table:
+        print(table_of(args))
+        return
+    if args.annotations is None:
+        ap.error("--annotations is required (unless --table)")
     work = args.work / args.dataset
     data_dir = semisynthetic.build_and_prepare(args.dataset, args.annotations, work, args.data_size)
     baselines: dict[str, dict] = {"random": {}, "prior": {}}
