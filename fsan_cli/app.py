@@ -14,8 +14,8 @@ try:  # Ctrl-C while the modules load (the first ~0.1-0.3 s): one line, not a tr
 
     from fsan_cli import __version__
     from fsan_cli.commands import ablate, evaluate, extract, ground, prepare, train
-    from fsan_cli.errors import stdout_closed
-    from fsan_cli.state import STATE
+    from fsan_cli.core.errors import stdout_closed
+    from fsan_cli.core.state import STATE
 except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)
     raise SystemExit(INTERRUPT_EXIT) from None

@@ -8,7 +8,7 @@ eq. 10/12 weight segments by a detached softmax of SC, and eq. 11 lowers the wea
 response. The shipped defaults that make weak supervision ground are in
 fsan_cli/presets/base.toml (docs/method.md says why each differs).
 
-`metadata` bounds (`lo`, `hi`, `lo_open`) are checked by fsan_cli.settings on every value.
+`metadata` bounds (`lo`, `hi`, `lo_open`) are checked by fsan_cli.core.settings on every value.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class FSAN(nn.Module):
         self.w_v = nn.Linear(d, cfg.align_dim, bias=False)  # W^v of eq. 5
         self.mlp_grounding = MLPGrounding(cfg) if cfg.grounding == "mlp" else None
         # eq. 8 for training passes: train.compile_losses puts a torch.compile'd segment_scores
-        # here (fsan_cli/step_options.py); evaluation always runs the eager one
+        # here (fsan_cli/train/step_options.py); evaluation always runs the eager one
         self.compiled_scores = None
 
     def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def _reset_state():
-    from fsan_cli.state import STATE
+    from fsan_cli.core.state import STATE
 
     STATE.device, STATE.verbose, STATE.quiet = "auto", 0, False
     yield

@@ -6,7 +6,7 @@ every rank just before optimizer step STOP + 1, as Ctrl-C would give.
 
 import sys
 
-from fsan_cli import training
+from fsan_cli.train import loop as training
 from fsan_cli.app import main
 
 stop = int(sys.argv.pop(1))

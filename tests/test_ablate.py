@@ -13,14 +13,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import ablation, ablation_report, training
+from fsan_cli.ablate import ablation
+
+from fsan_cli.ablate import report as ablation_report
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
 from fsan_cli.data.store import load_store
-from fsan_cli.errors import FsanError
-from fsan_cli.metrics import metric_keys
-from fsan_cli.settings import load_settings, parse_value
-from fsan_cli.step import training_step
-from fsan_cli.text import encode_texts
+from fsan_cli.core.errors import FsanError
+from fsan_cli.evaluate.metrics import metric_keys
+from fsan_cli.core.settings import load_settings, parse_value
+from fsan_cli.train.step import training_step
+from fsan_cli.core.text import encode_texts
 from models.fsan import FSAN
 from tests.helpers import tiny_synthetic
 
@@ -325,7 +329,7 @@ def test_interrupted_run_resumes_and_failures_are_reported(data_dir, tmp_path, m
 
 
 def test_an_unfinished_run_that_split_its_batches_still_resumes(tmp_path):
-    """A CPU run may record the train.micro_batch it chose (fsan_cli/memory.py); the job is the
+    """A CPU run may record the train.micro_batch it chose (fsan_cli/core/memory.py); the job is the
     same, so `fsan ablate` resumes it. Any other difference trains from scratch."""
     cfg = load_settings("synthetic")
     job = ablation.Job(ablation.VARIANTS[0], 0, tmp_path, cfg)

@@ -7,16 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from fsan_cli.baselines import (
+from fsan_cli.evaluate.baselines import (
     didemo_frequency_prior,
     prior_predictions,
     random_predictions,
     relative_prior,
 )
 from fsan_cli.data.store import Query
-from fsan_cli.errors import FsanError
-from fsan_cli.metrics import didemo_random_expectation, didemo_segments, iou
-from fsan_cli.scoring import score
+from fsan_cli.core.errors import FsanError
+from fsan_cli.evaluate.metrics import didemo_random_expectation, didemo_segments, iou
+from fsan_cli.evaluate.scoring import score
 
 SEGS = didemo_segments()
 

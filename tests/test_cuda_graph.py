@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import training
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.cuda_graph import use_cuda_graph
-from fsan_cli.distributed import Dist
-from fsan_cli.settings import TrainSettings, load_settings
-from fsan_cli.step import TrainingPass, make_optimizer, ready_optimizer, set_lr
+from fsan_cli.train.cuda_graph import use_cuda_graph
+from fsan_cli.train.distributed import Dist
+from fsan_cli.core.settings import TrainSettings, load_settings
+from fsan_cli.train.step import TrainingPass, make_optimizer, ready_optimizer, set_lr
 from models.fsan import FSAN
 from tests.helpers import tiny_synthetic
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.distributed import Dist
+from fsan_cli.train.distributed import Dist
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8",

@@ -21,9 +21,11 @@ import torch
 from typer.testing import CliRunner
 
 from fsan_cli import app as app_module
-from fsan_cli import memory, predictions, training
+from fsan_cli.core import memory
+from fsan_cli.evaluate import predictions
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.atomic import atomic_write
+from fsan_cli.core.atomic import atomic_write
 from tests.helpers import ROOT, tiny_synthetic
 from tests.test_prepare_cli import DIM, write_custom
 
@@ -136,7 +138,7 @@ def test_a_refused_save_predictions_keeps_the_old_file(data_dir, tmp_path, monke
 
 
 def test_any_other_refused_write_is_one_error_line_too(capsys):
-    from fsan_cli.errors import handle_errors
+    from fsan_cli.core.errors import handle_errors
 
     @handle_errors
     def command():
@@ -210,7 +212,7 @@ CTRL_C_AT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("module", ["typer", "fsan_cli.commands.train", "fsan_cli.output"])
+@pytest.mark.parametrize("module", ["typer", "fsan_cli.commands.train", "fsan_cli.core.output"])
 def test_ctrl_c_while_the_modules_load_is_one_line(module):
     proc = subprocess.run([sys.executable, "-c", CTRL_C_AT, module, "train", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})

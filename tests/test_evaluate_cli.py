@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fsan_cli.app import app
 from fsan_cli.data.store import Query
-from fsan_cli.metrics import didemo_segments
+from fsan_cli.evaluate.metrics import didemo_segments
 from tests.helpers import make_store, run_evaluate
 
 SEGS = [list(s) for s in didemo_segments()]
@@ -253,8 +253,8 @@ def test_checkpoint_path_uses_predict_queries(data_dir, tmp_path, monkeypatch):
 
             return types.SimpleNamespace(rows=rows)
 
-    monkeypatch.setattr("fsan_cli.predict.Predictor", FakePredictor)
-    monkeypatch.setattr("fsan_cli.device.resolve_device", lambda spec: f"resolved {spec}")
+    monkeypatch.setattr("fsan_cli.predict.predictor.Predictor", FakePredictor)
+    monkeypatch.setattr("fsan_cli.core.device.resolve_device", lambda spec: f"resolved {spec}")
     r = CliRunner().invoke(app, ["--device", "cpu", "evaluate", "--checkpoint", str(ckpt),
                                  "--top-k", "2", "--metric", "r@5,iou=0.5"],
                            env={"FSAN_DATA_DIR": str(data_dir)})
@@ -287,8 +287,8 @@ def render(table) -> str:
 
 
 def test_results_table_layouts():
-    from fsan_cli.metrics import metric_keys
-    from fsan_cli.report import PAPER_TABLE4, results_table
+    from fsan_cli.evaluate.metrics import metric_keys
+    from fsan_cli.evaluate.report import PAPER_TABLE4, results_table
 
     text = render(results_table("activitynet", [("mine", {"miou": 12.345})], caption="note"))
     assert "ActivityNet-Captions (layout of the paper's Table 3)" in text

@@ -20,11 +20,13 @@ pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install -e '.[video]')"
 )
 
-from fsan_cli import checkpoint, training  # noqa: E402
+from fsan_cli.core import checkpoint  # noqa: E402
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app  # noqa: E402
 from fsan_cli.data.store import load_store  # noqa: E402
-from fsan_cli.extractor import from_attrs  # noqa: E402
-from fsan_cli.settings import load_settings  # noqa: E402
+from fsan_cli.video.record import from_attrs  # noqa: E402
+from fsan_cli.core.settings import load_settings  # noqa: E402
 
 # (file, width, height, frame rate, frames): two sizes and rates; b lasts an odd 2.72 s
 VIDEOS = [("a.mp4", 64, 48, 10, 30), ("b.mkv", 96, 64, 25, 68), ("c.mp4", 48, 80, 8, 44)]
@@ -158,7 +160,7 @@ def test_resumed_extraction_equals_uninterrupted(features, videos, weights, tmp_
     assert r.exit_code == 0, r.output
     # a run killed while extracting its second new video: the first is kept (in the parts
     # folder), the output file is as it was
-    from fsan_cli import video as video_module
+    from fsan_cli.video import encode as video_module
 
     original, calls = video_module.extract_video, []
 

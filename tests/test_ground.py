@@ -13,14 +13,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import checkpoint, predict, training
+from fsan_cli.core import checkpoint
+
+from fsan_cli.predict import predictor as predict
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
 from fsan_cli.data.store import load_store
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.ground_render import clock
-from fsan_cli.predictions import parse_predictions
-from fsan_cli.settings import load_settings
-from fsan_cli.text import encode_texts, tokenize
+from fsan_cli.ground.render import clock
+from fsan_cli.evaluate.predictions import parse_predictions
+from fsan_cli.core.settings import load_settings
+from fsan_cli.core.text import encode_texts, tokenize
 from models.config import FSANConfig
 from models.fsan import FSAN
 

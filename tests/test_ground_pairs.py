@@ -16,11 +16,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import training
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
 from fsan_cli.data.store import Query, load_store, write_store
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.settings import load_settings
+from fsan_cli.core.settings import load_settings
 
 TINY = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.align_dim=16", "train.epochs=1"]
 SIZES = {"train": 40, "val": 10, "test": 12}
@@ -191,7 +191,7 @@ def test_an_answer_does_not_depend_on_its_batch(precision):
     batch of other queries, of other lengths and other videos, gets the same moments, scores
     and map, bit for bit. (A d-128 model: at this size bf16 answered 12 of 40 queries
     differently alone and in a batch before batches had fixed shapes.)"""
-    from fsan_cli.predict import Predictor
+    from fsan_cli.predict.predictor import Predictor
     from models.config import FSANConfig
     from models.fsan import FSAN
 
@@ -213,7 +213,7 @@ def test_an_answer_does_not_depend_on_its_batch(precision):
 
 
 def test_a_video_too_large_for_the_free_ram_is_one_error(anet, monkeypatch):
-    from fsan_cli import memory
+    from fsan_cli.core import memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
     q = anet["store"].split("test")[0]
@@ -227,7 +227,7 @@ def test_a_video_too_large_for_the_free_ram_is_one_error(anet, monkeypatch):
 
 def test_a_checkpoint_of_another_dataset_is_said(anet, tmp_path, capsys):
     """Same N_v and feature dim, another dataset: scored, with a warning saying so."""
-    from fsan_cli.predict import Predictor
+    from fsan_cli.predict.predictor import Predictor
 
     src = anet["store"]
     write_store(tmp_path / "custom", {**src.manifest, "dataset": "custom"}, np.asarray(src.features),

@@ -1,4 +1,4 @@
-"""fsan_cli/memory.py: the activation estimate against what autograd really keeps, the free-RAM
+"""fsan_cli/core/memory.py: the activation estimate against what autograd really keeps, the free-RAM
 reading, and `fsan train` splitting batches that would not fit."""
 
 from __future__ import annotations
@@ -7,9 +7,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import memory, step, training
+from fsan_cli.core import memory
+
+from fsan_cli.train import step
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.settings import load_settings
+from fsan_cli.core.settings import load_settings
 from models.fsan import FSAN
 from tests.helpers import tiny_synthetic
 
@@ -87,7 +91,7 @@ def test_train_splits_batches_that_would_not_fit(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda: 100 * gb)  # plenty: whole batches
     pieces: list[int] = []
     real = step.accumulate
-    # the name the training loop calls (training imports it from fsan_cli.step)
+    # the name the training loop calls (training imports it from fsan_cli.train.step)
     monkeypatch.setattr(training, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
     args = ["--device", "cpu", "train", "--data-dir", str(tmp_path), "--no-test", "--batch-size", "16",
             *(f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fsan_cli.data.store import Query
-from fsan_cli.errors import FsanError
-from fsan_cli.metrics import (
+from fsan_cli.core.errors import FsanError
+from fsan_cli.evaluate.metrics import (
     PROTOCOLS,
     chunk_iou,
     didemo_metrics,
@@ -21,8 +21,8 @@ from fsan_cli.metrics import (
     metric_keys,
     moment_metrics,
 )
-from fsan_cli.predictions import PredictionRow
-from fsan_cli.scoring import score
+from fsan_cli.evaluate.predictions import PredictionRow
+from fsan_cli.evaluate.scoring import score
 
 # ------------------------------------------------------------------ plain-loop references
 

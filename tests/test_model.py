@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fsan_cli.step import TrainingPass
+from fsan_cli.train.step import TrainingPass
 from models.config import FSANConfig
 from models.fsan import FSAN
 from models.losses import fsan_losses, inner_loss, negative_token_mask, outer_loss

@@ -16,7 +16,7 @@ import pytest
 
 from fsan_cli.data.prepare import PrepareOptions, prepare_dataset
 from fsan_cli.data.store import load_store
-from fsan_cli.errors import FsanError
+from fsan_cli.core.errors import FsanError
 
 DIM = 16
 

@@ -23,7 +23,7 @@ from fsan_cli.data.features import (
     scan_features,
     video_clips,
 )
-from fsan_cli.errors import FsanError
+from fsan_cli.core.errors import FsanError
 
 
 def pool_reference(rows: np.ndarray, clips: int) -> np.ndarray:

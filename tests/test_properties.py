@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsan_cli.metrics import iou, moment_hits
+from fsan_cli.evaluate.metrics import iou, moment_hits
 from models.config import FSANConfig
 from models.fsan import FSAN
 from models.segments import segment_scores, top_k_segments

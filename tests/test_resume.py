@@ -15,11 +15,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import checkpoint, training
+from fsan_cli.core import checkpoint
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
 from fsan_cli.data.store import load_store
-from fsan_cli.settings import load_settings
-from fsan_cli.step import accumulate
+from fsan_cli.core.settings import load_settings
+from fsan_cli.train.step import accumulate
 from tests.helpers import tiny_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +175,7 @@ def test_out_of_memory_mid_run_then_resume_in_smaller_pieces(data_dir, reference
     monkeypatch.setattr(training, "one_step", _real_one_step)
     pieces: list[int] = []
     real = accumulate
-    # the name the training loop calls (training imports it from fsan_cli.step)
+    # the name the training loop calls (training imports it from fsan_cli.train.step)
     monkeypatch.setattr(training, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
     result = CliRunner().invoke(app, ["--device", "cpu", "train", "--resume", str(out), "--no-test",
                                       "--micro-batch", "8"])

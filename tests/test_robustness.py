@@ -14,11 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import step, training
+from fsan_cli.train import step
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
 from fsan_cli.data.store import Query, load_store, write_store
-from fsan_cli.errors import FsanError
-from fsan_cli.settings import load_settings
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.settings import load_settings
 from tests.helpers import tiny_synthetic
 
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=1"]

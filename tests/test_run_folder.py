@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fsan_cli import runs, training
+from fsan_cli.train import runs
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
 from tests.helpers import ROOT, tiny_synthetic
 
@@ -34,7 +36,7 @@ HOLDER = textwrap.dedent("""
 # Dies by SIGKILL in the middle of an atomic checkpoint write.
 KILLED_WRITE = textwrap.dedent("""
     import os, sys
-    from fsan_cli.atomic import atomic_write
+    from fsan_cli.core.atomic import atomic_write
     def write(fh):
         fh.write(b"half a checkpoint")
         fh.flush()
@@ -94,7 +96,7 @@ def test_the_lock_is_taken_after_the_early_check_too(data_dir, tmp_path, monkeyp
     """Two runs that both passed the early check: the second finds the lock of the first."""
     out = tmp_path / "run"
     monkeypatch.setattr(runs, "check_out", lambda out, overwrite: None)  # both got past it
-    from fsan_cli.lock import lock_folder
+    from fsan_cli.train.lock import lock_folder
 
     out.mkdir()
     lock = lock_folder(out)

@@ -61,9 +61,9 @@ def trained(tmp_path_factory) -> Path:
     """A tiny synthetic store (root/synthetic) and a run trained on it (root/runs/synthetic-1)."""
     import torch
 
-    from fsan_cli import training
+    from fsan_cli.train import loop as training
     from fsan_cli.data.store import load_store
-    from fsan_cli.settings import load_settings
+    from fsan_cli.core.settings import load_settings
     from tests.helpers import tiny_synthetic
     from tests.test_robustness import TINY
 

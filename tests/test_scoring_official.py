@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fsan_cli.data.activitynet import read_annotations
-from fsan_cli.scoring import score_details
+from fsan_cli.evaluate.scoring import score_details
 
 
 def test_official_val_2_sentences_match_the_store(shared_data):

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fsan_cli.app import app
-from fsan_cli.errors import FsanError
-from fsan_cli.settings import default_size, load_settings
-from fsan_cli.step import run_length
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.settings import default_size, load_settings
+from fsan_cli.train.step import run_length
 from tests.helpers import tiny_synthetic
 
 TINY = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8")]
@@ -151,7 +151,7 @@ def test_seeds_run_again_continue_and_one_seed_has_no_spread(data_dir, tmp_path)
 
 
 def test_ctrl_c_while_scoring_says_the_run_is_complete(data_dir, tmp_path, monkeypatch):
-    from fsan_cli import evaluation
+    from fsan_cli.evaluate import evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -163,7 +163,7 @@ def test_ctrl_c_while_scoring_says_the_run_is_complete(data_dir, tmp_path, monke
     assert r.stderr.strip().splitlines()[-1] == (
         f"Error: interrupted while scoring the test split; the run in {out} is complete. "
         f"Score it with: fsan evaluate --checkpoint {out / 'best.pt'}")
-    assert "span_prior" in __import__("fsan_cli.checkpoint").checkpoint.load(out / "best.pt")
+    assert "span_prior" in __import__("fsan_cli.core.checkpoint").checkpoint.load(out / "best.pt")
 
 
 def test_sizes_table_joins_the_latest_row_of_each_seed_from_separate_invocations(tmp_path):

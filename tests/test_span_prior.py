@@ -1,4 +1,4 @@
-"""The prior-aware answer (fsan_cli/span_prior.py): the prior learned on train against a plain
+"""The prior-aware answer (fsan_cli/predict/span_prior.py): the prior learned on train against a plain
 loop, the weight chosen on val against a plain loop, the Predictor ranking SC + w log p, the
 checkpoint holding both, and `fsan evaluate` showing the model with and without it."""
 
@@ -13,11 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from fsan_cli import checkpoint, span_prior, training
+from fsan_cli.core import checkpoint
+
+from fsan_cli.predict import span_prior
+
+from fsan_cli.train import loop as training
 from fsan_cli.data.store import Query, load_store
-from fsan_cli.metrics import iou
-from fsan_cli.predict import Predictor
-from fsan_cli.settings import load_settings
+from fsan_cli.evaluate.metrics import iou
+from fsan_cli.predict.predictor import Predictor
+from fsan_cli.core.settings import load_settings
 from tests.helpers import run_evaluate, tiny_synthetic
 
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=2"]
@@ -277,7 +281,7 @@ def test_predictions_with_span_prior_fields(trained, tmp_path):
 
 
 def test_a_damaged_or_mismatched_prior_is_said(trained, tmp_path, capsys):
-    from fsan_cli.errors import FsanError
+    from fsan_cli.core.errors import FsanError
 
     _, _, best = trained
     ckpt = checkpoint.load(best)

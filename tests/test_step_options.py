@@ -1,4 +1,4 @@
-"""Issue 22's speed options (fsan_cli/step_options.py), each against the path it replaces:
+"""Issue 22's speed options (fsan_cli/train/step_options.py), each against the path it replaces:
 bf16 weights with fp32 masters against autocast, compiled losses and segment scores against
 eager ones, DDP's static graph against one process (tests/test_distributed.py runs gloo).
 
@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import training
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.cuda_graph import use_cuda_graph
-from fsan_cli.distributed import Dist
-from fsan_cli.settings import TrainSettings, load_settings
-from fsan_cli.step import TrainingPass, make_optimizer
-from fsan_cli.step_options import FastPass, MasterWeights, describe, training_pass
+from fsan_cli.train.cuda_graph import use_cuda_graph
+from fsan_cli.train.distributed import Dist
+from fsan_cli.core.settings import TrainSettings, load_settings
+from fsan_cli.train.step import TrainingPass, make_optimizer
+from fsan_cli.train.step_options import FastPass, MasterWeights, describe, training_pass
 from models.fsan import FSAN
 from models.losses import fsan_losses
 from models.segments import segment_scores
@@ -178,7 +178,7 @@ def type_out(p, sc, mask):
 def test_compile_losses_setting_wires_the_compiled_functions(monkeypatch):
     """train.compile_losses: the pass calls the compiled losses, the network its compiled
     segment scores in training mode only (evaluation keeps the eager one)."""
-    from fsan_cli import step_options
+    from fsan_cli.train import step_options
 
     calls = []
 

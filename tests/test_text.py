@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fsan_cli.errors import FsanError
-from fsan_cli.text import PAD, UNK, build_vocab, encode, load_word_vectors, tokenize
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.text import PAD, UNK, build_vocab, encode, load_word_vectors, tokenize
 
 
 def test_tokenize_lowercases_drops_punctuation_keeps_inner_apostrophes():

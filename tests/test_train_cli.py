@@ -9,7 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import checkpoint, step, training
+from fsan_cli.core import checkpoint
+
+from fsan_cli.train import step
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
 from tests.helpers import tiny_synthetic
 

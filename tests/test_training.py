@@ -9,13 +9,13 @@ from collections import defaultdict
 import pytest
 import torch
 
-from fsan_cli.baselines import prior_predictions, random_predictions
+from fsan_cli.evaluate.baselines import prior_predictions, random_predictions
 from fsan_cli.data.store import load_store
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.predict import Predictor
-from fsan_cli.scoring import score
-from fsan_cli.settings import load_settings
-from fsan_cli.training import train
+from fsan_cli.predict.predictor import Predictor
+from fsan_cli.evaluate.scoring import score
+from fsan_cli.core.settings import load_settings
+from fsan_cli.train.loop import train
 
 SIZES = {"train": 700, "val": 100, "test": 150}
 

@@ -13,12 +13,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli import checkpoint, predict, training
+from fsan_cli.core import checkpoint
+
+from fsan_cli.predict import predictor as predict
+
+from fsan_cli.train import loop as training
 from fsan_cli.app import app
 from fsan_cli.data.store import Query, load_store
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.settings import load_settings
-from fsan_cli.text import UNK, load_word_vectors, tokenize
+from fsan_cli.core.settings import load_settings
+from fsan_cli.core.text import UNK, load_word_vectors, tokenize
 
 KITE = "A kite is being flown in a desert."
 NEW = ["is", "being", "flown", "in", "desert"]  # in GloVe 6B, in none of the synthetic captions
@@ -121,7 +125,7 @@ def test_training_words_answer_as_before(trained):
 
 
 def test_the_source_is_recorded_in_the_store_and_the_checkpoint(trained):
-    from fsan_cli.text import vectors_checksum, vectors_record
+    from fsan_cli.core.text import vectors_checksum, vectors_record
 
     ckpt, store = trained
     record = store.manifest["word_vectors"]
@@ -180,7 +184,7 @@ def test_a_different_source_is_refused(trained, tmp_path):
     assert (r.exit_code, r.stdout) == (1, ""), r.output
     changed = np.array(store.vectors[2:])
     changed[0] += 0.5
-    from fsan_cli.text import vectors_checksum
+    from fsan_cli.core.text import vectors_checksum
 
     now = vectors_checksum(store.vocab[2:], changed)
     assert r.stderr.splitlines()[-1] == (
@@ -223,8 +227,8 @@ def test_a_checkpoint_without_the_record_loads_and_reads_unk(trained, tmp_path):
     ("dim", "3-d vectors, not 50-d"),
 ])  # fmt: skip
 def test_other_sources_are_refused_with_what_differs(trained, tmp_path, kind, detail):
-    from fsan_cli.errors import FsanError
-    from fsan_cli.text import WordSource
+    from fsan_cli.core.errors import FsanError
+    from fsan_cli.core.text import WordSource
 
     _, store = trained
     path = tmp_path / "g.txt"
@@ -237,7 +241,7 @@ def test_other_sources_are_refused_with_what_differs(trained, tmp_path, kind, de
 
 
 def test_training_refuses_a_changed_source_before_it_starts(trained, tmp_path):
-    from fsan_cli.errors import FsanError
+    from fsan_cli.core.errors import FsanError
 
     _, store = trained
     txt = glove_text(tmp_path / "g.txt", store, True)

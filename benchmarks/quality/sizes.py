@@ -83,7 +83,9 @@ def fit_prior_if_missing(best: Path, data_dir: Path, dataset: str) -> None:
     have at its end (chosen on val)."""
     import torch
 
-    from fsan_cli import checkpoint, span_prior
+    from fsan_cli.core import checkpoint
+
+    from fsan_cli.predict import span_prior
     from fsan_cli.data.store import load_store
 
     if "span_prior" not in checkpoint.load(best):

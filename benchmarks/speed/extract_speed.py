@@ -5,7 +5,7 @@
     python -m benchmarks.speed.extract_speed --b32            # ViT-B/32 on the CPU too (slow)
 
 Makes a synthetic video with PyAV (--seconds long, 640x360 at 30 frames/s, mpeg4) and times
-fsan_cli.video.extract_video on it (decode, sample at --fps, preprocess, encode: the whole path
+fsan_cli.video.encode.extract_video on it (decode, sample at --fps, preprocess, encode: the whole path
 of one video) after a warm-up, with:
 
 - tiny: the CLIP vision model of tests/test_extract.py (32 px, 2 layers, 16-d), random weights;
@@ -70,7 +70,7 @@ def encoder_folder(root: Path, size: str) -> Path:
 def measure(video: Path, folder: Path, size: str, device, fps: float, batch: int) -> dict:
     import torch
 
-    from fsan_cli.video import extract_video, load_encoder
+    from fsan_cli.video.encode import extract_video, load_encoder
 
     encoder = load_encoder(size, folder, device, fps)
     extract_video(video, encoder, batch)  # warm-up: kernels, caches

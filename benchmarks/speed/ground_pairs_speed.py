@@ -57,9 +57,9 @@ def model_only(ckpt: Path, feats: Path, lines: Path, device: str, precision: str
     """Seconds of `Predictor.ground` alone on every pair (inputs prepared beforehand)."""
     import torch
 
-    from fsan_cli import grounding
-    from fsan_cli.predict import Predictor
-    from fsan_cli.requests import read_requests
+    from fsan_cli.ground import grounding
+    from fsan_cli.predict.predictor import Predictor
+    from fsan_cli.ground.requests import read_requests
 
     predictor = Predictor.load(ckpt, torch.device(device), precision)
     requests = read_requests([], lines)

@@ -42,12 +42,12 @@ WORDS = (_WORDS + " table walks runs sits stands up down into off on in of with 
 def write_checkpoint(
     path: Path, sets: list[str], vocab_size: int, word_dim: int, feature_dim: int
 ) -> int:
-    """An untrained checkpoint in `fsan train`'s format (fsan_cli/checkpoint.py); returns N_v."""
+    """An untrained checkpoint in `fsan train`'s format (fsan_cli/core/checkpoint.py); returns N_v."""
     import torch
 
-    from fsan_cli import checkpoint
+    from fsan_cli.core import checkpoint
     from fsan_cli.data.store import Store
-    from fsan_cli.settings import load_settings
+    from fsan_cli.core.settings import load_settings
     from models.fsan import FSAN
 
     cfg = load_settings("activitynet", overrides=sets)

@@ -11,7 +11,7 @@ speed drifts by 10-30% over minutes, so an absolute figure from today cannot be 
 them fairly. This script builds the plain version here (stock nn.MultiheadAttention and
 nn.Dropout, every loss by prefix sums over the full N_v x N_v square, positive and negative
 pass, AdamW) and alternates timed windows of it with windows of `fsan train`'s step
-(`fsan_cli.step.training_step` through `TrainingPass`) at equal shapes: each query exactly --tokens
+(`fsan_cli.train.step.training_step` through `TrainingPass`) at equal shapes: each query exactly --tokens
 long, no (V-, S) pass. It prints both medians and their ratio, which the drift cancels out of,
 after a first `# record:` line saying how they were made (benchmarks/record.py).
 
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.record import header
-from fsan_cli.settings import load_settings
-from fsan_cli.step import TrainingPass, make_optimizer, training_step
+from fsan_cli.core.settings import load_settings
+from fsan_cli.train.step import TrainingPass, make_optimizer, training_step
 from models.config import FSANConfig
 from models.fsan import FSAN, FSANOutput
 from models.losses import fsan_losses

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.record import header
-from fsan_cli.baselines import random_predictions
+from fsan_cli.evaluate.baselines import random_predictions
 from fsan_cli.data.store import Query, write_store
-from fsan_cli.predictions import read_predictions, write_predictions
-from fsan_cli.scoring import score
+from fsan_cli.evaluate.predictions import read_predictions, write_predictions
+from fsan_cli.evaluate.scoring import score
 
 ROOT = Path(__file__).resolve().parents[2]
 

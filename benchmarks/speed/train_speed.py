@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.record import record
-from fsan_cli import distributed
-from fsan_cli.device import resolve_device
-from fsan_cli.memory import activation_bytes, step_bytes
-from fsan_cli.settings import load_settings
-from fsan_cli.step import make_optimizer
-from fsan_cli.step_options import MasterWeights, training_pass
-from fsan_cli.training import Run, TrainingData, capture_steps, step_body
+from fsan_cli.train import distributed
+from fsan_cli.core.device import resolve_device
+from fsan_cli.core.memory import activation_bytes, step_bytes
+from fsan_cli.core.settings import load_settings
+from fsan_cli.train.step import make_optimizer
+from fsan_cli.train.step_options import MasterWeights, training_pass
+from fsan_cli.train.loop import Run, TrainingData, capture_steps, step_body
 from models.fsan import FSAN
 from models.losses import fsan_losses
 
@@ -266,7 +266,7 @@ def measure(args, argv, cfg, device: torch.device, dist) -> dict:
         "batch_size": b,
         "micro_batch": args.micro_batch,
         "peak_memory_gb": peak_gb,
-        # fsan_cli/memory.py's fp32 estimate: what `fsan train` splits CPU batches by
+        # fsan_cli/core/memory.py's fp32 estimate: what `fsan train` splits CPU batches by
         "step_memory_estimate_gb": round(
             step_bytes(activation_bytes(mc, longest), args.micro_batch or b) / 2**30, 2)
         if device.type == "cpu" else None,

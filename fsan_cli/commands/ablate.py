@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
+from fsan_cli.core.errors import FsanError, handle_errors
+from fsan_cli.commands.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
 
 
 @handle_errors
@@ -48,8 +48,9 @@ def ablate(
     Every variant is scored on its network's own answers, without the span prior (the table
     compares networks); --size picks the model size as for `fsan train`.
     """
-    from fsan_cli import ablation, ablation_report
-    from fsan_cli.state import STATE
+    from fsan_cli.ablate import ablation
+    from fsan_cli.ablate import report as ablation_report
+    from fsan_cli.core.state import STATE
 
     if json_ and csv_:
         raise FsanError("--json and --csv both choose what stdout carries", "Pass only one")

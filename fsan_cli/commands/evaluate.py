@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import CheckpointOpt, DataDirOpt, DatasetOpt, JsonOpt, SpanPriorOpt, TopKOpt
-from fsan_cli.predictions import FORMAT_HELP
+from fsan_cli.core.errors import FsanError, handle_errors
+from fsan_cli.commands.options import CheckpointOpt, DataDirOpt, DatasetOpt, JsonOpt, SpanPriorOpt, TopKOpt
+from fsan_cli.evaluate.predictions import FORMAT_HELP
 
 
 class Split(StrEnum):
@@ -70,12 +70,12 @@ def evaluate(
     computed on the same split; a checkpoint with a span prior, also the model without it. --save-predictions FILE never replaces a file the command reads
     (the checkpoint, the predictions, the store), nor any existing file without --overwrite.
     """
-    from fsan_cli import runs
-    from fsan_cli.device import resolve_device
-    from fsan_cli.evaluation import evaluate_split, show, store_to_score
-    from fsan_cli.metrics import metric_keys
-    from fsan_cli.output import log
-    from fsan_cli.state import STATE
+    from fsan_cli.train import runs
+    from fsan_cli.core.device import resolve_device
+    from fsan_cli.evaluate.evaluation import evaluate_split, show, store_to_score
+    from fsan_cli.evaluate.metrics import metric_keys
+    from fsan_cli.core.output import log
+    from fsan_cli.core.state import STATE
 
     _check_options(metric_keys(dataset), dataset, checkpoint, predictions, baseline,
                    save_predictions, as_json, metric)
@@ -122,6 +122,6 @@ def _check_length_options(by_length: bool, plot: Path | None, metric: str | None
         raise FsanError("--metric prints one number, which has no breakdown by video length",
                         "Drop --by-length and --plot, or --metric")
     if plot is not None:  # fail before predicting, not after
-        from fsan_cli.plotting import check_plot
+        from fsan_cli.evaluate.plots import check_plot
 
         check_plot(plot, inputs)

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from fsan_cli.commands.extract import WeightsOpt
-from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import CheckpointOpt, DataDirOpt, JsonLinesOpt, SpanPriorOpt, TopKOpt
+from fsan_cli.core.errors import FsanError, handle_errors
+from fsan_cli.commands.options import CheckpointOpt, DataDirOpt, JsonLinesOpt, SpanPriorOpt, TopKOpt
 
 
 class Precision(StrEnum):
@@ -87,16 +87,16 @@ def ground(
         fsan ground v.h5 - --json < q.txt | fsan evaluate --predictions -
         fsan ground feats.hdf5 --queries pairs.jsonl --json > predictions.jsonl
     """
-    from fsan_cli import grounding as g
-    from fsan_cli import runs
-    from fsan_cli.device import resolve_device
-    from fsan_cli.extract import features_for_ground, is_video_file
-    from fsan_cli.ground_render import render, save_plot
-    from fsan_cli.output import log, print_json
-    from fsan_cli.plotting import check_plot
-    from fsan_cli.predict import Predictor
-    from fsan_cli.requests import read_requests
-    from fsan_cli.state import STATE
+    from fsan_cli.ground import grounding as g
+    from fsan_cli.train import runs
+    from fsan_cli.core.device import resolve_device
+    from fsan_cli.video.extract import features_for_ground, is_video_file
+    from fsan_cli.ground.render import render, save_plot
+    from fsan_cli.core.output import log, print_json
+    from fsan_cli.evaluate.plots import check_plot
+    from fsan_cli.predict.predictor import Predictor
+    from fsan_cli.ground.requests import read_requests
+    from fsan_cli.core.state import STATE
 
     def newest() -> Path:
         found = runs.find_checkpoint()

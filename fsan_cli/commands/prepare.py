@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from fsan_cli.commands.extract import WeightsOpt
-from fsan_cli.errors import FsanError, handle_errors
-from fsan_cli.options import DataDirOpt, JsonOpt
-from fsan_cli.output import fmt, make_table, print_json, stdout_console, warn
-from fsan_cli.settings import load_settings
+from fsan_cli.core.errors import FsanError, handle_errors
+from fsan_cli.commands.options import DataDirOpt, JsonOpt
+from fsan_cli.core.output import fmt, make_table, print_json, stdout_console, warn
+from fsan_cli.core.settings import load_settings
 
 
 class Dataset(StrEnum):
@@ -141,10 +141,10 @@ def prepare(
 def _extract(dataset: Dataset, videos: list[Path], features: Path, weights: Path | None) -> Path:
     """`fsan extract VIDEOS --out FEATURES` with its defaults (resumable: videos already there
     are skipped); any video that fails stops prepare."""
-    from fsan_cli.device import resolve_device
-    from fsan_cli.extract import extract_files
-    from fsan_cli.state import STATE
-    from fsan_cli.video import DEFAULT_BATCH, DEFAULT_FPS, DEFAULT_MODEL
+    from fsan_cli.core.device import resolve_device
+    from fsan_cli.video.extract import extract_files
+    from fsan_cli.core.state import STATE
+    from fsan_cli.video.encode import DEFAULT_BATCH, DEFAULT_FPS, DEFAULT_MODEL
 
     if dataset is not Dataset.custom:
         raise FsanError(f"--videos extracts features for --dataset custom, not {dataset.value}",

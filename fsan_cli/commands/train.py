@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from fsan_cli.errors import handle_errors
-from fsan_cli.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
+from fsan_cli.core.errors import handle_errors
+from fsan_cli.commands.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
 
 
 @handle_errors
@@ -63,12 +63,12 @@ def train(
     A run folder is locked while a run trains in it (RUN_DIR/.lock holds its PID), so a second
     `fsan train` into it stops with that PID.
     """
-    from fsan_cli import runs
+    from fsan_cli.train import runs
     from fsan_cli.data.store import open_store
-    from fsan_cli.device import resolve_device
-    from fsan_cli.evaluation import evaluate_split, show
-    from fsan_cli.output import log, print_json
-    from fsan_cli.state import STATE
+    from fsan_cli.core.device import resolve_device
+    from fsan_cli.evaluate.evaluation import evaluate_split, show
+    from fsan_cli.core.output import log, print_json
+    from fsan_cli.core.state import STATE
 
     STATE.quiet = STATE.quiet or runs.quiet_ranks()
     # options and settings first, then the device, then the data (which may be generated)
@@ -103,12 +103,12 @@ def train(
 
 def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro_batch, size, overwrite,
                  resume, compile_, no_test, seeds, json_) -> None:
-    from fsan_cli import runs
+    from fsan_cli.train import runs
     from fsan_cli.data.store import open_store
-    from fsan_cli.device import resolve_device
-    from fsan_cli.errors import FsanError
-    from fsan_cli.seeds import parse_seeds, plan_folders, show_seeds, train_seeds
-    from fsan_cli.state import STATE
+    from fsan_cli.core.device import resolve_device
+    from fsan_cli.core.errors import FsanError
+    from fsan_cli.train.seeds import parse_seeds, plan_folders, show_seeds, train_seeds
+    from fsan_cli.core.state import STATE
 
     chosen = parse_seeds(seeds)
     for name, value in (("--resume", resume), ("--no-test", no_test)):
@@ -126,12 +126,12 @@ def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro
 
 
 def _settings(dataset, config, set_, epochs, batch_size, micro_batch=None, size=None):
-    from fsan_cli.settings import load_settings
-    from fsan_cli.state import STATE
+    from fsan_cli.core.settings import load_settings
+    from fsan_cli.core.state import STATE
 
     overrides = list(set_ or [])
     if epochs is not None and epochs < 1:
-        from fsan_cli.errors import FsanError
+        from fsan_cli.core.errors import FsanError
 
         raise FsanError(f"--epochs must be at least 1, got {epochs}",
                         "Pass a value at least 1 (train.epochs=0 trains for train.steps steps)")

@@ -16,7 +16,7 @@ import numpy as np
 
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
-from fsan_cli.errors import FsanError
+from fsan_cli.core.errors import FsanError
 
 
 @dataclass

@@ -28,8 +28,8 @@ from fsan_cli.data.annotations import (
 )
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
-from fsan_cli.errors import FsanError
-from fsan_cli.text import normalize_query
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.text import normalize_query
 
 SPLITS = ("train", "test")
 LAYOUT = FeatureLayout(description="one (T, D) dataset per video keyed by its id, e.g. '3MSZA'")

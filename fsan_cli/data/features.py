@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsan_cli.errors import FsanError
+from fsan_cli.core.errors import FsanError
 
 # --------------------------------------------------------------------------------------------
 # Pooling, normalisation, PCA

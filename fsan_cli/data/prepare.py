@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fsan_cli import extractor
+from fsan_cli.video import record as extractor
 from fsan_cli.data.annotations import (
     Annotations,
     annotated_videos,
@@ -36,10 +36,10 @@ from fsan_cli.data.features import (
     video_clips,
 )
 from fsan_cli.data.store import SPLITS, store_exists, write_store
-from fsan_cli.errors import FsanError
-from fsan_cli.memory import check_fits
-from fsan_cli.output import log
-from fsan_cli.text import build_vocab, load_word_vectors, tokenize, vectors_record
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.memory import check_fits
+from fsan_cli.core.output import log
+from fsan_cli.core.text import build_vocab, load_word_vectors, tokenize, vectors_record
 
 ADAPTERS = ("activitynet", "didemo", "charades", "custom")
 CONVENTIONS = ("clip", "drop")
@@ -137,8 +137,8 @@ def _progress(enabled: bool):
         TransferSpeedColumn,
     )
 
-    from fsan_cli.output import stderr_console
-    from fsan_cli.state import STATE
+    from fsan_cli.core.output import stderr_console
+    from fsan_cli.core.state import STATE
 
     console = stderr_console()
     return Progress(

@@ -30,7 +30,7 @@ SIZES = {"small": {"train": 1500, "val": 250, "test": 250}, "full": None}
 
 
 def caption_vectors(captions: list[str], dim_out: int, rng: np.random.Generator) -> np.ndarray:
-    from fsan_cli.text import load_word_vectors, tokenize
+    from fsan_cli.core.text import load_word_vectors, tokenize
 
     toks = [[w for w in tokenize(c) if w not in STOP] for c in captions]
     wv = load_word_vectors(None, needed={w for t in toks for w in t})

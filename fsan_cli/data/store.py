@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fsan_cli.errors import FsanError, write_error
+from fsan_cli.core.errors import FsanError, write_error
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -227,7 +227,7 @@ def read_store(dataset: str, data_dir: Path, clips: int | None = None) -> Store:
     first when absent, with the preset's N_v, or `clips` (a checkpoint's) where given."""
     path = Path(data_dir) / dataset
     if dataset == "synthetic" and (clips is not None or not store_exists(path)):
-        from fsan_cli.settings import load_settings
+        from fsan_cli.core.settings import load_settings
 
         return open_store(dataset, data_dir, clips or load_settings(dataset).data.clips, mmap=True)
     return load_store(path, mmap=True)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from fsan_cli.data.store import Query, load_store, store_exists, write_store
-from fsan_cli.errors import FsanError
-from fsan_cli.output import log
-from fsan_cli.text import build_vocab, load_word_vectors, vectors_record
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.output import log
+from fsan_cli.core.text import build_vocab, load_word_vectors, vectors_record
 
 GENERATOR_VERSION = 3
 
@@ -187,6 +187,6 @@ def _recipe_matches(path: Path, clips: int, seed: int) -> bool:
 
 
 def _preset_clips() -> int:
-    from fsan_cli.settings import load_settings
+    from fsan_cli.core.settings import load_settings
 
     return load_settings("synthetic").data.clips

@@ -1,0 +1,1 @@
+"""`fsan ablate`: the paper's Table 4 variants trained and scored, and their table."""

@@ -1,0 +1,1 @@
+"""Scoring answers: metrics (pure numpy), the benchmarks' protocols, breakdowns, baselines, tables, plots, predictions files."""

@@ -1,0 +1,310 @@
+"""Ground sentences in videos: read the features of every video asked about, their durations,
+and answer all the queries at once with the Predictor.
+
+The library side of `fsan ground` (the command only parses options and calls these):
+
+- `read_videos`: videos' (T, D) features and durations from one HDF5 file, in our layout
+  (dataset `features`, attribute `duration`) or the official ones (a group per video holding
+  `c3d_features`; a single (T, D) dataset per video).
+- `durations`: each video's seconds: the query line's, --duration, the file's attribute, the
+  prepared store's (official feature files carry none), or DiDeMo's 30 s.
+- `ground`: every query answered by the one `Predictor` (fsan_cli/predict/predictor.py) that `fsan
+  evaluate` uses too, batched across videos; each answer with its predictions JSONL line (plus
+  the alignment map and the line's own fields). The table, heatmap and figure are in
+  fsan_cli/ground/render.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.memory import check_fits
+from fsan_cli.core.output import count_progress, log, warn
+from fsan_cli.predict.predictor import Grounding, Predictor
+from fsan_cli.ground.requests import Request
+from fsan_cli.core.text import UNK, tokenize
+
+MEMBERS = ("c3d_features", "features")  # a video's matrix inside its group (ActivityNet, ours)
+PROGRESS_FROM = 256  # queries: fewer take about a second at the paper config on a CPU
+DIDEMO_SECONDS = 30.0  # DiDeMo's six 5-second chunks: its features carry no duration
+LAYOUT_HELP = (
+    "Pass an HDF5 file with a (T, D) dataset `features` and an attribute `duration` (seconds), "
+    "or an official feature file with --video-id"
+)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Video:
+    video: str
+    rows: np.ndarray  # (T, D) as stored
+    duration: float | None  # seconds; None when the file has none
+    where: str  # file and dataset path, for messages
+
+
+def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video]:
+    """The features of each video id (None: the file's only video) in `path`, read in one
+    opening of the file; errors name the layout that was expected."""
+    import h5py
+
+    path = Path(path)
+    if path.is_dir():
+        raise FsanError(f"video file {path} is a folder", "Pass the path of an HDF5 feature file")
+    if not path.is_file():
+        raise FsanError(f"video file {path} does not exist", "Pass the path of an HDF5 feature file")
+    if not h5py.is_hdf5(path):
+        raise FsanError(f"{path} is not an HDF5 file", LAYOUT_HELP)
+    try:
+        with h5py.File(path, "r") as h5:
+            named = [v for v in dict.fromkeys(ids) if v is not None]
+            if isinstance(h5.get("features"), h5py.Dataset) and len(named) > 1:
+                raise FsanError(f"{path} holds one video, and the queries name {len(named)} "
+                                f"({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})",
+                                "Ground each video with its own file, or use a multi-video file")
+            return {vid: _read_one(h5, path, vid) for vid in dict.fromkeys(ids)}
+    except OSError as exc:
+        raise FsanError(f"{path} cannot be read as HDF5 ({exc})", LAYOUT_HELP) from None
+
+
+def _read_one(h5, path: Path, video_id: str | None) -> Video:
+    ds, vid, single = _pick(h5, path, video_id)
+    where = f"{path}:{ds.name}"
+    if ds.shape[0] == 0:
+        raise FsanError(f"video '{vid}' in {where} has no feature rows (T = 0)",
+                        "Extract features for at least one clip of the video")
+    check_fits(int(np.prod(ds.shape)) * ds.dtype.itemsize, f"video '{vid}' in {where} holds {ds.shape} values",
+               "Ground it on a machine with more free RAM, or extract fewer rows per video")
+    return Video(vid, ds[()], _duration(ds, h5 if single else None, where), where)
+
+
+def _pick(h5, path: Path, video_id: str | None):
+    """(dataset, video id, whether the file holds only this video)."""
+    import h5py
+
+    if isinstance(h5.get("features"), h5py.Dataset):  # our layout: one video per file
+        own = _text_attr(h5.attrs.get("video"))
+        if video_id is not None and own is not None and own not in _aliases(video_id):
+            raise FsanError(f"video '{video_id}' is not in {path}: it holds the one video '{own}'",
+                            f"Name '{own}', or ground '{video_id}' with its own file")
+        label = video_id or own or path.stem
+        return _matrix(h5["features"], path), label, True
+    keys = list(h5.keys())
+    if video_id is not None:
+        for key in _aliases(video_id):
+            if key in h5:
+                return _matrix(h5[key], path), key, len(keys) == 1
+        raise FsanError(
+            f"video '{video_id}' is not in {path} ({len(keys)} videos there)",
+            f"Pass --video-id with one of its keys, e.g. {', '.join(keys[:3]) or '(none)'}",
+        )
+    if not keys:
+        raise FsanError(f"{path} holds no datasets", LAYOUT_HELP)
+    if len(keys) > 1:
+        raise FsanError(
+            f"{path} holds {len(keys)} videos",
+            f"Pass --video-id to pick one, e.g. --video-id {keys[0]}",
+        )
+    return _matrix(h5[keys[0]], path), keys[0], True
+
+
+def _aliases(video: str) -> list[str]:
+    """ActivityNet ids with or without `v_`; DiDeMo keys with or without the file extension."""
+    names = [video, video[2:] if video.startswith("v_") else f"v_{video}"]
+    if "." in video:
+        names.append(video.rsplit(".", 1)[0])
+    return names
+
+
+def _matrix(obj, path: Path):
+    """The (T, D) numeric dataset `obj` is, or holds."""
+    import h5py
+
+    if isinstance(obj, h5py.Group):
+        inner = [obj[m] for m in MEMBERS if isinstance(obj.get(m), h5py.Dataset)]
+        inner = inner or [v for v in obj.values() if isinstance(v, h5py.Dataset)]
+        if len(inner) != 1:
+            raise FsanError(
+                f"'{obj.name}' in {path} is a group with members {list(obj.keys())[:5]}, "
+                "not one (T, D) feature matrix",
+                LAYOUT_HELP,
+            )
+        obj = inner[0]
+    if len(obj.shape) != 2 or obj.dtype.kind not in "fiu":
+        raise FsanError(
+            f"'{obj.name}' in {path} holds {obj.dtype} values of shape {obj.shape}, "
+            "not a (T, D) matrix of clip features",
+            LAYOUT_HELP,
+        )
+    return obj
+
+
+def _text_attr(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _duration(ds, root, where: str) -> float | None:
+    """The `duration` attribute of the dataset, its group, or (one video per file) the file."""
+    holders = [ds]
+    if ds.parent.name != "/":
+        holders.append(ds.parent)
+    if root is not None:
+        holders.append(root)
+    for obj in holders:
+        if "duration" in obj.attrs:
+            raw = obj.attrs["duration"]
+            try:
+                return float(np.asarray(raw, dtype=np.float64).reshape(-1)[0])
+            except (TypeError, ValueError, IndexError):
+                raise FsanError(
+                    f"the duration attribute of {where} is {raw!r}, not a number of seconds",
+                    "Fix the attribute, or pass --duration SECONDS",
+                ) from None
+    return None
+
+
+def durations(videos: dict[str | None, Video], requests: Sequence[Request], keys: Sequence[str | None],
+              flag: float | None, dataset: str | None, data_dir: Path) -> dict[str | None, float]:
+    """Each video's seconds: its query lines' "duration", else --duration (one video only), else
+    the file's attribute, else the prepared store of `dataset` under `data_dir`, else DiDeMo's
+    30 s; positive and finite."""
+    if flag is not None and len(videos) > 1:
+        raise FsanError(f"--duration gives one length, and the queries ask about {len(videos)} videos",
+                        'Give each JSON line its own "duration", or ground one video at a time')
+    asked: dict[str | None, set[float]] = {}
+    for r, key in zip(requests, keys, strict=True):
+        if r.duration is not None:
+            asked.setdefault(key, set()).add(r.duration)
+    store: dict[str, float] | None = None
+    out = {}
+    for key, video in videos.items():
+        given = asked.get(key, set())
+        if len(given) > 1:
+            raise FsanError(f"the query lines give video '{video.video}' {len(given)} durations "
+                            f"({', '.join(f'{d:g}' for d in sorted(given))})", "Give one")
+        seconds = next(iter(given)) if given else flag
+        if seconds is not None and video.duration is not None and abs(seconds - video.duration) > 1e-3:
+            warn(f"a duration of {seconds:g} s replaces the file's {video.duration:g} s for '{video.video}'")
+        seconds = seconds if seconds is not None else video.duration
+        if seconds is None and dataset is not None:
+            store = _store_durations(dataset, data_dir) if store is None else store
+            seconds = next((store[a] for a in _aliases(video.video) if a in store), None)
+        if seconds is None and dataset == "didemo":
+            seconds = DIDEMO_SECONDS
+        if seconds is None:
+            where = f", nor does the prepared store {Path(data_dir) / dataset} know it" if dataset else ""
+            raise FsanError(f"{video.where} has no duration attribute{where}",
+                            "Pass --duration SECONDS (the video's length), or --dataset and "
+                            "--data-dir of a prepared store that holds the video")
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise FsanError(f"the duration of video '{video.video}' is {seconds:g} s",
+                            "It must be positive; pass --duration SECONDS")
+        out[key] = float(seconds)
+    return out
+
+
+def _store_durations(dataset: str, data_dir: Path) -> dict[str, float]:
+    """{video: seconds} of a prepared store, or {} where there is none."""
+    from fsan_cli.data.store import load_store, store_exists
+
+    path = Path(data_dir) / dataset
+    if not store_exists(path):
+        return {}
+    found = {str(v["video"]): float(v["duration"]) for v in load_store(path, mmap=True).videos}
+    log(f"Durations of videos without one from the prepared store {path}")
+    return found
+
+
+def check_queries(predictor: Predictor, requests: Sequence[Request]) -> None:
+    """Each query has a word the model knows; say where the model reads only the first words.
+    Words outside the vocabulary are looked up in its word vectors first (Predictor.extend)."""
+    predictor.extend([r.query for r in requests])
+    for r in requests:
+        words = tokenize(r.query)
+        if len(words) > predictor.max_tokens:
+            warn(f"{r.where} has {len(words)} words; the model reads the first {predictor.max_tokens}")
+        read = words[: predictor.max_tokens]
+        if all(w not in predictor.word_to_id for w in read):
+            raise FsanError(
+                f"{r.where} ({r.query!r}) has no word the model knows (unknown: {', '.join(read)})",
+                f"Rephrase it with common words; the checkpoint knows {len(predictor.vocab) - 2} words",
+            )
+
+
+@dataclass
+class Grounded:
+    """One query's answer: its video, the video's seconds, the moments and map, its line."""
+
+    video: str
+    duration: float
+    grounding: Grounding
+    row: dict[str, Any]  # predictions JSONL line + alignment_map + the request's own fields
+
+
+def read_asked(path: Path, requests: Sequence[Request], video_id: str | None = None
+               ) -> tuple[dict[str | None, Video], list[str | None]]:
+    """Every video the requests name (a line's "video", else --video-id, else the file's only
+    one), and each request's key into them."""
+    keys = [r.video if r.video is not None else video_id for r in requests]
+    videos = read_videos(path, [*keys, video_id] if video_id is not None else keys)  # checks --video-id
+    return {k: videos[k] for k in dict.fromkeys(keys)}, keys
+
+
+def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence[str | None],
+           requests: Sequence[Request], top_k: int, duration: float | None = None,
+           dataset: str | None = None, data_dir: Path = Path("data")) -> list[Grounded]:
+    """Prepare each video once and answer all queries in batches across videos; `dataset`
+    (default: the checkpoint's) names the prepared store that knows durations."""
+    check_queries(predictor, requests)
+    dataset = dataset or predictor.dataset
+    seconds = durations(videos, requests, keys, duration, dataset, data_dir)
+    order = list(videos)  # the videos' rows in `clips`
+    clips = np.stack([predictor.video_clips(videos[k].rows, videos[k].video) for k in order])
+    row_of_key = {k: i for i, k in enumerate(order)}
+    index = np.array([row_of_key[k] for k in keys], np.int64)
+    per_query = np.array([seconds[k] for k in keys], np.float64)
+    t0 = time.perf_counter()
+    with count_progress(len(requests), "Grounding", enabled=len(requests) > PROGRESS_FROM) as advance:
+        answers, results = predictor.ground(clips, index, per_query, [r.query for r in requests],
+                                            top_k, advance)
+    rate = len(results) / max(time.perf_counter() - t0, 1e-9)
+    _say_what_was_read(predictor, [videos[k] for k in order], [seconds[k] for k in order], results, rate)
+    out = []
+    for i, (r, key, g) in enumerate(zip(requests, keys, results, strict=True)):
+        video = videos[key].video if r.video is None else r.video
+        row = answers.row(i, video, r.query, seconds[key], top_k)
+        row["alignment_map"] = {
+            "tokens": g.tokens,
+            "clips": int(g.alignment_map.shape[1]),
+            "values": np.round(g.alignment_map.astype(np.float64), 4).tolist(),
+        }
+        if g.score_map is not None and g.sc_map != "p":  # what the segment scores read
+            row["score_map"] = {"kind": g.sc_map,
+                                "values": np.round(g.score_map.astype(np.float64), 4).tolist()}
+        out.append(Grounded(video, seconds[key], g, {**row, **r.extra}))
+    return out
+
+
+def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[float],
+                       results: Sequence[Grounding], rate: float) -> None:
+    what = f"{len(results)} queries ({rate:.0f}/s, {predictor.precision})"
+    if len(videos) == 1:
+        v = videos[0]
+        log(f"Video '{v.video}': {v.rows.shape[0]} rows of {v.rows.shape[1]}-d, {seconds[0]:g} s, "
+            f"{predictor.clips} clips; {what}")
+    else:
+        log(f"{len(videos)} videos, {predictor.clips} clips each; {what}")
+    unknown = sorted({w for r in results for w in r.unknown})
+    if unknown:
+        warn(f"not in the model's vocabulary, read as {UNK}: {', '.join(unknown[:20])}")

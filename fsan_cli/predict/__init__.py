@@ -1,0 +1,1 @@
+"""From a checkpoint and (video, sentence) pairs to ranked moments: the Predictor and the span prior."""

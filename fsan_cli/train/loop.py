@@ -1,0 +1,424 @@
+"""`fsan train`'s loop: the whole split lives in memory (on the GPU when training there),
+batches are gathered by index, negatives are drawn on the device, the best epoch is chosen on
+val with the same Predictor that `fsan evaluate` uses, and checkpoints are atomic."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fsan_cli.core import checkpoint
+from fsan_cli.core.atomic import atomic_write_text
+from fsan_cli.train.cuda_graph import CapturedStep, use_cuda_graph
+from fsan_cli.data.store import Query, Store
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.memory import memory_error, out_of_memory, piece_that_fits
+from fsan_cli.evaluate.metrics import top1_iou
+from fsan_cli.core.output import log
+from fsan_cli.predict.predictor import Predictor
+from fsan_cli.train.resume import LoopState, restore_run, save_last
+from fsan_cli.train.runs import remove_run_files, start_run_folder, write_failure
+from fsan_cli.core.settings import Settings
+from fsan_cli.train.step import (
+    accumulate,
+    lr_at,
+    make_optimizer,
+    ready_optimizer,
+    run_length,
+    sap_schedule,
+    set_lr,
+)
+from fsan_cli.train.step_options import MasterWeights, describe, training_pass
+from fsan_cli.core.text import WordSource, encode_texts, tokenize
+from models.config import FSANConfig
+from models.fsan import FSAN
+from models.segments import segments_to_seconds
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM turned into it) during training; the last checkpoint is intact."""
+
+    def __init__(self, out_dir: Path, step: int, saved_step: int | None) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.out_dir, self.step, self.saved_step = out_dir, step, saved_step
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@dataclass
+class TrainingData:
+    features: torch.Tensor  # (n_videos, Nv, D) on the device (bf16 on CUDA)
+    tokens: torch.Tensor  # (Q, Ns) train queries on the device
+    vids: torch.Tensor  # (Q,) their feature rows
+    val_queries: list[Query] = field(default_factory=list)  # chooses the best epoch
+    words: WordSource | None = None  # embeds val words outside the vocabulary, as evaluate will
+
+
+def video_rows(store: Store, queries: list[Query]) -> np.ndarray:
+    """(Q,) the store's feature row of each query's video; checks videos and durations."""
+    index = store.video_index
+    missing = [q.video for q in queries if q.video not in index]
+    if missing:
+        raise FsanError(
+            f"{len(missing)} queries name videos missing from the store (first: {missing[0]})",
+            "Run `fsan prepare` again",
+        )
+    bad = [i for i, q in enumerate(queries) if not (math.isfinite(q.duration) and q.duration > 0)]
+    if bad:
+        q = queries[bad[0]]
+        raise FsanError(
+            f"{len(bad)} queries have a duration that is not a positive number of seconds "
+            f"(first: video {q.video}, duration {q.duration})",
+            "Fix the annotations and run `fsan prepare` again",
+        )
+    return np.array([index[q.video] for q in queries], np.int64)
+
+
+def check_finite_features(store: Store, features: torch.Tensor) -> None:
+    bad = (~torch.isfinite(features.float())).flatten(1).any(1)  # (n_videos,)
+    if bool(bad.any()):
+        names = [store.videos[i]["video"] for i in bad.nonzero()[:, 0].tolist()]
+        raise FsanError(
+            f"the features of {len(names)} videos in {store.path} hold NaN or infinite values "
+            f"(first: {', '.join(names[:3])})",
+            "Fix the feature file and run `fsan prepare` again",
+        )
+
+
+def training_data(mc: FSANConfig, store: Store, device: torch.device) -> TrainingData:
+    """Check the store against the settings, then put the train split on the device."""
+    if mc.clips != store.clips:
+        raise FsanError(
+            f"data.clips={mc.clips} but the data at {store.path} was prepared with {store.clips} clips",
+            f"Pass --set data.clips={store.clips}, or prepare again with --clips {mc.clips}",
+        )
+    train_q = store.split("train")
+    val_q = [q for q in store.splits.get("val") or [] if q.times]  # only annotated queries can select
+    if not train_q:
+        raise FsanError(f"the train split at {store.path} is empty", "Prepare the data again")
+    vids = torch.from_numpy(video_rows(store, train_q)).to(device)
+    video_rows(store, val_q)
+    word_to_id = {w: i for i, w in enumerate(store.vocab)}
+    tokens = torch.from_numpy(encode_texts([q.query for q in train_q], word_to_id, mc.max_tokens))
+    feat_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    features = torch.from_numpy(np.asarray(store.features)).to(device=device, dtype=feat_dtype)
+    check_finite_features(store, features)
+    return TrainingData(features, tokens.to(device), vids, val_q, val_words(store, val_q, mc.max_tokens))
+
+
+def val_words(store: Store, val_q: list[Query], max_tokens: int) -> WordSource | None:
+    """The store's word vectors, with the val queries' words outside the vocabulary looked up
+    now: validation then embeds them as `fsan evaluate` and `fsan ground` will with the
+    checkpoint, and a source that changed since `fsan prepare` stops training before it starts."""
+    words = WordSource.of(checkpoint.word_vectors_of(store), store.vocab, f"the data at {store.path}",
+                          redo="run `fsan prepare` again with these vectors")
+    if words is not None:
+        known = set(store.vocab)
+        words.lookup(sorted({w for q in val_q for w in tokenize(q.query)[:max_tokens] if w not in known}))
+    return words
+
+
+@dataclass
+class Run:
+    """What the training loop works with, gathered once."""
+
+    model: FSAN
+    runner: torch.nn.Module  # the TrainingPass, maybe wrapped by DDP and torch.compile
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # permutations and negatives: the same draws on every rank
+    data: TrainingData
+    cfg: Settings
+    store: Store
+    out_dir: Path
+    device: torch.device
+    dist: Any  # fsan_cli.train.distributed.Dist
+    captured: CapturedStep | None = None  # train.cuda_graph
+    promote: Any = None  # called after the first last.pt: the run's folder from then on (runs.RunFolder)
+    masters: MasterWeights | None = None  # train.bf16_weights: runner runs their bf16 copy
+
+
+def capture_steps(run: Run) -> None:
+    """From now on `one_step` goes through a CapturedStep of `step_body` (run.runner must be
+    a TrainingPass, not compiled; under torchrun wrapped by DDP with train.static_graph, which
+    needs 11 eager steps before the capture)."""
+    plain = getattr(run.runner, "module", run.runner)
+    plain.cast_cache = False  # autocast's cache and graph capture do not mix
+    run.captured = CapturedStep(partial(step_body, run), warmup=11 if run.dist.world > 1 else 3)
+
+
+def train(
+    cfg: Settings,
+    store: Store,
+    out_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+    resume: bool = False,
+    compile: bool = False,
+    dist: Any = None,
+    checkpoint_every: int | None = None,
+    promote: Any = None,
+) -> dict[str, Any]:
+    """Train on store's train split, select on val each epoch, write the run folder.
+
+    resume: continue from out_dir/last.pt (on CPU, bit for bit the uninterrupted run).
+    compile: torch.compile the training pass. dist: a fsan_cli.train.distributed.Dist (one process
+    when None); only its rank 0 validates, writes files and shows progress.
+    checkpoint_every: save last.pt every N steps too (default: train.checkpoint_every, or 0).
+    promote: called once the first last.pt is saved, returns the folder to write to from then on
+    (a run built beside the one it replaces moves into its place: runs.RunFolder).
+    """
+    from fsan_cli.train.distributed import Dist
+
+    dist = dist or Dist()
+    tc = cfg.train
+    set_seed(tc.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
+        if progress:
+            log(f"Training on {torch.get_num_threads()} CPU thread(s)")
+    mc = cfg.model_config(int(store.vectors.shape[1]), store.feature_dim)
+    dist.check_batch(tc.batch_size)
+    data = training_data(mc, store, device)
+    model = FSAN(mc, torch.from_numpy(store.vectors)).to(device)
+    cpu_auto = device.type == "cpu" and not tc.micro_batch
+    piece = piece_that_fits(tc, mc, int(data.tokens.shape[1]), model, dist) if cpu_auto else 0
+    if piece:  # recorded in the run's settings; the caller's stay as they were
+        cfg = cfg.replace("train.micro_batch", piece)
+        tc = cfg.train
+    graphed = use_cuda_graph(tc, device, compile, dist)
+    opt = make_optimizer(model, tc, device, graphed)
+    gen = torch.Generator(device=device).manual_seed(tc.seed)
+    out_dir = Path(out_dir)
+    state = LoopState()
+    if resume and (out_dir / "last.pt").is_file():
+        state = restore_run(out_dir / "last.pt", model, opt, gen, cfg, store, device, dist)
+        ready_optimizer(opt, device, graphed)
+    elif dist.main:
+        start_run_folder(out_dir, cfg, store)
+    if dist.world > 1 and state.step == 0:
+        torch.manual_seed(tc.seed + dist.rank)  # dropout masks differ between ranks
+    masters = MasterWeights(model) if tc.bf16_weights else None  # after a restore: its weights
+    runner = dist.wrap(training_pass(model, tc, device, masters), device, mc,
+                       static_graph=dist.static_graph(tc), side_stream=graphed)
+    if compile:
+        runner = torch.compile(runner, mode=tc.compile_mode)
+    run = Run(model, runner, opt, gen, data, cfg, store, out_dir, device, dist,
+              promote=promote if dist.main else None, masters=masters)
+    if graphed:
+        capture_steps(run)
+    if progress and dist.main:
+        log(describe(tc, device, compile, graphed, dist.world, dist.static_graph(tc)))
+    if checkpoint_every is None:
+        checkpoint_every = int(tc.checkpoint_every)
+    try:
+        run_epochs(run, state, progress, checkpoint_every)
+        if dist.main:
+            fit_span_prior(run, progress)
+    except BaseException as exc:
+        if dist.main and state.saved_step is None and not resume:
+            remove_run_files(run.out_dir)  # nothing worth keeping: leave no half run behind
+        if isinstance(exc, KeyboardInterrupt):
+            raise TrainingInterrupted(run.out_dir, state.step, state.saved_step) from None
+        if out_of_memory(exc):
+            raise memory_error(cfg, dist, device, state.step, state.saved_step, run.out_dir) from None
+        if (error := write_failure(exc, run.out_dir, state.saved_step)) is not None:
+            raise error from None
+        raise
+    dist.barrier()
+    return {"best_epoch": state.best["epoch"], "best_val_miou": state.best["score"],
+            "out": str(run.out_dir), "steps": state.step}
+
+
+def fit_span_prior(run: Run, progress: bool) -> None:
+    """eval.span_prior: learn the span prior on train, choose its weight on val with best.pt's
+    model, and store both in best.pt (fsan_cli/predict/span_prior.py); said on stderr."""
+    from fsan_cli.predict import span_prior
+
+    if not run.cfg.eval.span_prior or not (run.out_dir / "best.pt").is_file():
+        return
+    prior = span_prior.fit_checkpoint(run.out_dir / "best.pt", run.store, run.device)
+    if not progress:
+        return
+    if prior is None:
+        log("Span prior: not used (it needs a val split to choose its weight; never for DiDeMo)")
+        return
+    own, best = prior.choices[0][1], dict(prior.choices)[prior.weight]
+    if prior.weight > 0:
+        log(f"Span prior: weight {prior.weight:g} chosen on val (mean of val R@1 and mIoU {own:.2f} -> "
+            f"{best:.2f}); stored in best.pt")
+    else:
+        log(f"Span prior: no weight helped on val (mean of val R@1 and mIoU {own:.2f}); answers are the model's own")
+
+
+def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
+    """The epoch loop from wherever `state` stands; saves last.pt at each epoch end and every
+    train.checkpoint_every steps, best.pt when val improves."""
+    from fsan_cli.core.output import training_progress
+
+    tc = run.cfg.train
+    n, bs = run.data.tokens.shape[0], tc.batch_size
+    steps_per_epoch, epochs = run_length(tc, n)
+    total = steps_per_epoch * epochs
+    if progress and run.dist.main and not tc.epochs and state.step == 0:
+        log(f"Training {epochs} epochs of {steps_per_epoch} steps ({total} steps: train.steps={tc.steps}, "
+            f"size {tc.size})")
+    watch = FiniteWatch(run)
+    with training_progress(total, enabled=progress and run.dist.main) as bar:
+        while state.epoch <= epochs:
+            run.model.train()
+            if state.pos == 0:
+                state.perm = torch.randperm(n, device=run.device, generator=run.gen)
+                state.sums, state.seen, state.elapsed = torch.zeros(4, device=run.device), 0, 0.0
+            t0 = time.perf_counter()
+            while state.pos < n:
+                idx = state.perm[state.pos : state.pos + bs]
+                neg = torch.randint(0, n, idx.shape, device=run.device, generator=run.gen)
+                total_loss = one_step(run, state, idx, neg, total)
+                state.pos += idx.numel()
+                state.step += 1
+                state.seen += idx.numel()
+                watch.add(state, idx, total_loss)
+                if state.step % 10 == 0 or state.pos >= n:
+                    watch.check(state)
+                    rate = state.seen / (state.elapsed + time.perf_counter() - t0)
+                    loss = state.sums[0].item() / math.ceil(state.pos / bs)
+                    bar.update(state.step, epoch=state.epoch, loss=loss, rate=rate)
+                if every and state.step % every == 0 and state.pos < n:
+                    watch.check(state)
+                    state.elapsed += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    checkpoint_last(run, state)
+            state.elapsed += time.perf_counter() - t0
+            bar.epoch_done(end_epoch(run, state, steps_per_epoch))
+
+
+def one_step(run: Run, state: LoopState, idx: torch.Tensor, neg: torch.Tensor, total: int) -> torch.Tensor:
+    """One optimizer step on this rank's share of the global batch `idx`; returns the loss."""
+    tc = run.cfg.train
+    set_lr(run.opt, lr_at(state.step, total, tc))
+    sap_scale = sap_schedule(state.step, total, tc)
+    parts = (run.captured or partial(step_body, run))(idx, neg, sap_scale)
+    state.sums += parts
+    return parts[0]
+
+
+def step_body(run: Run, idx: torch.Tensor, neg: torch.Tensor, sap_scale: float | torch.Tensor) -> torch.Tensor:
+    """Gradients of this rank's share of the batch, clipping and the optimizer's step; the
+    detached (total, matching, inner, outer) losses times the share. Launches work only (no
+    host sync), so CapturedStep can record it."""
+    tc = run.cfg.train
+    mine, neg_mine, weight = run.dist.shard(idx, neg)
+    run.opt.zero_grad(set_to_none=True)
+    # DDP averages gradients over ranks; weighted so they are the global batch's mean
+    parts = accumulate(run.runner, run.model, run.data, mine, neg_mine, run.device, sap_scale,
+                       weight * run.dist.world, int(tc.micro_batch))
+    if run.masters is not None:
+        run.masters.grads_to_masters()
+    if tc.grad_clip > 0:
+        params = [p for p in run.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+    run.opt.step()
+    if run.masters is not None:
+        run.masters.copy_to_work()
+    return parts * weight
+
+
+class FiniteWatch:
+    """Notices a non-finite loss without a device sync per step: keeps the recent steps'
+    batches and flags, and looks at them every few steps and before every save."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.recent: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, state: LoopState, idx: torch.Tensor, total: torch.Tensor) -> None:
+        self.recent.append((state.step, state.epoch, idx, torch.isfinite(total)))
+
+    def check(self, state: LoopState) -> None:
+        if not self.recent:
+            return
+        flags = self.run.dist.all_min(torch.stack([f for *_, f in self.recent]).int())
+        recent, self.recent = self.recent, []
+        bad = (flags == 0).nonzero()
+        if len(bad):
+            step, epoch, idx, _ = recent[int(bad[0, 0])]
+            raise self.error(step, epoch, idx, state)
+
+    def error(self, step: int, epoch: int, idx: torch.Tensor, state: LoopState) -> FsanError:
+        videos = self.run.store.videos
+        names = list(dict.fromkeys(videos[r]["video"] for r in self.run.data.vids[idx].tolist()))
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        last = self.run.out_dir / "last.pt"
+        kept = (f"the last good checkpoint, {last} (step {state.saved_step}), is kept"
+                if state.saved_step is not None else "no checkpoint had been saved yet")
+        return FsanError(
+            f"the loss became non-finite at step {step} (epoch {epoch}; videos in the batch: "
+            f"{shown}); {kept}",
+            "Lower train.lr or set train.grad_clip, then train again",
+        )
+
+
+def end_epoch(run: Run, state: LoopState, steps_per_epoch: int) -> dict[str, Any]:
+    """Log the epoch, validate and save best.pt (rank 0), save last.pt; returns the record."""
+    sums = (run.dist.all_sum(state.sums) / steps_per_epoch).tolist()
+    record: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "loss": sums[0]}
+    record.update(zip(("loss_matching", "loss_inner", "loss_outer"), sums[1:], strict=True))
+    record["samples_per_s"] = state.seen / max(state.elapsed, 1e-9)
+    if run.dist.main:
+        if run.data.val_queries:
+            record.update(validate(run))
+            score = record["val_miou"]
+        else:  # no val split: the last epoch (the loss is no guide: the SAP terms join late)
+            score = float(state.epoch)
+        record["best"] = score > state.best["score"]
+        if record["best"]:
+            state.best = {"score": score, "epoch": state.epoch}
+            payload = checkpoint.payload(run.model, run.cfg, run.store, {"epoch": state.epoch, "val": record})
+            checkpoint.save(payload, run.out_dir / "best.pt")
+        state.log.append(record)
+        text = "".join(json.dumps(r) + "\n" for r in state.log)
+        atomic_write_text(run.out_dir / "metrics.jsonl", text)
+    state.epoch, state.pos, state.perm = state.epoch + 1, 0, None
+    checkpoint_last(run, state)
+    return record
+
+
+def checkpoint_last(run: Run, state: LoopState) -> None:
+    """Save last.pt; after the first, a run built beside the one it replaces takes its place."""
+    save_last(run, state)
+    if run.promote is not None:
+        run.out_dir, run.promote = run.promote(), None
+
+
+def validate(run: Run) -> dict[str, float]:
+    """Top-1 mIoU and R@1 at IoU 0.3/0.5 on the validation split (selection uses val only),
+    predicted by the same Predictor as `fsan evaluate`."""
+    store, queries, nv = run.store, run.data.val_queries, run.model.cfg.clips
+    data = {"clips": nv, "feature_dim": store.feature_dim, "dataset": store.manifest.get("dataset")}
+    predictor = Predictor(run.model, store.vocab, data, run.cfg.eval.nms, run.device, words=run.data.words)
+    ids = predictor.encode([q.query for q in queries])
+    out = predictor.predict(run.data.features, video_rows(store, queries), ids, 1)
+    durations = torch.tensor([q.duration for q in queries], dtype=torch.float64)
+    sec = segments_to_seconds(torch.from_numpy(out.segments), durations, nv)[:, 0]
+    ious = top1_iou(sec, [q.times for q in queries])
+    top = out.segments[:, 0]
+    return {
+        "val_miou": float(100 * ious.clip(0).mean()),
+        "val_r1_iou0.3": float(100 * (ious >= 0.3).mean()),
+        "val_r1_iou0.5": float(100 * (ious >= 0.5).mean()),
+        "val_whole_video": float(100 * ((top[:, 0] == 0) & (top[:, 1] == nv - 1)).mean()),
+        "val_distinct": int(np.unique(top, axis=0).shape[0]),
+    }
