@@ -13,7 +13,7 @@ try:  # Ctrl-C while the modules load (the first ~0.1-0.3 s): one line, not a tr
     import typer
 
     from fsan_cli import __version__
-    from fsan_cli.commands import ablate, evaluate, extract, ground, prepare, train
+    from fsan_cli.commands import ablate, evaluate, export, extract, ground, prepare, train
     from fsan_cli.core.errors import stdout_closed
     from fsan_cli.core.state import STATE
 except KeyboardInterrupt:
@@ -64,6 +64,7 @@ def main_callback(
 
 app.command("extract")(extract.extract)
 app.command("prepare")(prepare.prepare)
+app.command("export")(export.export)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("ground")(ground.ground)
