@@ -14,17 +14,15 @@ import torch
 from typer.testing import CliRunner
 
 from fsan_cli.ablate import ablation
-
 from fsan_cli.ablate import report as ablation_report
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.data.store import load_store
 from fsan_cli.core.errors import FsanError
-from fsan_cli.evaluate.metrics import metric_keys
 from fsan_cli.core.settings import load_settings, parse_value
-from fsan_cli.train.step import training_step
 from fsan_cli.core.text import encode_texts
+from fsan_cli.data.store import load_store, video_rows
+from fsan_cli.evaluate.metrics import metric_keys
+from fsan_cli.train import loop as training
+from fsan_cli.train.step import training_step
 from models.fsan import FSAN
 from tests.helpers import tiny_synthetic
 
@@ -66,7 +64,7 @@ def step(model: FSAN, store):
     queries = store.split("train")
     word_to_id = {w: i for i, w in enumerate(store.vocab)}
     tokens = torch.from_numpy(encode_texts([q.query for q in queries], word_to_id, model.cfg.max_tokens))
-    video = torch.from_numpy(training.video_rows(store, queries))
+    video = torch.from_numpy(video_rows(store, queries))
     features = torch.from_numpy(store.features).float()
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(tokens.shape[0], generator=g)[:16]

@@ -12,11 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
+from fsan_cli.core.settings import TrainSettings, load_settings
+from fsan_cli.train import loop as training
+from fsan_cli.train import resident
 from fsan_cli.train.cuda_graph import use_cuda_graph
 from fsan_cli.train.distributed import Dist
-from fsan_cli.core.settings import TrainSettings, load_settings
 from fsan_cli.train.step import TrainingPass, make_optimizer, ready_optimizer, set_lr
 from models.fsan import FSAN
 from tests.helpers import tiny_synthetic
@@ -97,7 +98,7 @@ def small_run(dropout: float, captured: bool, seed: int = 0) -> training.Run:
     tokens = torch.randint(2, 50, (40, 8), generator=g)
     tokens = tokens.masked_fill(torch.arange(8)[None] >= lengths[:, None], 0).to(device)
     vids = torch.randint(0, 10, (40,), generator=g).to(device)
-    data = training.TrainingData(features, tokens, vids, [])
+    data = resident.TrainingData(features, tokens, vids, [])
     opt = make_optimizer(model, cfg.train, device, captured)
     runner = TrainingPass(model, False)  # fp32: the two runs compare closely
     run = training.Run(model, runner, opt, None, data, cfg, None, None, device, Dist())

@@ -246,14 +246,15 @@ def test_checkpoint_path_uses_predict_queries(data_dir, tmp_path, monkeypatch):
 
     class FakePredictor:
         @staticmethod
-        def load(checkpoint, device):
-            def rows(store, queries, top_k):
+        def load(checkpoint, device, span_prior=True):
+            def answer_split(store, queries, top_k):
                 calls.append((checkpoint, store.path.name, len(queries), str(device), top_k))
-                return [dict(r) for r in PREDICTIONS]
+                return types.SimpleNamespace(rows=lambda queries, top_k: [dict(r) for r in PREDICTIONS],
+                                             prior_weight=None, changed_share=None)
 
-            return types.SimpleNamespace(rows=rows)
+            return types.SimpleNamespace(answer_split=answer_split)
 
-    monkeypatch.setattr("fsan_cli.predict.predictor.Predictor", FakePredictor)
+    monkeypatch.setattr("fsan_cli.evaluate.evaluation.Predictor", FakePredictor)
     monkeypatch.setattr("fsan_cli.core.device.resolve_device", lambda spec: f"resolved {spec}")
     r = CliRunner().invoke(app, ["--device", "cpu", "evaluate", "--checkpoint", str(ckpt),
                                  "--top-k", "2", "--metric", "r@5,iou=0.5"],

@@ -20,13 +20,12 @@ pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install -e '.[video]')"
 )
 
-from fsan_cli.core import checkpoint  # noqa: E402
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app  # noqa: E402
-from fsan_cli.data.store import load_store  # noqa: E402
-from fsan_cli.video.record import from_attrs  # noqa: E402
+from fsan_cli.core import checkpoint  # noqa: E402
 from fsan_cli.core.settings import load_settings  # noqa: E402
+from fsan_cli.data.store import load_store  # noqa: E402
+from fsan_cli.train import loop as training  # noqa: E402
+from fsan_cli.video.record import from_attrs  # noqa: E402
 
 # (file, width, height, frame rate, frames): two sizes and rates; b lasts an odd 2.72 s
 VIDEOS = [("a.mp4", 64, 48, 10, 30), ("b.mkv", 96, 64, 25, 68), ("c.mp4", 48, 80, 8, 44)]

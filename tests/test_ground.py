@@ -13,18 +13,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.core import checkpoint
-
-from fsan_cli.predict import predictor as predict
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.data.store import load_store
-from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.ground.render import clock
-from fsan_cli.evaluate.predictions import parse_predictions
+from fsan_cli.core import checkpoint
 from fsan_cli.core.settings import load_settings
 from fsan_cli.core.text import encode_texts, tokenize
+from fsan_cli.data.store import load_store
+from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.evaluate.predictions import parse_predictions
+from fsan_cli.ground.render import clock
+from fsan_cli.predict import predictor as predict
+from fsan_cli.predict import runtime
+from fsan_cli.train import loop as training
 from models.config import FSANConfig
 from models.fsan import FSAN
 
@@ -264,10 +263,10 @@ def test_cpu_workers_match_one_thread(trained, ckpt, monkeypatch):
 
 @pytest.mark.parametrize(("fast", "expected"), [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_follows_the_hardware(monkeypatch, fast, expected):
-    monkeypatch.setattr(predict, "fast_bf16", lambda device: fast)
-    assert predict.resolve_precision("auto", torch.device("cpu")) == expected
-    assert predict.resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert predict.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(runtime, "fast_bf16", lambda device: fast)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
+    assert runtime.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
 def test_ground_then_evaluate_composes(trained, video, ckpt):

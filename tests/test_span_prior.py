@@ -14,14 +14,13 @@ import pytest
 import torch
 
 from fsan_cli.core import checkpoint
-
-from fsan_cli.predict import span_prior
-
-from fsan_cli.train import loop as training
-from fsan_cli.data.store import Query, load_store
-from fsan_cli.evaluate.metrics import iou
-from fsan_cli.predict.predictor import Predictor
 from fsan_cli.core.settings import load_settings
+from fsan_cli.data.store import Query, load_store, video_rows
+from fsan_cli.evaluate.metrics import iou
+from fsan_cli.predict import span_prior
+from fsan_cli.predict.predictor import Predictor
+from fsan_cli.train import loop as training
+from fsan_cli.train import span_prior_fit
 from tests.helpers import run_evaluate, tiny_synthetic
 
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=2"]
@@ -73,7 +72,7 @@ def test_choose_matches_a_plain_loop():
     cells = span_prior.valid_cells(clips)
     grid = rng.normal(0, 0.05, (q, len(cells))).astype(np.float32)
     durations = np.array([x.duration for x in queries])
-    got = span_prior.choose(grid, log_prior, durations, [x.times for x in queries], "activitynet")
+    got = span_prior_fit.choose(grid, log_prior, durations, [x.times for x in queries], "activitynet")
     for w, value in got:
         ious = []
         for i, x in enumerate(queries):
@@ -85,7 +84,7 @@ def test_choose_matches_a_plain_loop():
         ious = np.array(ious)
         want = np.mean([100 * (ious >= t).mean() for t in (0.1, 0.3, 0.5)] + [100 * ious.mean()])
         assert value == pytest.approx(want, abs=1e-6)
-    assert [w for w, _ in got] == list(span_prior.WEIGHTS)
+    assert [w for w, _ in got] == list(span_prior_fit.WEIGHTS)
 
 
 def test_a_flat_map_defers_to_the_prior_and_a_sharp_one_does_not():
@@ -121,12 +120,11 @@ def test_training_stores_the_prior_and_the_weight_chosen_on_val(trained):
     np.testing.assert_allclose(prior.log_prior, log_prior)
     assert prior.moments == moments
     # the weight is the best of the candidates on val, recomputed here from val alone
-    p = Predictor.load(best, torch.device("cpu"))
-    p.span_prior = None
+    p = Predictor.load(best, torch.device("cpu"), span_prior=False)
     val = store.split("val")
     features = torch.from_numpy(np.asarray(store.features, np.float32))
-    grid = p.segment_grid(features, training.video_rows(store, val), p.encode([q.query for q in val]))
-    choices = span_prior.choose(grid, log_prior, np.array([q.duration for q in val]),
+    grid = p.segment_grid(features, video_rows(store, val), p.encode([q.query for q in val]))
+    choices = span_prior_fit.choose(grid, log_prior, np.array([q.duration for q in val]),
                                 [q.times for q in val], "synthetic")
     np.testing.assert_allclose(np.array(entry["choices"]), np.array(choices), rtol=1e-9)
     assert prior.weight == max(choices, key=lambda c: (c[1], -c[0]))[0]
@@ -150,11 +148,10 @@ def test_predictor_ranks_sc_plus_the_weighted_log_prior(trained, tmp_path):
     p = Predictor.load(path, torch.device("cpu"))
     queries = store.split("test")
     features = torch.from_numpy(np.asarray(store.features, np.float32))
-    video, ids = training.video_rows(store, queries), p.encode([q.query for q in queries])
+    video, ids = video_rows(store, queries), p.encode([q.query for q in queries])
     out = p.predict(features, video, ids, 3, plain=True)
     prior = p.span_prior.weight * p.span_prior.log_prior
-    own = Predictor.load(best, torch.device("cpu"))
-    own.span_prior = None
+    own = Predictor.load(best, torch.device("cpu"), span_prior=False)
     assert (own.encode([q.query for q in queries]) == ids).all()
     plain = own.predict(features, video, ids, 3)
     for i in range(len(queries)):  # the model's SC of every segment, one query at a time
@@ -196,7 +193,7 @@ def test_weight_zero_is_the_model_alone(trained, tmp_path):
 def test_didemo_gets_no_prior(tmp_path):
     store = SimpleNamespace(manifest={"dataset": "didemo"},
                             splits={"train": [Query("a", "x", 30.0, [[0, 5]])], "val": [Query("a", "x", 30.0, [[0, 5]])]})
-    assert span_prior.fit_checkpoint(tmp_path / "missing.pt", store, torch.device("cpu")) is None
+    assert span_prior_fit.fit_checkpoint(tmp_path / "missing.pt", store, torch.device("cpu")) is None
 
 
 def test_a_val_split_without_times_selects_nothing_and_fits_no_prior(tmp_path):
@@ -246,13 +243,14 @@ def test_ground_shows_the_map_the_scores_read_and_marks_moved_answers(trained, t
             np.testing.assert_allclose(row["score_map"]["values"], p - p.mean(1, keepdims=True), atol=2e-4)
             prior = row["span_prior"]
             assert prior["weight"] == weight
-            assert prior["changed"] == (prior["moments"][0][:2] != row["moments"][0][:2])
+            assert set(prior) == {"weight", "changed"}
+            assert prior["changed"] == (row["model_moments"][0][:2] != row["moments"][0][:2])
             seen.add(prior["changed"])
         blocks = ground().stdout.split("\n\n")
         assert len(blocks) == len(texts)
         for block, row in zip(blocks, rows, strict=True):
             assert "P centred (each word's mean over the clips removed), the map the segment scores read" in block
-            own = row["span_prior"]["moments"][0]
+            own = row["model_moments"][0]
             marked = any(line.lstrip().startswith("model ") for line in block.splitlines())
             if row["span_prior"]["changed"]:
                 assert f"the model alone answers {own[0]:.2f}-{own[1]:.2f} s" in block and marked
@@ -271,13 +269,41 @@ def test_predictions_with_span_prior_fields(trained, tmp_path):
     plain = json.loads(run_evaluate(["--checkpoint", str(best), "--json", "--no-span-prior"], root).stdout)
     assert {k: own[k] for k in plain if k.startswith(("r@", "miou"))} == {k: plain[k] for k in plain if k.startswith(("r@", "miou"))}
     rows = [json.loads(x) for x in text.splitlines()]
-    for bad in ({}, {"weight": "abc", "changed": True, "moments": []}, {"weight": 0.1, "changed": "no", "moments": []},
-                {"weight": float("nan"), "changed": True, "moments": []}, {"weight": 0.1, "changed": True}):
+    assert all(set(r["span_prior"]) == {"weight", "changed"} and "model_moments" in r for r in rows)
+    for bad, drop in (({}, False), ({"weight": "abc", "changed": True}, False), ({"weight": 0.1, "changed": "no"}, False),
+                      ({"weight": float("nan"), "changed": True}, False), ({"weight": 0.1, "changed": True}, True)):
         broken = [dict(r) for r in rows]
         broken[1]["span_prior"] = bad
+        if drop:
+            del broken[1]["model_moments"]
         r = run_evaluate(["--predictions", "-", "--json"], root, input="".join(json.dumps(x) + "\n" for x in broken))
         assert r.exit_code == 1
         assert r.stderr.strip().splitlines()[-1].startswith('Error: prediction row 2 has a malformed "span_prior"')
+    # a file written before the model's own answers were named "model_moments" scores the same
+    older = [{**{k: v for k, v in r.items() if k != "model_moments"},
+              "span_prior": {**r["span_prior"], "moments": r["model_moments"]}} for r in rows]
+    old = json.loads(run_evaluate(["--predictions", "-", "--json", "--no-span-prior"], root,
+                                  input="".join(json.dumps(x) + "\n" for x in older)).stdout)
+    assert {k: old[k] for k in own if k.startswith(("r@", "miou"))} == {k: own[k] for k in own if k.startswith(("r@", "miou"))}
+    # --no-span-prior cannot choose the model's own answers when a row has none
+    mixed = [dict(r) for r in rows]
+    del mixed[2]["span_prior"]
+    r = run_evaluate(["--predictions", "-", "--json", "--no-span-prior"], root,
+                     input="".join(json.dumps(x) + "\n" for x in mixed))
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        'Error: prediction row 3 has no "span_prior" field, though other rows of the file do. '
+        "Score a file whose rows all come from one run (fsan evaluate --save-predictions).")
+
+
+def test_whether_the_prior_is_used_is_fixed_when_the_predictor_is_made(trained, tmp_path):
+    _, _, best = trained
+    path = with_prior(best, tmp_path, 0.05)
+    assert Predictor.load(path, torch.device("cpu")).span_prior.weight == 0.05
+    p = Predictor.load(path, torch.device("cpu"), span_prior=False)
+    assert p.span_prior is None and p.weighted_prior() is None
+    with pytest.raises(AttributeError):
+        p.span_prior = None
 
 
 def test_a_damaged_or_mismatched_prior_is_said(trained, tmp_path, capsys):

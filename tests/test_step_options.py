@@ -12,11 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
+from fsan_cli.core.settings import TrainSettings, load_settings
+from fsan_cli.train import loop as training
+from fsan_cli.train import resident
 from fsan_cli.train.cuda_graph import use_cuda_graph
 from fsan_cli.train.distributed import Dist
-from fsan_cli.core.settings import TrainSettings, load_settings
 from fsan_cli.train.step import TrainingPass, make_optimizer
 from fsan_cli.train.step_options import FastPass, MasterWeights, describe, training_pass
 from models.fsan import FSAN
@@ -51,7 +52,7 @@ def small_run(
     tokens = torch.randint(2, 50, (40, 8), generator=g)
     tokens = tokens.masked_fill(torch.arange(8)[None] >= lengths[:, None], 0).to(device)
     vids = torch.randint(0, 10, (40,), generator=g).to(device)
-    data = training.TrainingData(features, tokens, vids, [])
+    data = resident.TrainingData(features, tokens, vids, [])
     opt = make_optimizer(model, cfg.train, device, captured)
     masters = MasterWeights(model) if cfg.train.bf16_weights else None
     runner = (

@@ -9,12 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.core import checkpoint
-
-from fsan_cli.train import step
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
+from fsan_cli.core import checkpoint
+from fsan_cli.train import loop as training
+from fsan_cli.train import resident, step
 from tests.helpers import tiny_synthetic
 
 SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
@@ -129,7 +127,7 @@ def test_micro_batches_give_the_whole_batch_gradient(micro):
     for i, n in enumerate([2, 6, 3, 1, 4, 2, 5, 3]):
         tokens[i, :n] = torch.randint(1, 10, (n,))
     vids = torch.arange(8) % 4
-    data = training.TrainingData(torch.randn(4, 5, 6), tokens, vids)
+    data = resident.TrainingData(torch.randn(4, 5, 6), tokens, vids)
     idx, neg = torch.tensor([0, 1, 2, 3, 4, 5, 6]), torch.tensor([1, 2, 3, 4, 5, 6, 7])
     assert bool((vids[idx] != vids[neg]).all())
     runner, cpu = step.TrainingPass(model, False), torch.device("cpu")

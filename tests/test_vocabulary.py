@@ -13,16 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.core import checkpoint
-
-from fsan_cli.predict import predictor as predict
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.data.store import Query, load_store
-from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.core import checkpoint
 from fsan_cli.core.settings import load_settings
 from fsan_cli.core.text import UNK, load_word_vectors, tokenize
+from fsan_cli.data.store import Query, load_store
+from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.predict import predictor as predict
+from fsan_cli.train import loop as training
+from fsan_cli.train import resident
 
 KITE = "A kite is being flown in a desert."
 NEW = ["is", "being", "flown", "in", "desert"]  # in GloVe 6B, in none of the synthetic captions
@@ -148,7 +147,7 @@ def test_the_model_extended_is_a_view_the_model_is_untouched(trained):
 def test_validation_embeds_val_words_as_evaluate_will(trained):
     _, store = trained
     val = [Query(store.videos[0]["video"], "a person opens the desert", 10.0)]
-    words = training.val_words(store, val, 20)
+    words = resident.val_words(store, val, 20)
     assert words is not None and set(words.found) == {"desert"}
 
 
@@ -249,4 +248,4 @@ def test_training_refuses_a_changed_source_before_it_starts(trained, tmp_path):
     changed.manifest["word_vectors"] = {**store.manifest["word_vectors"], "source": str(txt)}
     val = [Query(store.videos[0]["video"], "a person opens the desert", 10.0)]
     with pytest.raises(FsanError, match=r"Put back the file it was built with, or run `fsan prepare` again"):
-        training.val_words(changed, val, 20)
+        resident.val_words(changed, val, 20)

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.record import record
+from fsan_cli.core.settings import load_settings
 from fsan_cli.data.store import load_store
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.predict.predictor import Predictor
 from fsan_cli.evaluate.scoring import score
-from fsan_cli.core.settings import load_settings
-from fsan_cli.train.step import TrainingPass
+from fsan_cli.predict.predictor import Predictor
 from fsan_cli.train.loop import train
+from fsan_cli.train.step import TrainingPass
 
 
 def test_miou(store, seed: int, bf16: bool, root: Path) -> float:

@@ -91,11 +91,11 @@ def run_one(args: argparse.Namespace, name: str, sets: list[str], out_dir: Path)
     """Train one setting set in this process and return its val/test metrics."""
     import torch
 
-    from fsan_cli.data.store import open_store
     from fsan_cli.core.device import resolve_device
-    from fsan_cli.predict.predictor import Predictor
-    from fsan_cli.evaluate.scoring import score
     from fsan_cli.core.settings import load_settings
+    from fsan_cli.data.datasets import open_store
+    from fsan_cli.evaluate.scoring import score
+    from fsan_cli.predict.predictor import Predictor
     from fsan_cli.train.loop import train
 
     overrides = [*sets, f"train.epochs={args.epochs}", *args.set]
@@ -121,10 +121,10 @@ def run_one(args: argparse.Namespace, name: str, sets: list[str], out_dir: Path)
 
 
 def baselines_rows(args: argparse.Namespace) -> list[dict]:
-    from fsan_cli.evaluate.baselines import prior_predictions, random_predictions
-    from fsan_cli.data.store import open_store
-    from fsan_cli.evaluate.scoring import score
     from fsan_cli.core.settings import load_settings
+    from fsan_cli.data.datasets import open_store
+    from fsan_cli.evaluate.baselines import prior_predictions, random_predictions
+    from fsan_cli.evaluate.scoring import score
 
     cfg = load_settings(args.dataset, None, args.set)
     store = open_store(args.dataset, Path(args.data_dir), cfg.data.clips)
@@ -165,8 +165,8 @@ def main() -> None:
         return
     names = [n for n in grid if not args.only or n in args.only]
     # make the store once before the workers start
-    from fsan_cli.data.store import open_store
     from fsan_cli.core.settings import load_settings
+    from fsan_cli.data.datasets import open_store
 
     open_store(args.dataset, Path(args.data_dir), load_settings(args.dataset, None, args.set).data.clips)
     rows = baselines_rows(args)

@@ -17,8 +17,8 @@ import torch
 
 from benchmarks.record import header
 from fsan_cli.core.checkpoint import check_compatible
-from fsan_cli.data.store import load_store
 from fsan_cli.core.device import resolve_device
+from fsan_cli.data.store import load_store
 from fsan_cli.evaluate.metrics import top1_iou
 from fsan_cli.predict.predictor import Predictor
 from fsan_cli.train.loop import video_rows

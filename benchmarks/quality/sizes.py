@@ -84,12 +84,11 @@ def fit_prior_if_missing(best: Path, data_dir: Path, dataset: str) -> None:
     import torch
 
     from fsan_cli.core import checkpoint
-
-    from fsan_cli.predict import span_prior
     from fsan_cli.data.store import load_store
+    from fsan_cli.train import span_prior_fit
 
     if "span_prior" not in checkpoint.load(best):
-        span_prior.fit_checkpoint(best, load_store(data_dir / dataset), torch.device("cpu"))
+        span_prior_fit.fit_checkpoint(best, load_store(data_dir / dataset), torch.device("cpu"))
 
 
 def keys_of(dataset: str) -> list[str]:

@@ -58,8 +58,8 @@ def model_only(ckpt: Path, feats: Path, lines: Path, device: str, precision: str
     import torch
 
     from fsan_cli.ground import grounding
-    from fsan_cli.predict.predictor import Predictor
     from fsan_cli.ground.requests import read_requests
+    from fsan_cli.predict.predictor import Predictor
 
     predictor = Predictor.load(ckpt, torch.device(device), precision)
     requests = read_requests([], lines)

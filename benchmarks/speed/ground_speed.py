@@ -46,8 +46,8 @@ def write_checkpoint(
     import torch
 
     from fsan_cli.core import checkpoint
-    from fsan_cli.data.store import Store
     from fsan_cli.core.settings import load_settings
+    from fsan_cli.data.store import Store
     from models.fsan import FSAN
 
     cfg = load_settings("activitynet", overrides=sets)

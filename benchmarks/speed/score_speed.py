@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.record import header
-from fsan_cli.evaluate.baselines import random_predictions
 from fsan_cli.data.store import Query, write_store
+from fsan_cli.evaluate.baselines import random_predictions
 from fsan_cli.evaluate.predictions import read_predictions, write_predictions
 from fsan_cli.evaluate.scoring import score
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.record import record
-from fsan_cli.train import distributed
 from fsan_cli.core.device import resolve_device
 from fsan_cli.core.memory import activation_bytes, step_bytes
 from fsan_cli.core.settings import load_settings
+from fsan_cli.train import distributed
+from fsan_cli.train.loop import Run, TrainingData, capture_steps, step_body
 from fsan_cli.train.step import make_optimizer
 from fsan_cli.train.step_options import MasterWeights, training_pass
-from fsan_cli.train.loop import Run, TrainingData, capture_steps, step_body
 from models.fsan import FSAN
 from models.losses import fsan_losses
 

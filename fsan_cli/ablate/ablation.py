@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from fsan_cli.core.atomic import atomic_write
-from fsan_cli.data.store import Store
+from fsan_cli.core.device import resolve_device
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.output import log, warn
+from fsan_cli.core.settings import Settings, load_settings
+from fsan_cli.data.datasets import open_store
+from fsan_cli.data.store import Store
 from fsan_cli.evaluate.report import PAPER_TABLE4
 from fsan_cli.evaluate.scoring import check_annotated, score
-from fsan_cli.core.settings import Settings, load_settings
+from fsan_cli.predict.predictor import Predictor
+from fsan_cli.train import loop as training
 
 MANIFEST = "ablation.json"
 MANIFEST_FORMAT = "fsan-ablation"
@@ -159,8 +163,6 @@ def ablate(dataset: str, data_dir: Path, out: Path, config_file: Path | None, ov
            variants: str, seeds: int, overwrite: bool, device_spec: str,
            size: str | None = None) -> tuple[list[Job], Store]:
     """Plan, check and run every (variant, seed) into `out`; the jobs with their results."""
-    from fsan_cli.data.store import open_store
-    from fsan_cli.core.device import resolve_device
     jobs = plan(dataset, config_file, overrides, select_variants(variants), seeds, out, size, device_spec)
     device = resolve_device(device_spec)  # before any data is read or generated
     store = open_store(dataset, data_dir, jobs[0].cfg.data.clips)
@@ -238,8 +240,6 @@ def finished_result(job: Job) -> dict[str, Any] | None:
 def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool = True,
         trainer: Callable[..., dict[str, Any]] | None = None) -> None:
     """Train and score every unfinished job in order; fills job.result (or job.error)."""
-    from fsan_cli.train import loop as training
-
     trainer = trainer or training.train
     queries = store.split("test")
     check_annotated(dataset, queries)  # before hours of training
@@ -284,13 +284,11 @@ def same_settings(job: Job) -> bool:
 def train_and_score(job: Job, store: Store, dataset: str, queries: list, device: Any,
                     progress: bool, trainer: Callable[..., dict[str, Any]],
                     resume: bool = False) -> dict[str, Any]:
-    from fsan_cli.predict.predictor import Predictor
-
     t0 = time.perf_counter()
     summary = trainer(job.cfg, store, job.folder, device, progress=progress, resume=resume)
     train_s = time.perf_counter() - t0
-    predictor = Predictor.load(job.folder / "best.pt", device)
-    predictor.span_prior = None  # Table 4 compares the networks: each variant's own answers
+    # Table 4 compares the networks: each variant's own answers
+    predictor = Predictor.load(job.folder / "best.pt", device, span_prior=False)
     rows = predictor.rows(store, queries, job.cfg.eval.top_k)
     metrics, _ = score(dataset, queries, rows)
     result = {

@@ -12,9 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from fsan_cli.ablate.ablation import BY_NAME, PAPER_METRICS, TABLE4_ORDER, Job
-from fsan_cli.data.store import Store
-from fsan_cli.evaluate.metrics import metric_keys
 from fsan_cli.core.output import fmt, print_json, stdout_console
+from fsan_cli.data.store import Store
+from fsan_cli.evaluate import baselines
+from fsan_cli.evaluate.metrics import metric_keys
 from fsan_cli.evaluate.report import DATASET_NAMES, PAPER_TABLE4, column_header
 from fsan_cli.evaluate.scoring import score
 
@@ -59,8 +60,6 @@ def variant_rows(jobs: list[Job], dataset: str) -> list[dict[str, Any]]:
 
 
 def baseline_rows(store: Store, dataset: str, seed: int, top_k: int) -> list[dict[str, Any]]:
-    from fsan_cli.evaluate import baselines
-
     queries = store.split("test")
     made = [("random", f"Random baseline (seed {seed})",
              baselines.random_predictions(queries, top_k, seed, dataset))]

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from fsan_cli.core.errors import FsanError, handle_errors
 from fsan_cli.commands.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
+from fsan_cli.core.errors import FsanError, handle_errors
 
 
 @handle_errors

@@ -8,8 +8,15 @@ from typing import Annotated
 
 import typer
 
+from fsan_cli.commands.options import (
+    CheckpointOpt,
+    DataDirOpt,
+    DatasetOpt,
+    JsonOpt,
+    SpanPriorOpt,
+    TopKOpt,
+)
 from fsan_cli.core.errors import FsanError, handle_errors
-from fsan_cli.commands.options import CheckpointOpt, DataDirOpt, DatasetOpt, JsonOpt, SpanPriorOpt, TopKOpt
 from fsan_cli.evaluate.predictions import FORMAT_HELP
 
 
@@ -70,12 +77,12 @@ def evaluate(
     computed on the same split; a checkpoint with a span prior, also the model without it. --save-predictions FILE never replaces a file the command reads
     (the checkpoint, the predictions, the store), nor any existing file without --overwrite.
     """
-    from fsan_cli.train import runs
     from fsan_cli.core.device import resolve_device
-    from fsan_cli.evaluate.evaluation import evaluate_split, show, store_to_score
-    from fsan_cli.evaluate.metrics import metric_keys
     from fsan_cli.core.output import log
     from fsan_cli.core.state import STATE
+    from fsan_cli.evaluate.evaluation import evaluate_split, show, store_to_score
+    from fsan_cli.evaluate.metrics import metric_keys
+    from fsan_cli.train import runs
 
     _check_options(metric_keys(dataset), dataset, checkpoint, predictions, baseline,
                    save_predictions, as_json, metric)

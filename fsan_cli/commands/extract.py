@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fsan_cli.core.errors import FsanError, handle_errors
 from fsan_cli.commands.options import JsonOpt
+from fsan_cli.core.errors import FsanError, handle_errors
 
 WeightsOpt = Annotated[
     Path | None,
@@ -59,9 +59,9 @@ def extract(
         fsan extract videos/ --out features.h5 --weights clip-vit-base-patch32/
     """
     from fsan_cli.core.device import resolve_device
-    from fsan_cli.video.extract import extract_files
     from fsan_cli.core.output import print_json
     from fsan_cli.core.state import STATE
+    from fsan_cli.video.extract import extract_files
 
     summary = extract_files(videos, out, model, weights, fps, batch, resolve_device(STATE.device))
     failed = summary["failed"]
@@ -81,8 +81,8 @@ def extract(
 
 
 def _render(s: dict[str, Any]) -> None:
-    from fsan_cli.video.record import describe
     from fsan_cli.core.output import make_table, stdout_console
+    from fsan_cli.video.record import describe
 
     rows = [
         (v["video"], v["status"], v.get("rows", "-"), v.get("duration", "-")) for v in s["videos"]

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from fsan_cli.commands.extract import WeightsOpt
-from fsan_cli.core.errors import FsanError, handle_errors
 from fsan_cli.commands.options import CheckpointOpt, DataDirOpt, JsonLinesOpt, SpanPriorOpt, TopKOpt
+from fsan_cli.core.errors import FsanError, handle_errors
 
 
 class Precision(StrEnum):
@@ -87,16 +87,16 @@ def ground(
         fsan ground v.h5 - --json < q.txt | fsan evaluate --predictions -
         fsan ground feats.hdf5 --queries pairs.jsonl --json > predictions.jsonl
     """
-    from fsan_cli.ground import grounding as g
-    from fsan_cli.train import runs
     from fsan_cli.core.device import resolve_device
-    from fsan_cli.video.extract import features_for_ground, is_video_file
-    from fsan_cli.ground.render import render, save_plot
     from fsan_cli.core.output import log, print_json
-    from fsan_cli.evaluate.plots import check_plot
-    from fsan_cli.predict.predictor import Predictor
-    from fsan_cli.ground.requests import read_requests
     from fsan_cli.core.state import STATE
+    from fsan_cli.evaluate.plots import check_plot
+    from fsan_cli.ground import grounding as g
+    from fsan_cli.ground.render import render, save_plot
+    from fsan_cli.ground.requests import read_requests
+    from fsan_cli.predict.predictor import Predictor
+    from fsan_cli.train import runs
+    from fsan_cli.video.extract import features_for_ground, is_video_file
 
     def newest() -> Path:
         found = runs.find_checkpoint()
@@ -115,9 +115,7 @@ def ground(
         video = features_for_ground(video, checkpoint, weights, resolve_device(STATE.device))
     videos, keys = g.read_asked(video, asked, video_id)
     checkpoint = checkpoint or newest()
-    predictor = Predictor.load(checkpoint, resolve_device(STATE.device), precision.value)
-    if not span_prior:
-        predictor.span_prior = None
+    predictor = Predictor.load(checkpoint, resolve_device(STATE.device), precision.value, span_prior)
     results = g.ground(predictor, videos, keys, asked, top_k, duration, dataset, data_dir)
     if as_json:
         for r in results:

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from fsan_cli.commands.extract import WeightsOpt
-from fsan_cli.core.errors import FsanError, handle_errors
 from fsan_cli.commands.options import DataDirOpt, JsonOpt
+from fsan_cli.core.errors import FsanError, handle_errors
 from fsan_cli.core.output import fmt, make_table, print_json, stdout_console, warn
 from fsan_cli.core.settings import load_settings
 
@@ -142,9 +142,9 @@ def _extract(dataset: Dataset, videos: list[Path], features: Path, weights: Path
     """`fsan extract VIDEOS --out FEATURES` with its defaults (resumable: videos already there
     are skipped); any video that fails stops prepare."""
     from fsan_cli.core.device import resolve_device
-    from fsan_cli.video.extract import extract_files
     from fsan_cli.core.state import STATE
     from fsan_cli.video.encode import DEFAULT_BATCH, DEFAULT_FPS, DEFAULT_MODEL
+    from fsan_cli.video.extract import extract_files
 
     if dataset is not Dataset.custom:
         raise FsanError(f"--videos extracts features for --dataset custom, not {dataset.value}",

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from fsan_cli.core.errors import handle_errors
 from fsan_cli.commands.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
+from fsan_cli.core.errors import handle_errors
 
 
 @handle_errors
@@ -63,12 +63,12 @@ def train(
     A run folder is locked while a run trains in it (RUN_DIR/.lock holds its PID), so a second
     `fsan train` into it stops with that PID.
     """
-    from fsan_cli.train import runs
-    from fsan_cli.data.store import open_store
     from fsan_cli.core.device import resolve_device
-    from fsan_cli.evaluate.evaluation import evaluate_split, show
     from fsan_cli.core.output import log, print_json
     from fsan_cli.core.state import STATE
+    from fsan_cli.data.datasets import open_store
+    from fsan_cli.evaluate.evaluation import evaluate_split, show
+    from fsan_cli.train import fit, runs
 
     STATE.quiet = STATE.quiet or runs.quiet_ranks()
     # options and settings first, then the device, then the data (which may be generated)
@@ -87,7 +87,7 @@ def train(
         device = resolve_device(STATE.device)
         store = open_store(dataset, data_dir, cfg.data.clips)
     t0 = time.perf_counter()
-    summary = runs.fit(cfg, store, out, device, resume is not None, compile_, overwrite)
+    summary = fit.fit(cfg, store, out, device, resume is not None, compile_, overwrite)
     if summary is None or no_test:  # another rank's process, or no test wanted
         if summary is not None and json_:
             print_json({k: v for k, v in summary.items() if k != "device"})
@@ -96,19 +96,19 @@ def train(
         result = evaluate_split(dataset, store, "test", checkpoint=out / "best.pt", top_k=cfg.eval.top_k,
                                 seed=cfg.train.seed, device=summary["device"], with_baselines=not json_)
     except KeyboardInterrupt:
-        raise runs.ScoringInterrupted(out) from None
+        raise fit.ScoringInterrupted(out) from None
     show(result, json_, extra_json={"run": str(out), "best_epoch": summary["best_epoch"]})
     log(f"Total wall time {time.perf_counter() - t0:.0f} s")
 
 
 def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro_batch, size, overwrite,
                  resume, compile_, no_test, seeds, json_) -> None:
-    from fsan_cli.train import runs
-    from fsan_cli.data.store import open_store
     from fsan_cli.core.device import resolve_device
     from fsan_cli.core.errors import FsanError
-    from fsan_cli.train.seeds import parse_seeds, plan_folders, show_seeds, train_seeds
     from fsan_cli.core.state import STATE
+    from fsan_cli.data.datasets import open_store
+    from fsan_cli.train import runs
+    from fsan_cli.train.seeds import parse_seeds, plan_folders, show_seeds, train_seeds
 
     chosen = parse_seeds(seeds)
     for name, value in (("--resume", resume), ("--no-test", no_test)):

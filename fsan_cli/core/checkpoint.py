@@ -5,6 +5,8 @@ were prepared (N_v, feature dim, PCA, normalisation) rebuild the model without t
 
 Keys: format, version, model_config, settings, vocab, word_vectors {source, dim, sha256} or
 None (where the vocabulary's vectors came from, `word_vectors_of`; absent in older files),
+tokenizer (the version, text.TOKENIZER, its vocabulary and queries were tokenized by,
+`tokenizer_of_store`; absent in older files, which text.tokenizer_of reads as 1),
 state_dict, data {dataset, clips, feature_dim, normalize, pca {mean, components} as tensors or
 None}, extractor (the record of the feature extractor the store's features came from,
 fsan_cli/video/record.py, plain values; None for official feature files and in older files), epoch,
@@ -21,11 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.init as init
 
 from fsan_cli.core.atomic import atomic_write
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.settings import RENAMED, Settings
-from fsan_cli.core.text import source_spec, vectors_checksum
+from fsan_cli.core.text import source_spec, tokenizer_of, vectors_checksum
 from models.config import FSANConfig
 from models.fsan import FSAN
 
@@ -50,6 +53,7 @@ def payload(model: FSAN, settings: Settings, store: Any, extra: dict[str, Any]) 
         "settings": settings.to_dict(),
         "vocab": list(store.vocab),
         "word_vectors": word_vectors_of(store),
+        "tokenizer": tokenizer_of_store(store),
         "extractor": store.manifest.get("extractor"),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "data": {
@@ -75,6 +79,12 @@ def word_vectors_of(store: Any) -> dict[str, Any] | None:
     vectors = np.asarray(store.vectors)
     return {"source": source_spec(str(record["source"])), "dim": int(vectors.shape[1]),
             "sha256": vectors_checksum(list(store.vocab[2:]), vectors[2:])}
+
+
+def tokenizer_of_store(store: Any) -> int:
+    """The tokenizer version (text.TOKENIZER) the store's vocabulary was built with: 1 for a
+    store of an older fsan, whose manifest records none."""
+    return tokenizer_of(store.manifest, f"the data at {store.path}")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -179,7 +189,6 @@ def check_compatible(ckpt: dict[str, Any], store: Any) -> None:
 def _no_init():
     """Skip torch.nn.init while building a model whose weights are loaded next. (The meta
     device would do it too, but its first use imports torch._dynamo: 1.5 s.)"""
-    import torch.nn.init as init
 
     names = ("kaiming_uniform_", "uniform_", "normal_", "xavier_uniform_", "trunc_normal_",
              "zeros_", "ones_", "constant_")  # fmt: skip

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 
 from fsan_cli.core.errors import FsanError
+from fsan_cli.core.output import log
 
 _resolved: dict[str, object] = {}
 
 
 def available_devices() -> list[str]:
-    import torch
+    import torch  # only once a device is resolved: `fsan --help` and bad options answer without it
 
     names = ["cpu"]
     if torch.cuda.is_available():
@@ -20,7 +21,7 @@ def available_devices() -> list[str]:
 
 def resolve_device(spec: str, announce: bool = True):
     """Return a torch.device for `spec`, or raise FsanError naming the devices that exist."""
-    import torch
+    import torch  # only once a device is resolved: `fsan --help` and bad options answer without it
 
     spec = spec.strip().lower()
     if spec in _resolved:
@@ -44,8 +45,6 @@ def resolve_device(spec: str, announce: bool = True):
         device = torch.device(f"cuda:{index}")
     _resolved[spec] = device
     if announce:
-        from fsan_cli.core.output import log
-
         if device.type == "cuda":
             log(f"Device: {device} ({torch.cuda.get_device_name(device)})")
         else:

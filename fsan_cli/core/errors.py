@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import typer
 
+from fsan_cli.core.state import STATE
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -62,8 +64,6 @@ def write_error(exc: BaseException, target: object = None, elsewhere: str = "use
 
 
 def verbose_level() -> int:
-    from fsan_cli.core.state import STATE
-
     return STATE.verbose
 
 
@@ -82,7 +82,7 @@ def handle_errors(func: F) -> F:
             print(f"Error: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
-            if hasattr(exc, "report"):  # an interrupt that knows what was kept (runs.ScoringInterrupted)
+            if hasattr(exc, "report"):  # an interrupt that knows what was kept (fit.ScoringInterrupted)
                 exc.report()
             print("Error: interrupted. Nothing partial was kept; run the command again.", file=sys.stderr)
             raise typer.Exit(130) from None

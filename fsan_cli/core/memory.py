@@ -19,7 +19,7 @@ from fsan_cli.core.settings import Settings, TrainSettings
 from models.config import FSANConfig
 
 if TYPE_CHECKING:  # torch is imported where it is used: `fsan prepare` checks memory without it
-    import torch
+    import torch  # `fsan prepare` checks memory without loading torch
 
 # Floats kept for the backward pass per sample, fitted to what autograd saves (measured with
 # torch.autograd.graph.saved_tensors_hooks over 10 small configs; within 1% of each, and within
@@ -104,7 +104,7 @@ def local_processes() -> int:
 
 def out_of_memory(exc: BaseException) -> bool:
     """A failed allocation: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError."""
-    import torch
+    import torch  # `fsan prepare` checks memory without loading torch
 
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True

@@ -10,7 +10,17 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+
+from fsan_cli.core.errors import stdout_closed
+from fsan_cli.core.state import STATE
 
 
 def stdout_console() -> Console:
@@ -23,8 +33,6 @@ def stdout_console() -> Console:
 
 
 def _closed() -> None:
-    from fsan_cli.core.errors import stdout_closed
-
     raise SystemExit(stdout_closed())
 
 
@@ -34,8 +42,6 @@ def stderr_console() -> Console:
 
 def log(message: str) -> None:
     """A progress or status line on stderr (silenced by -q)."""
-    from fsan_cli.core.state import STATE
-
     if not STATE.quiet:
         stderr_console().print(message, highlight=False)
 
@@ -104,19 +110,9 @@ class _Bar(_LiveBar):
     """A rich progress bar on stderr showing epoch, loss and samples/s (no-op when disabled)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        from fsan_cli.core.state import STATE
-
         self.enabled = enabled and not STATE.quiet
         self.progress = None
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}"),
                 BarColumn(),
@@ -128,7 +124,6 @@ class _Bar(_LiveBar):
                 transient=False,
             )
             self.task = self.progress.add_task("train", total=total, epoch=1, loss=0.0, rate=0.0)
-
 
     def update(self, step: int, **fields: Any) -> None:
         if self.progress:
@@ -155,18 +150,10 @@ def training_progress(total: int, enabled: bool = True) -> _Bar:
 def count_progress(total: int, what: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr over `total` items; yields `advance(n)` (a no-op when
     disabled or under -q)."""
-    from fsan_cli.core.state import STATE
 
     if not enabled or STATE.quiet:
         yield lambda n: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=stderr_console(), transient=True) as bar:
@@ -179,24 +166,14 @@ class _VideoBar(_LiveBar):
     frames (no-op under -q)."""
 
     def __init__(self, total: int) -> None:
-        from fsan_cli.core.state import STATE
-
         self.progress = None
         if STATE.quiet:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), console=stderr_console(), transient=True)
         self.videos = self.progress.add_task("videos", total=total)
         self.frame_task = self.progress.add_task("frames", total=None)
-
 
     def start(self, video: str) -> None:
         if self.progress:

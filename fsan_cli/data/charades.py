@@ -19,6 +19,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.text import normalize_query
 from fsan_cli.data.annotations import (
     Annotations,
     find_split_file,
@@ -28,8 +30,6 @@ from fsan_cli.data.annotations import (
 )
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
-from fsan_cli.core.errors import FsanError
-from fsan_cli.core.text import normalize_query
 
 SPLITS = ("train", "test")
 LAYOUT = FeatureLayout(description="one (T, D) dataset per video keyed by its id, e.g. '3MSZA'")

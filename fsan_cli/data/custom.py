@@ -17,11 +17,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.text import normalize_query
 from fsan_cli.data.annotations import BAD_DURATION, Annotations, clip_span, require_file, utf8_text
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
-from fsan_cli.core.errors import FsanError
-from fsan_cli.core.text import normalize_query
 
 LAYOUT = FeatureLayout(description="one (T, D) dataset per video keyed by its `video` id")
 FIX = "Write one JSON object per line with video, duration, query and optional times and split"

@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.text import normalize_query
 from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file
 from fsan_cli.data.features import FeatureLayout
 from fsan_cli.data.store import Query
-from fsan_cli.core.errors import FsanError
-from fsan_cli.core.text import normalize_query
 
 CHUNK_SECONDS = 5.0
 CHUNKS = 6

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from fsan_cli.core.errors import FsanError
@@ -216,8 +217,6 @@ class Scan:
 
 
 def _describe(obj) -> str:
-    import h5py
-
     if isinstance(obj, h5py.Dataset):
         return f"a dataset of shape {obj.shape}"
     members = list(obj.keys())
@@ -227,8 +226,6 @@ def _describe(obj) -> str:
 
 def _fast_locate(h5, video: str, layout: FeatureLayout) -> Located | None:
     """The expected layout through the low-level API (about 5x faster than h5py's objects)."""
-    import h5py
-
     key = layout.aliases(video)[0]
     path = f"{key}/{layout.member}" if layout.member else key
     try:
@@ -245,8 +242,6 @@ def _fast_locate(h5, video: str, layout: FeatureLayout) -> Located | None:
 
 
 def _locate(h5, video: str, layout: FeatureLayout) -> Located | None:
-    import h5py
-
     fast = _fast_locate(h5, video, layout)
     if fast is not None:
         return fast
@@ -285,8 +280,6 @@ def _locate(h5, video: str, layout: FeatureLayout) -> Located | None:
 
 
 def open_h5(path: Path):
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise FsanError(f"feature file {path} does not exist", "Pass --features with an HDF5 file")

@@ -17,8 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-from fsan_cli.video import record as extractor
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.memory import check_fits
+from fsan_cli.core.output import log, stderr_console
+from fsan_cli.core.state import STATE
+from fsan_cli.core.text import TOKENIZER, build_vocab, load_word_vectors, tokenize, vectors_record
 from fsan_cli.data.annotations import (
     Annotations,
     annotated_videos,
@@ -36,10 +48,7 @@ from fsan_cli.data.features import (
     video_clips,
 )
 from fsan_cli.data.store import SPLITS, store_exists, write_store
-from fsan_cli.core.errors import FsanError
-from fsan_cli.core.memory import check_fits
-from fsan_cli.core.output import log
-from fsan_cli.core.text import build_vocab, load_word_vectors, tokenize, vectors_record
+from fsan_cli.video import record as extractor
 
 ADAPTERS = ("activitynet", "didemo", "charades", "custom")
 CONVENTIONS = ("clip", "drop")
@@ -108,13 +117,13 @@ def _vocabulary(
     texts = [q.query for q in ann.splits.get("train", [])]
     if not texts:  # a custom dataset without a train split: the vocabulary of all its queries
         texts = [q.query for qs in ann.splits.values() for q in qs]
-    needed = {w for t in texts for w in tokenize(t)}
+    needed = {w for t in texts for w in tokenize(t, TOKENIZER)}
     vectors = load_word_vectors(glove, needed=needed)
-    vocab, matrix, stats = build_vocab(texts, vectors)
+    vocab, matrix, stats = build_vocab(texts, vectors, TOKENIZER)
     known = set(vocab)
     unk: dict[str, float] = {}
     for name, queries in ann.splits.items():
-        tokens = [w for q in queries for w in tokenize(q.query)]
+        tokens = [w for q in queries for w in tokenize(q.query, TOKENIZER)]
         unk[name] = round(100.0 * sum(w not in known for w in tokens) / max(len(tokens), 1), 2)
     info = {
         "source": vectors.source,
@@ -128,18 +137,6 @@ def _vocabulary(
 
 
 def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from fsan_cli.core.output import stderr_console
-    from fsan_cli.core.state import STATE
-
     console = stderr_console()
     return Progress(
         TextColumn("{task.description}"),
@@ -318,6 +315,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
         "normalize": opts.normalize,
         "pca": pca_info,
         "word_vectors": vectors_record(opts.glove, vocab, vectors),
+        "tokenizer": TOKENIZER,
         "extractor": extractor.of_datasets(Path(opts.features), [loc.path for loc in locs.values()]),
         "inputs": _inputs(opts, ann),
         "summary": summary,

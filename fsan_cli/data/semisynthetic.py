@@ -25,14 +25,15 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 
+from fsan_cli.core.text import load_word_vectors, tokenize
+
 STOP = set(["a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "with", "his", "her", "their", "its", "is", "are", "was", "were", "be", "by", "for", "from", "as", "it", "he", "she", "they", "them", "this", "that", "then", "while", "who", "which", "into", "up", "down", "out", "over"])
 SIZES = {"small": {"train": 1500, "val": 250, "test": 250}, "full": None}
 
 
 def caption_vectors(captions: list[str], dim_out: int, rng: np.random.Generator) -> np.ndarray:
-    from fsan_cli.core.text import load_word_vectors, tokenize
-
-    toks = [[w for w in tokenize(c) if w not in STOP] for c in captions]
+    # tokenizer 1 (clitics kept whole) as when the measured semi-real features were made: the same features
+    toks = [[w for w in tokenize(c, 1) if w not in STOP] for c in captions]
     wv = load_word_vectors(None, needed={w for t in toks for w in t})
     index = wv.index()
     unit = wv.vectors / np.linalg.norm(wv.vectors, axis=1, keepdims=True).clip(1e-6)

@@ -20,6 +20,7 @@ interrupted prepare never leaves a store that `train` would read.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -212,22 +213,21 @@ def write_store(
         raise
 
 
-def open_store(dataset: str, data_dir: Path, clips: int, mmap: bool = False) -> Store:
-    """The prepared store of `dataset` under `data_dir`; the synthetic one is generated on
-    first use."""
-    if dataset == "synthetic":
-        from fsan_cli.data.synthetic import ensure_synthetic
-
-        return load_store(ensure_synthetic(data_dir, clips=clips), mmap=mmap)
-    return load_store(data_dir / dataset, mmap=mmap)
-
-
-def read_store(dataset: str, data_dir: Path, clips: int | None = None) -> Store:
-    """The store to score on, as it is (memory-mapped); the embedded synthetic one is generated
-    first when absent, with the preset's N_v, or `clips` (a checkpoint's) where given."""
-    path = Path(data_dir) / dataset
-    if dataset == "synthetic" and (clips is not None or not store_exists(path)):
-        from fsan_cli.core.settings import load_settings
-
-        return open_store(dataset, data_dir, clips or load_settings(dataset).data.clips, mmap=True)
-    return load_store(path, mmap=True)
+def video_rows(store: Store, queries: list[Query]) -> np.ndarray:
+    """(Q,) the store's feature row of each query's video; checks videos and durations."""
+    index = store.video_index
+    missing = [q.video for q in queries if q.video not in index]
+    if missing:
+        raise FsanError(
+            f"{len(missing)} queries name videos missing from the store (first: {missing[0]})",
+            "Run `fsan prepare` again",
+        )
+    bad = [i for i, q in enumerate(queries) if not (math.isfinite(q.duration) and q.duration > 0)]
+    if bad:
+        q = queries[bad[0]]
+        raise FsanError(
+            f"{len(bad)} queries have a duration that is not a positive number of seconds "
+            f"(first: video {q.video}, duration {q.duration})",
+            "Fix the annotations and run `fsan prepare` again",
+        )
+    return np.array([index[q.video] for q in queries], np.int64)

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fsan_cli.data.store import Query, load_store, store_exists, write_store
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.output import log
-from fsan_cli.core.text import build_vocab, load_word_vectors, vectors_record
+from fsan_cli.core.settings import load_settings
+from fsan_cli.core.text import TOKENIZER, build_vocab, load_word_vectors, vectors_record
+from fsan_cli.data.features import pool_clips
+from fsan_cli.data.store import Query, load_store, store_exists, write_store
 
 GENERATOR_VERSION = 3
 
@@ -86,8 +88,6 @@ def _caption(rng: np.random.Generator, verb: str, obj: str) -> str:
 
 def generate(sizes: dict[str, int] | None = None, seed: int = 1234, clips: int = 32):
     """Build the benchmark in memory: (features, videos, vocab, vectors, splits, stats)."""
-    from fsan_cli.data.features import pool_clips
-
     sizes = sizes or DEFAULT_SIZES
     rng = np.random.default_rng(seed)
     wv = load_word_vectors(None, needed=set(VERBS) | set(OBJECTS))
@@ -139,7 +139,7 @@ def generate(sizes: dict[str, int] | None = None, seed: int = 1234, clips: int =
     feats = np.stack(features).astype(np.float32)
     feats /= np.linalg.norm(feats, axis=-1, keepdims=True).clip(1e-6)  # prepare's row L2 norm
     all_wv = load_word_vectors(None, needed={w for q in splits["train"] for w in q.query.split()})
-    vocab, vectors, stats = build_vocab((q.query for q in splits["train"]), all_wv)
+    vocab, vectors, stats = build_vocab((q.query for q in splits["train"]), all_wv, TOKENIZER)
     return feats, videos, vocab, vectors, splits, stats
 
 
@@ -174,6 +174,7 @@ def ensure_synthetic(
         "normalize": True,
         "pca": None,
         "word_vectors": vectors_record(None, vocab, vectors),
+        "tokenizer": TOKENIZER,  # not in the recipe: captions have no apostrophes, both versions agree
         "oov_rate": stats["oov_rate"],
         "inputs": [],
     }
@@ -187,6 +188,4 @@ def _recipe_matches(path: Path, clips: int, seed: int) -> bool:
 
 
 def _preset_clips() -> int:
-    from fsan_cli.core.settings import load_settings
-
     return load_settings("synthetic").data.clips

@@ -12,17 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsan_cli.evaluate import baselines
+import torch
 
-from fsan_cli.evaluate import breakdown
-from fsan_cli.evaluate.breakdown import LengthBreakdown
-from fsan_cli.data.store import Query, Store
+from fsan_cli.core import checkpoint as checkpoints
 from fsan_cli.core.errors import FsanError
-from fsan_cli.evaluate.metrics import metric_keys, protocol
 from fsan_cli.core.output import log, print_json, stdout_console, warn
+from fsan_cli.data.datasets import read_store
+from fsan_cli.data.store import Query, Store
+from fsan_cli.evaluate import baselines, breakdown
+from fsan_cli.evaluate.breakdown import LengthBreakdown
+from fsan_cli.evaluate.metrics import metric_keys, protocol
+from fsan_cli.evaluate.plots import save_length_plot
 from fsan_cli.evaluate.predictions import check_save_path, read_predictions, write_predictions
 from fsan_cli.evaluate.report import DATASET_NAMES, PAPER_TABLES, length_table, results_table
 from fsan_cli.evaluate.scoring import check_annotated, score, score_details
+from fsan_cli.predict.predictor import Predictor
 
 
 @dataclass
@@ -72,9 +76,9 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     check_annotated(dataset, queries)  # before predicting, which can take a while
     if save_predictions is not None:
         check_save_path(save_predictions, overwrite, _read_files(store, checkpoint, predictions))
-    rows, label, nms = _rows(dataset, store, queries, split, checkpoint, predictions, baseline,
-                             top_k, seed, device, span_prior)
-    own = model_own_rows(rows)
+    src = _rows(dataset, store, queries, split, checkpoint, predictions, baseline, top_k, seed, device,
+                span_prior)
+    rows, own = src.rows, src.own
     if own is not None and not span_prior:  # --no-span-prior on a file of prior-aware answers
         rows, own = own, None
     if save_predictions is not None:
@@ -86,18 +90,17 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     for message in warnings:
         warn(message)
     prior_source = _prior_source(store, split)
-    caption = _caption(dataset, split, len(queries), predicted, nms, top_k, seed, prior_source)
+    caption = _caption(dataset, split, len(queries), predicted, src.nms, top_k, seed, prior_source)
     if checkpoint is not None:
         caption += f"\nCheckpoint: {checkpoint}"
     beside = _baseline_rows(dataset, store, queries, split, top_k, seed, baseline) if with_baselines else []
     lengths = None
     if by_length:
         lengths = breakdown.by_length(dataset, queries, breakdown.matched_rows(dataset, queries, rows))
-    result = Evaluation(dataset, split, len(queries), predicted, label, metrics, beside, caption, lengths)
+    result = Evaluation(dataset, split, len(queries), predicted, src.label, metrics, beside, caption, lengths)
     if own is not None:  # prior-aware answers: the model's own beside them
         result.without_prior = score_details(dataset, queries, own, in_split_order=predictions is None)[0]
-        result.prior_weight = float(rows[0]["span_prior"]["weight"])
-        result.prior_changed = 100 * sum(row["span_prior"]["changed"] for row in rows) / len(rows)
+        result.prior_weight, result.prior_changed = src.prior_weight, src.changed_share
         if checkpoint is not None:
             result.label = "FSAN + span prior (this run)"
         result.baselines.insert(0, (f"{'FSAN' if checkpoint is not None else 'the same'} without span prior",
@@ -109,34 +112,54 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
 
 
 def model_own_rows(rows: list[dict]) -> list[dict] | None:
-    """The model's own answers of prior-aware rows (each with a "span_prior" object holding
-    the weight, whether it changed the top-1 answer and the model's moments: Answers.row), or
-    None when the rows are not all such; a malformed "span_prior" is an error naming its row."""
-    if not rows or not all("span_prior" in row for row in rows):
+    """The model's own answers of prior-aware rows (Answers.row: "span_prior" holds the weight
+    and whether it changed the top-1 answer, "model_moments" the model's own moments; files
+    written before that name held them as "span_prior"."moments"), or None when no row is
+    prior-aware. A malformed row, or a file where only some rows are, is an error naming a row."""
+    aware = ["span_prior" in row for row in rows]
+    if not any(aware):
         return None
+    if not all(aware):
+        i = aware.index(False) + 1
+        raise FsanError(f'prediction row {i} has no "span_prior" field, though other rows of the file do',
+                        'Score a file whose rows all come from one run (fsan evaluate --save-predictions)')
+    own = []
     for i, row in enumerate(rows, 1):
         prior = row["span_prior"]
         weight = prior.get("weight") if isinstance(prior, dict) else None
-        ok = (isinstance(prior, dict) and isinstance(prior.get("moments"), list)
-              and isinstance(prior.get("changed"), bool) and isinstance(weight, int | float)
-              and not isinstance(weight, bool) and math.isfinite(weight) and weight >= 0)
+        moments = row.get("model_moments", prior.get("moments") if isinstance(prior, dict) else None)
+        ok = (isinstance(moments, list) and isinstance(prior.get("changed"), bool)
+              and isinstance(weight, int | float) and not isinstance(weight, bool)
+              and math.isfinite(weight) and weight >= 0)
         if not ok:
             raise FsanError(
                 f'prediction row {i} has a malformed "span_prior" (it needs "weight", a number >= 0, '
-                '"changed", true or false, and "moments", the model\'s own [start, end, score] list)',
-                'Fix the row, or drop its "span_prior" field')
-    return [{**row, "moments": row["span_prior"]["moments"]} for row in rows]
+                '"changed", true or false, and "model_moments" beside it, the model\'s own [start, end, '
+                'score] list)', 'Fix the row, or drop its "span_prior" and "model_moments" fields')
+        own.append({**row, "moments": moments})
+    return own
+
+
+@dataclass
+class Source:
+    """The rows to score, what they are (the table's label, their NMS) and, for prior-aware
+    answers, the model's own rows, the span prior's weight and the share of top-1 answers it
+    changed (percent)."""
+
+    rows: list[dict]
+    label: str
+    nms: str
+    own: list[dict] | None = None
+    prior_weight: float | None = None
+    changed_share: float | None = None
 
 
 def store_to_score(dataset: str, data_dir: Path, checkpoint: Path | None) -> Store:
     """data_dir/dataset as it is; of the synthetic benchmark (one store per N_v), the one of the
     checkpoint's N_v."""
-    from fsan_cli.data.store import read_store
 
     clips = None
     if dataset == "synthetic" and checkpoint is not None:
-        from fsan_cli.core import checkpoint as checkpoints
-
         try:
             clips = int(checkpoints.load(checkpoint)["data"]["clips"])
         except FsanError:  # the Predictor says what is wrong with the file, after the store's checks
@@ -173,41 +196,40 @@ def show(result: Evaluation, as_json: bool = False, metric: str | None = None,
                                        caption=f"{result.label}, split {result.split}. "
                                                f"{result.by_length.source}"))
     if plot is not None and result.by_length is not None:
-        from fsan_cli.evaluate.plots import save_length_plot
-
         name = DATASET_NAMES.get(result.dataset, result.dataset)
         save_length_plot(plot, result.dataset, result.by_length.buckets,
                          f"{name} {result.split} by video length: {result.label}")
 
 
 def _rows(dataset: str, store: Store, queries: list[Query], split: str, checkpoint, predictions,
-          baseline, top_k: int, seed: int, device, span_prior: bool = True) -> tuple[list[dict], str, str]:
-    """This run's prediction rows, its table label, and what NMS produced them."""
+          baseline, top_k: int, seed: int, device, span_prior: bool = True) -> Source:
+    """This run's prediction rows, what they are and, for prior-aware answers, the model's own."""
     if checkpoint is not None:
-        import torch
-
-        from fsan_cli.predict.predictor import Predictor
-
         device = torch.device("cpu") if device is None else device
         log(f"Predicting {len(queries)} queries of {dataset} {split} with {checkpoint}")
-        predictor = Predictor.load(checkpoint, device)
-        if not span_prior:
-            predictor.span_prior = None
-        rows = predictor.rows(store, queries, top_k)
-        return rows, "FSAN (this run)", _row_nms(rows, "the checkpoint's eval.nms")
+        answers = Predictor.load(checkpoint, device, span_prior=span_prior).answer_split(store, queries, top_k)
+        rows = answers.rows(queries, top_k)
+        own = model_own_rows(rows) if answers.prior_weight is not None else None
+        return Source(rows, "FSAN (this run)", _row_nms(rows, "the checkpoint's eval.nms"), own,
+                      answers.prior_weight, answers.changed_share)
     if predictions is not None:
         rows = read_predictions(predictions)
         name = "stdin" if predictions == "-" else predictions
-        return rows, f"predictions ({name})", _row_nms(rows, "as in the file")
+        own = model_own_rows(rows)
+        weight = changed = None
+        if own is not None:  # the weight and changes as the file records them
+            weight = float(rows[0]["span_prior"]["weight"])
+            changed = 100 * sum(row["span_prior"]["changed"] for row in rows) / len(rows)
+        return Source(rows, f"predictions ({name})", _row_nms(rows, "as in the file"), own, weight, changed)
     if baseline == "random":
         rows = baselines.random_predictions(queries, top_k, seed, dataset)
-        return rows, f"Random, seed {seed} (this run)", "none"
+        return Source(rows, f"Random, seed {seed} (this run)", "none")
     source = _prior_source(store, split)
     if source is None:
         raise FsanError(f"the store at {store.path} has no train split to choose the prior on",
                         "Run `fsan prepare` with the train annotations")
     rows = baselines.prior_predictions(store.splits[source], queries, top_k, dataset)
-    return rows, f"Prior on {source} (this run)", _prior_nms(dataset)
+    return Source(rows, f"Prior on {source} (this run)", _prior_nms(dataset))
 
 
 def _row_nms(rows: list[dict], default: str) -> str:

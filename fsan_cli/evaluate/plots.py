@@ -3,13 +3,16 @@ of `fsan evaluate --by-length` (paper Figure 4). matplotlib is the optional extr
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fsan_cli.core.errors import FsanError
-from fsan_cli.evaluate.metrics import metric_keys
 from fsan_cli.core.output import log
+from fsan_cli.evaluate.metrics import metric_keys
+from fsan_cli.evaluate.report import column_header
 
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
 
@@ -17,8 +20,6 @@ FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp
 def check_plot(path: Path, inputs: tuple[Path | None, ...] = ()) -> None:
     """Fail before any work when --plot cannot be honoured: matplotlib, the folder, the format,
     and never a file the command reads, a folder or a link."""
-    import importlib.util
-    import os
 
     path = Path(path)
     if path.suffix.lower().lstrip(".") not in FORMATS:
@@ -43,10 +44,10 @@ def check_plot(path: Path, inputs: tuple[Path | None, ...] = ()) -> None:
 
 def pyplot():
     """matplotlib.pyplot without a display (the Agg backend)."""
-    import matplotlib
+    import matplotlib  # the optional [plot] extra, only for --plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend above
 
     return plt
 
@@ -67,7 +68,6 @@ def save_figure(fig: Any, path: Path) -> None:
 def save_length_plot(path: Path, dataset: str, buckets: Sequence[Any], title: str) -> None:
     """Bars of R@1 at each IoU threshold (DiDeMo: Rank@1) per video-length bucket, and the mIoU
     as a red line, as in the paper's Figure 4. `buckets` are `breakdown.LengthBucket`s."""
-    from fsan_cli.evaluate.report import column_header
 
     plt = pyplot()
     keys = [k for k in metric_keys(dataset) if k.startswith(("r@1,", "rank@1"))]

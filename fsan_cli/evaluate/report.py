@@ -12,8 +12,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from fsan_cli.evaluate.metrics import metric_keys, protocol, recall_key
 from fsan_cli.core.output import fmt
+from fsan_cli.evaluate.metrics import metric_keys, protocol, recall_key
 
 Row = tuple[str, dict[str, float]]
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fsan_cli.core.errors import FsanError
+from fsan_cli.core.text import normalize_query
 from fsan_cli.evaluate.metrics import (
     DIDEMO_CHUNK_SECONDS,
     didemo_per_query,
@@ -22,7 +23,6 @@ from fsan_cli.evaluate.metrics import (
     protocol,
     segment_lut,
 )
-from fsan_cli.core.text import normalize_query
 
 
 def _text_key(video: Any, query: Any) -> tuple[Any, str]:

@@ -23,14 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.memory import check_fits
 from fsan_cli.core.output import count_progress, log, warn
-from fsan_cli.predict.predictor import Grounding, Predictor
+from fsan_cli.core.text import TOKENIZER, UNK, tokenize
+from fsan_cli.data.store import load_store, store_exists
 from fsan_cli.ground.requests import Request
-from fsan_cli.core.text import UNK, tokenize
+from fsan_cli.predict.answers import Grounding
+from fsan_cli.predict.predictor import Predictor
 
 MEMBERS = ("c3d_features", "features")  # a video's matrix inside its group (ActivityNet, ours)
 PROGRESS_FROM = 256  # queries: fewer take about a second at the paper config on a CPU
@@ -55,7 +58,6 @@ class Video:
 def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video]:
     """The features of each video id (None: the file's only video) in `path`, read in one
     opening of the file; errors name the layout that was expected."""
-    import h5py
 
     path = Path(path)
     if path.is_dir():
@@ -89,8 +91,6 @@ def _read_one(h5, path: Path, video_id: str | None) -> Video:
 
 def _pick(h5, path: Path, video_id: str | None):
     """(dataset, video id, whether the file holds only this video)."""
-    import h5py
-
     if isinstance(h5.get("features"), h5py.Dataset):  # our layout: one video per file
         own = _text_attr(h5.attrs.get("video"))
         if video_id is not None and own is not None and own not in _aliases(video_id):
@@ -127,8 +127,6 @@ def _aliases(video: str) -> list[str]:
 
 def _matrix(obj, path: Path):
     """The (T, D) numeric dataset `obj` is, or holds."""
-    import h5py
-
     if isinstance(obj, h5py.Group):
         inner = [obj[m] for m in MEMBERS if isinstance(obj.get(m), h5py.Dataset)]
         inner = inner or [v for v in obj.values() if isinstance(v, h5py.Dataset)]
@@ -216,8 +214,6 @@ def durations(videos: dict[str | None, Video], requests: Sequence[Request], keys
 
 def _store_durations(dataset: str, data_dir: Path) -> dict[str, float]:
     """{video: seconds} of a prepared store, or {} where there is none."""
-    from fsan_cli.data.store import load_store, store_exists
-
     path = Path(data_dir) / dataset
     if not store_exists(path):
         return {}
@@ -231,10 +227,10 @@ def check_queries(predictor: Predictor, requests: Sequence[Request]) -> None:
     Words outside the vocabulary are looked up in its word vectors first (Predictor.extend)."""
     predictor.extend([r.query for r in requests])
     for r in requests:
-        words = tokenize(r.query)
+        words = tokenize(r.query, predictor.tokenizer)
         if len(words) > predictor.max_tokens:
             warn(f"{r.where} has {len(words)} words; the model reads the first {predictor.max_tokens}")
-        read = words[: predictor.max_tokens]
+        read = predictor.tokens(r.query)
         if all(w not in predictor.word_to_id for w in read):
             raise FsanError(
                 f"{r.where} ({r.query!r}) has no word the model knows (unknown: {', '.join(read)})",
@@ -307,4 +303,8 @@ def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[
         log(f"{len(videos)} videos, {predictor.clips} clips each; {what}")
     unknown = sorted({w for r in results for w in r.unknown})
     if unknown:
-        warn(f"not in the model's vocabulary, read as {UNK}: {', '.join(unknown[:20])}")
+        whole = [w for w in unknown if predictor.tokenizer < TOKENIZER and tokenize(w) != [w]]
+        warn(f"not in the model's vocabulary, read as {UNK}: {', '.join(unknown[:20])}"
+             + (f" ({whole[0]} and the like are one word to the tokenizer of this checkpoint, of an "
+                "older fsan; prepare the data and train again with this fsan to split them as "
+                "GloVe does)" if whole else ""))

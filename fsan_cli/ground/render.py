@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from rich.markup import escape
+from rich.text import Text
 
-from fsan_cli.core.output import warn
-from fsan_cli.evaluate.plots import save_figure
-from fsan_cli.predict.predictor import Grounding
+from fsan_cli.core.output import make_table, stdout_console, warn
 from fsan_cli.core.text import UNK
+from fsan_cli.evaluate.plots import save_figure
+from fsan_cli.predict.answers import Grounding
 
 if TYPE_CHECKING:
     from fsan_cli.ground.grounding import Grounded
@@ -26,10 +28,6 @@ def clock(seconds: float) -> str:
 
 
 def moments_table(video: str, duration: float, g: Grounding):
-    from rich.markup import escape
-
-    from fsan_cli.core.output import make_table
-
     rows = [
         (str(r), f"{s:.2f}", f"{e:.2f}", clock(s), clock(e), f"{c:.4f}")
         for r, ((s, e), c) in enumerate(zip(g.moments, g.scores, strict=True), 1)
@@ -95,7 +93,6 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
     """The token-by-clip map the segment scores read (P, or P centred: paper Figure 3) as rich
     Text, the top-1 moment marked under it (and the model's own, when the span prior moved
     it), and a time axis. Without colour: ASCII shades from PLAIN_RAMP."""
-    from rich.text import Text
 
     values, title, lo, hi = shown_map(g)
     nv = values.shape[1]
@@ -163,8 +160,6 @@ def _time_axis(nv: int, cw: int, duration: float) -> tuple[str, str]:
 
 def render(results: Sequence[Grounded]) -> None:
     """Table and heatmap per query on stdout; colour only on a terminal without NO_COLOR."""
-    from fsan_cli.core.output import stdout_console
-
     console = stdout_console()
     colour = console.color_system is not None and not console.no_color
     for n, r in enumerate(results):
@@ -184,11 +179,11 @@ def save_plot(path: Path, results: Sequence[Grounded]) -> None:
     map the segment scores read when that is another (e.g. P centred), the top-1 moment boxed
     in red (and the model's own in dashed yellow when the span prior moved it), as in the
     paper's Figure 3."""
-    import matplotlib
+    import matplotlib  # the optional [plot] extra, only for --plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    import matplotlib.pyplot as plt  # after choosing the Agg backend above
+    from matplotlib.patches import Rectangle  # the optional [plot] extra
 
     if len(results) > MAX_PANELS:
         warn(f"--plot draws the first {MAX_PANELS} of {len(results)} queries")

@@ -10,12 +10,8 @@ one thread each (`cpu_workers`).
 from __future__ import annotations
 
 import copy
-import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +21,24 @@ import torch
 from fsan_cli.core import checkpoint
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.output import warn
-from fsan_cli.predict.span_prior import SpanPrior
-from fsan_cli.core.text import WordSource, encode_texts, tokenize
+from fsan_cli.core.text import (
+    TOKENIZER,
+    WordSource,
+    encode_texts,
+    query_tokens,
+    tokenize,
+    tokenizer_of,
+)
+from fsan_cli.data.features import video_clips
+from fsan_cli.data.store import video_rows
+from fsan_cli.predict.answers import Answers, Grounding, Predictions
+from fsan_cli.predict.runtime import cpu_workers, resolve_precision, reuse_freed_memory
+from fsan_cli.predict.span_prior import SpanPrior, valid_cells
 from models.fsan import FSAN
 from models.segments import segments_to_seconds, top_k_segments
 
 GPU_BATCH = 64  # queries per model call on a GPU
 CPU_BATCH = 32  # on a CPU, per worker thread (measured best of 16, 32 and 64 with 2 workers)
-FEW = 4  # up to this many queries run on one CPU thread (see `cpu_workers`)
 # A matrix product's rounding depends on its shapes (the kernel and its blocking), so a query's
 # answer moved with the batch it shared when batches were cut to their longest query: ranks 3-5
 # and scores' third decimal in bf16, the last bits in fp32. Every batch therefore has
@@ -40,19 +46,6 @@ FEW = 4  # up to this many queries run on one CPU thread (see `cpu_workers`)
 # test_ground_pairs.py); on a GPU, where padding a batch costs next to nothing, every batch
 # also has GPU_BATCH queries (a short one padded with its own).
 DIDEMO_SEGMENTS = 21  # DiDeMo ranks all 21 (s, e) pairs of its six chunks, without NMS
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@dataclass
-class Predictions:
-    """Answers for Q queries, in the order asked."""
-
-    segments: np.ndarray  # (Q, k, 2) clip ids, inclusive
-    scores: np.ndarray  # (Q, k) SC of each (plus the weighted span prior, when it is used)
-    maps: list[np.ndarray] | None  # per query (its tokens, N_v) alignment map P, when asked
-    score_maps: list[np.ndarray] | None = None  # and the map SC reads (eq. 8; e.g. P centred)
-    changed: np.ndarray | None = None  # (Q,) the span prior changed the top-1 answer
-    plain: Predictions | None = None  # the model's own answers, without the span prior
 
 
 class Predictor:
@@ -61,10 +54,12 @@ class Predictor:
 
     `words`, the word vectors the vocabulary was built from (text.WordSource), embeds the
     queries' words outside the vocabulary as training would have (`extend`); without it (a
-    checkpoint of an older fsan) they are <unk>."""
+    checkpoint of an older fsan) they are <unk>. `tokenizer`, the version (text.TOKENIZER) the
+    vocabulary was built with: queries are tokenized by it (a checkpoint of an older fsan: 1)."""
 
     def __init__(self, model: FSAN, vocab: list[str], data: dict[str, Any], nms: float,
-                 device: torch.device, precision: str = "fp32", words: WordSource | None = None) -> None:
+                 device: torch.device, precision: str = "fp32", words: WordSource | None = None,
+                 tokenizer: int = TOKENIZER, span_prior: SpanPrior | None = None) -> None:
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.model = model.to(torch.bfloat16) if self.precision == "bf16" else model
@@ -75,28 +70,37 @@ class Predictor:
         self.clips = int(data["clips"])
         self.max_tokens = int(model.cfg.max_tokens)
         self.words = words
+        self.tokenizer = tokenizer
         self.checkpoint: Path | None = None
-        self.span_prior: SpanPrior | None = None  # the prior-aware answer (fsan_cli/predict/span_prior.py)
+        self._span_prior = span_prior if span_prior is not None and span_prior.weight > 0 else None
+
+    @property
+    def span_prior(self) -> SpanPrior | None:
+        """The span prior the answers use (fsan_cli/predict/span_prior.py), fixed when the
+        Predictor is made: None where it answers with the model alone."""
+        return self._span_prior
 
     @classmethod
-    def load(cls, path: Path, device: torch.device, precision: str = "fp32") -> Predictor:
+    def load(cls, path: Path, device: torch.device, precision: str = "fp32",
+             span_prior: bool = True) -> Predictor:
+        """The checkpoint's model; with `span_prior`, ranking by the span prior it holds (if any)."""
         if device.type == "cpu":
-            _reuse_freed_memory()
+            reuse_freed_memory()
         ckpt = checkpoint.load(path)
         data = {**ckpt["data"], "pca": checkpoint.pca_of(ckpt)}
         nms = checkpoint.settings_of(ckpt).eval.nms
         words = WordSource.of(ckpt.get("word_vectors"), ckpt["vocab"], f"the checkpoint {path}")
+        prior = SpanPrior.in_checkpoint(ckpt, path, int(data["clips"])) if span_prior else None
         predictor = cls(checkpoint.build_model(ckpt, device), ckpt["vocab"], data, nms, device, precision,
-                        words)
+                        words, tokenizer_of(ckpt, f"the checkpoint {path}"), prior)
         predictor.checkpoint = Path(path)
-        predictor.span_prior = SpanPrior.in_checkpoint(ckpt, path, predictor.clips)
         return predictor
 
     def weighted_prior(self) -> torch.Tensor | None:
         """w * log p (N_v, N_v) on the device, or None without a span prior in use."""
-        if self.span_prior is None or self.span_prior.weight <= 0:
+        if self._span_prior is None:
             return None
-        return torch.from_numpy(self.span_prior.weight * self.span_prior.log_prior).to(self.device)
+        return torch.from_numpy(self._span_prior.weight * self._span_prior.log_prior).to(self.device)
 
     @property
     def dataset(self) -> str | None:
@@ -109,7 +113,11 @@ class Predictor:
         word vectors (`extend`), those not there either are <unk>; a query of no words is one
         padding token; truncated to the model's max_tokens."""
         self.extend(texts)
-        return encode_texts(texts, self.word_to_id, self.max_tokens)
+        return encode_texts(texts, self.word_to_id, self.max_tokens, self.tokenizer)
+
+    def tokens(self, text: str) -> list[str]:
+        """The words of `text` the model reads (text.query_tokens by its tokenizer)."""
+        return query_tokens(text, self.max_tokens, self.tokenizer)
 
     def extend(self, texts: Sequence[str]) -> None:
         """Give the words of `texts` (those the model reads) that are outside the vocabulary but
@@ -119,7 +127,7 @@ class Predictor:
         included, is left as it was."""
         if self.words is None:
             return
-        new = {w for t in texts for w in tokenize(t)[: self.max_tokens] if w not in self.word_to_id}
+        new = {w for t in texts for w in self.tokens(t) if w not in self.word_to_id}
         found = self.words.lookup(sorted(new)) if new else {}
         if not found:
             return
@@ -131,7 +139,6 @@ class Predictor:
     def video_clips(self, rows: np.ndarray, name: str) -> np.ndarray:
         """(N_v, D) model input from a video's (T, D_in) features: PCA, pooling and L2 norm
         exactly as `fsan prepare` did for training (data.features.video_clips)."""
-        from fsan_cli.data.features import video_clips
 
         pca = self.data.get("pca")
         expected = int(pca["mean"].shape[0]) if pca else int(self.data["feature_dim"])
@@ -219,7 +226,6 @@ class Predictor:
     def segment_grid(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """(Q, S) every query's SC of the S = N_v (N_v + 1) / 2 valid segments (row-major
         s <= e, span_prior.valid_cells): what the span prior's weight is chosen on."""
-        from fsan_cli.predict.span_prior import valid_cells
 
         cells = torch.from_numpy(valid_cells(self.clips)).to(self.device)
         grid = np.zeros((len(ids), len(cells)), np.float32)
@@ -256,27 +262,19 @@ class Predictor:
         """Predictions rows (DESIGN.md format) for a prepared split's queries."""
         if not queries:
             return []
+        return self.answer_split(store, queries, top_k).rows(list(queries), top_k)
+
+    def answer_split(self, store: Any, queries: Sequence[Any], top_k: int) -> Answers:
+        """The answers to a prepared split's queries (data.store.Query), in their order."""
         checkpoint.check_compatible({"data": self.data}, store)
         theirs = store.manifest.get("dataset")
         if self.dataset and theirs and self.dataset != theirs:
             warn(f"{self.checkpoint or 'the model'} was trained on {self.dataset}; these queries are of {theirs}")
-        check_vocabulary(self.vocab, [q.query for q in queries], self.checkpoint or "the model")
-        index = store.video_index
-        missing = [q.video for q in queries if q.video not in index]
-        if missing:
-            raise FsanError(f"{len(missing)} queries name videos missing from the store "
-                            f"(first: {missing[0]})", "Run `fsan prepare` again")
+        if queries:
+            check_vocabulary(self.vocab, [q.query for q in queries], self.checkpoint or "the model", self.tokenizer)
         features = torch.from_numpy(np.array(store.features, dtype=np.float32)).to(self.device)
-        video = np.array([index[q.video] for q in queries], np.int64)
         durations = np.array([q.duration for q in queries], np.float64)
-        answers = self.answer(features, video, durations, [q.query for q in queries], top_k)
-        rows = []
-        for i, q in enumerate(queries):
-            row = answers.row(i, q.video, q.query, q.duration, top_k)
-            if answers.ranked:
-                row["annotation_id"] = q.extra.get("annotation_id")
-            rows.append(row)
-        return rows
+        return self.answer(features, video_rows(store, list(queries)), durations, [q.query for q in queries], top_k)
 
     def answer(self, features: torch.Tensor, video: np.ndarray, durations: np.ndarray,
                texts: Sequence[str], top_k: int, maps: bool = False,
@@ -291,7 +289,7 @@ class Predictor:
         plain = None
         if out.plain is not None:
             plain = segments_to_seconds(torch.from_numpy(out.plain.segments), dur, self.clips)
-        weight = self.span_prior.weight if out.changed is not None else None
+        weight = self._span_prior.weight if out.changed is not None else None
         return Answers(out, seconds, ranked, None if ranked else self.nms, plain, weight)
 
     def ground(self, clips: np.ndarray, video: np.ndarray, durations: np.ndarray,
@@ -303,7 +301,7 @@ class Predictor:
         answers = self.answer(features, video, durations, texts, top_k, maps=True, progress=progress)
         out, results = answers.predictions, []
         for i, text in enumerate(texts):
-            words = tokenize(text)[: self.max_tokens]
+            words = self.tokens(text)
             unknown = [w for w in words if w not in self.word_to_id]
             own = None
             if answers.plain_seconds is not None and out.plain is not None:
@@ -314,32 +312,6 @@ class Predictor:
                                      self.model.cfg.sc_map, answers.prior_weight,
                                      bool(out.changed[i]) if out.changed is not None else False, own))
         return answers, results
-
-
-@dataclass
-class Answers:
-    """What `Predictor.answer` found for Q queries, and their predictions rows."""
-
-    predictions: Predictions
-    seconds: np.ndarray  # (Q, k, 2)
-    ranked: bool  # every segment ranked (DiDeMo's protocol), without NMS
-    nms: float | None
-    plain_seconds: np.ndarray | None = None  # (Q, k, 2) the model's own, without the span prior
-    prior_weight: float | None = None  # w of the span prior in use, else None
-
-    def row(self, i: int, video: str, query: str, duration: float, top_k: int) -> dict[str, Any]:
-        """Query i's predictions JSONL line (DESIGN.md); a ranked one with all its segments.
-        With a span prior in use, "span_prior" holds its weight, whether it changed the top-1
-        answer and the model's own moments."""
-        p = self.predictions
-        row = row_of(video, query, duration, self.seconds[i][:top_k], p.scores[i][:top_k], self.nms)
-        if self.ranked:
-            row["segments"] = p.segments[i].tolist()
-        if self.plain_seconds is not None and p.plain is not None and p.changed is not None:
-            own = row_of(video, query, duration, self.plain_seconds[i][:top_k], p.plain.scores[i][:top_k], None)
-            row["span_prior"] = {"weight": self.prior_weight, "changed": bool(p.changed[i]),
-                                 "moments": own["moments"]}
-        return row
 
 
 def with_rows(model: FSAN, rows: torch.Tensor) -> FSAN:
@@ -353,10 +325,12 @@ def with_rows(model: FSAN, rows: torch.Tensor) -> FSAN:
     return view
 
 
-def check_vocabulary(vocab: list[str], texts: Sequence[str], source: Path | str) -> None:
-    """A model that knows under half of the queries' words was trained on other data."""
+def check_vocabulary(vocab: list[str], texts: Sequence[str], source: Path | str,
+                     version: int = TOKENIZER) -> None:
+    """A model that knows under half of the queries' words (tokenizer `version`) was trained on
+    other data."""
     known = set(vocab)
-    words = [w for t in texts for w in tokenize(t)]
+    words = [w for t in texts for w in tokenize(t, version)]
     unknown = [w for w in words if w not in known]
     if words and len(unknown) > len(words) / 2:
         examples = ", ".join(list(dict.fromkeys(unknown))[:3])
@@ -365,92 +339,3 @@ def check_vocabulary(vocab: list[str], texts: Sequence[str], source: Path | str)
             f"of the words in these queries (unknown: {examples}, ...)",
             "Use a checkpoint trained on this dataset, or check --dataset",
         )
-
-
-@dataclass
-class Grounding:
-    query: str
-    tokens: list[str]  # the words the model read (truncated to max_tokens)
-    unknown: list[str]  # of those, the words read as <unk>
-    segments: np.ndarray  # (k, 2) clip ids, inclusive
-    moments: np.ndarray  # (k, 2) seconds
-    scores: np.ndarray  # (k,)
-    alignment_map: np.ndarray  # (len(tokens), N_v) cosine
-    score_map: np.ndarray | None = None  # the map the segment scores read (align.sc_map of P)
-    sc_map: str = "p"  # which: "p", "p_hat" or "centered"
-    prior_weight: float | None = None  # w of the span prior in use, else None
-    prior_changed: bool = False  # the span prior moved the top-1 answer
-    model_top: tuple[np.ndarray, np.ndarray, float] | None = None  # the model's own top-1 (clips, seconds, SC)
-
-
-def row_of(video: str, query: str, duration: float, seconds: np.ndarray, scores: np.ndarray,
-           nms: float | None) -> dict[str, Any]:
-    """One predictions JSONL line (DESIGN.md): moments best first, rounded for the file."""
-    moments = [[round(float(s), 3), round(float(e), 3), round(float(c), 5)]
-               for (s, e), c in zip(seconds, scores, strict=True)]
-    return {"video": video, "query": query, "duration": duration, "moments": moments, "nms": nms}
-
-
-# ----------------------------------------------------------------------------- precision
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether `device` multiplies bf16 matrices natively: CUDA with bf16, or a CPU with AMX
-    tiles (measured on one: 2 to 4 times the fp32 rate of the paper-config model)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        return bool(amx and amx())
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> "bf16" where the hardware has fast bf16, else "fp32"."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}")
-    if precision == "auto":
-        return "bf16" if fast_bf16(device) else "fp32"
-    return precision
-
-
-# ----------------------------------------------------------------------------- CPU threads
-
-
-@contextmanager
-def cpu_workers(queries: int, device: torch.device) -> Iterator[int]:
-    """How many batches to run at once, with the CPU's intra-op threads set for them.
-
-    On a CPU the model's ops are too small to keep several threads busy on one batch (they
-    wait for each other at every op), so each batch gets one thread and as many batches run
-    side by side as there were threads: measured 20-30% more queries/s than one batch on two
-    threads, for 500 paper-config queries on a 2-core machine; fp32 results are bit-identical.
-    A few queries (up to FEW) run on one thread alone (0.1 s for one paper-config query,
-    against 0.6 to 1.5 s on two threads of a busy machine). The thread count, and with it
-    OMP_NUM_THREADS, caps the workers; with OMP_NUM_THREADS set, a few queries keep it too."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or (queries <= FEW and "OMP_NUM_THREADS" in os.environ):
-        yield 1
-        return
-    torch.set_num_threads(1)  # intra-op threads of every thread, the workers' included
-    try:
-        yield 1 if queries <= FEW else min(threads, -(-queries // FEW))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reuse_freed_memory() -> None:
-    """Have glibc keep freed blocks of up to 256 MB for reuse. By default it hands large blocks
-    back to the OS at once, so every batch's activations fault their pages in again: measured
-    half of `fsan ground`'s page faults and system time for 500 paper-config queries. Only
-    this process is affected, and only on glibc; elsewhere this does nothing."""
-    import ctypes
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: larger blocks still come from mmap
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: free memory kept at the heap's top
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        pass

@@ -10,8 +10,8 @@ duration alone knows. The answer here is the segment with the highest
 
 where p is the share of train moments that fall on segment [s, e] of the N_v-clip grid
 (add-one smoothed over the N_v (N_v + 1) / 2 segments). A sharp map outweighs the prior; a
-flat one defers to it. The weight w is chosen on val at the end of `fsan train`, among
-WEIGHTS (0 included, so the prior is only used when it wins there), never on test, and stored
+flat one defers to it. The weight w is chosen on val at the end of `fsan train`
+(fsan_cli/train/span_prior_fit.py, 0 included, so the prior is only used when it wins there), never on test, and stored
 in the checkpoint with the prior; `fsan evaluate` shows the model with and without it.
 """
 
@@ -19,17 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from fsan_cli.core.checkpoint import settings_of
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.output import log, warn
+
 SMOOTHING = 1.0  # add-one: every segment keeps some prior mass
-# candidate weights, chosen on val; SC is a difference of cosine means (|SC| < 2) and log p
-# spans about -2 (the most common span) to -10 (a span never seen in 10,000 moments), so from
-# 1 on the prior decides nearly alone (an untrained model's val choice)
-WEIGHTS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -50,8 +49,6 @@ class SpanPrior:
         """The checkpoint's entry, checked: a square finite log-prior and a finite weight >= 0."""
         if not entry:
             return None
-        from fsan_cli.core.errors import FsanError
-
         try:
             log_prior = entry["log_prior"]
             log_prior = np.asarray(log_prior.numpy() if torch.is_tensor(log_prior) else log_prior, np.float32)
@@ -65,15 +62,11 @@ class SpanPrior:
                             "Answer without it (--no-span-prior), or train again")
         return prior
 
-
     @classmethod
     def in_checkpoint(cls, ckpt: dict[str, Any], path: Any, clips: int) -> SpanPrior | None:
         """The checkpoint's span prior where it is used (a weight > 0), else None; one that does
         not fit the model's N_v is said and left out, and so is said a checkpoint of a run that
         learns one but holds none (last.pt: fsan train stores the prior in best.pt)."""
-        from fsan_cli.core.checkpoint import settings_of
-        from fsan_cli.core.output import log, warn
-
         entry = ckpt.get("span_prior")
         if entry is None:
             if settings_of(ckpt).eval.span_prior and ckpt["data"].get("dataset") != "didemo":
@@ -110,66 +103,7 @@ def learn(queries: Sequence[Any], clips: int) -> tuple[np.ndarray, int]:
     return log_prior.astype(np.float32), len(rel)
 
 
-def objective(dataset: str, ious: np.ndarray) -> float:
-    """What the weight maximises on val: the mean of the dataset's R@1 figures (its IoU
-    thresholds) and mIoU, in percent: the table's top-1 columns, each counted once."""
-    from fsan_cli.evaluate.metrics import protocol
-
-    thresholds = protocol(dataset).get("thresholds", (0.3, 0.5, 0.7))
-    values = [100 * float((ious >= t).mean()) for t in thresholds] + [100 * float(ious.clip(0).mean())]
-    return float(np.mean(values))
-
-
-def choose(grid: np.ndarray, log_prior: np.ndarray, durations: np.ndarray, times: list, dataset: str,
-           weights: Sequence[float] = WEIGHTS) -> list[tuple[float, float]]:
-    """(w, val objective) of each weight: grid (Q, S) the queries' scores of the S valid
-    segments (row-major s <= e, as `valid_cells`), their durations and annotated times."""
-    from fsan_cli.evaluate.metrics import top1_iou
-
-    clips = log_prior.shape[0]
-    cells = valid_cells(clips)
-    prior = log_prior.reshape(-1)[cells]  # (S,)
-    s, e = cells // clips, cells % clips
-    out = []
-    for w in weights:  # a handful of candidates, each vectorised over the queries
-        best = np.argmax(grid + np.float32(w) * prior, axis=1)  # (Q,)
-        seconds = np.stack([s[best], e[best] + 1], 1) * (durations[:, None] / clips)
-        out.append((float(w), objective(dataset, top1_iou(seconds, times))))
-    return out
-
-
 def valid_cells(clips: int) -> np.ndarray:
     """Flat indices s * Nv + e of the valid segments s <= e, row-major."""
     s, e = np.triu_indices(clips)
     return s * clips + e
-
-
-def fit_checkpoint(path: Path, store: Any, device: torch.device, dataset: str | None = None) -> SpanPrior | None:
-    """Learn the span prior on the store's train split, choose its weight on val with the
-    checkpoint's model, and write both into the checkpoint (atomically). None, and the
-    checkpoint untouched, where there is no val split or no train moments, or for DiDeMo (its
-    protocol ranks all 21 segments; its own frequency prior is a baseline beside it)."""
-    from fsan_cli.core import checkpoint
-    from fsan_cli.predict.predictor import Predictor
-    from fsan_cli.train.loop import video_rows
-
-    dataset = dataset or store.manifest.get("dataset") or "custom"
-    train_q = store.splits.get("train") or []
-    val_q = [q for q in store.splits.get("val") or [] if q.times]  # the weight is scored on these
-    if dataset == "didemo" or not val_q or not train_q:
-        return None
-    predictor = Predictor.load(path, device)
-    predictor.span_prior = None  # the model's own scores
-    log_prior, moments = learn(train_q, predictor.clips)
-    if moments == 0:
-        return None
-    features = torch.from_numpy(np.asarray(store.features, dtype=np.float32)).to(device)
-    grid = predictor.segment_grid(features, video_rows(store, val_q), predictor.encode([q.query for q in val_q]))
-    durations = np.array([q.duration for q in val_q], np.float64)
-    choices = choose(grid, log_prior, durations, [q.times for q in val_q], dataset)
-    best = max(choices, key=lambda c: (c[1], -c[0]))  # ties: the smaller weight
-    prior = SpanPrior(log_prior, best[0], choices, moments)
-    ckpt = checkpoint.load(path)
-    ckpt["span_prior"] = prior.to_payload()
-    checkpoint.save(ckpt, path)
-    return prior

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as td
+from torch.nn.parallel import DistributedDataParallel
 
 from fsan_cli.core.errors import FsanError
 
@@ -63,7 +65,6 @@ class Dist:
         stream, as capturing DDP's backward requires."""
         if self.world == 1:
             return module
-        from torch.nn.parallel import DistributedDataParallel
 
         unused = mc.grounding == "mlp" or not mc.sap  # some parameters get no gradient
         ids = [device.index] if device.type == "cuda" else None
@@ -86,7 +87,6 @@ class Dist:
     def _all_reduce(self, x: torch.Tensor, op: str) -> torch.Tensor:
         if self.world == 1:
             return x
-        import torch.distributed as td
 
         x = x.clone()
         td.all_reduce(x, op=getattr(td.ReduceOp, op))
@@ -96,7 +96,6 @@ class Dist:
         """Every rank's `obj`, in rank order, on every rank (a list of one without torchrun)."""
         if self.world == 1:
             return [obj]
-        import torch.distributed as td
 
         out = [None] * self.world
         td.all_gather_object(out, obj)
@@ -104,8 +103,6 @@ class Dist:
 
     def barrier(self) -> None:
         if self.world > 1:
-            import torch.distributed as td
-
             td.barrier()
 
 
@@ -118,7 +115,6 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group torchrun set up: NCCL on CUDA (cuda:LOCAL_RANK), gloo on CPU."""
     if not launched():
         return Dist(), device
-    import torch.distributed as td
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
@@ -136,8 +132,5 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
 
 
 def shutdown() -> None:
-    if launched():
-        import torch.distributed as td
-
-        if td.is_initialized():
-            td.destroy_process_group()
+    if launched() and td.is_initialized():
+        td.destroy_process_group()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,19 @@ import torch
 
 from fsan_cli.core import checkpoint
 from fsan_cli.core.atomic import atomic_write_text
-from fsan_cli.train.cuda_graph import CapturedStep, use_cuda_graph
-from fsan_cli.data.store import Query, Store
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.memory import memory_error, out_of_memory, piece_that_fits
+from fsan_cli.core.output import log, training_progress
+from fsan_cli.core.settings import Settings
+from fsan_cli.data.store import Store, video_rows
 from fsan_cli.evaluate.metrics import top1_iou
-from fsan_cli.core.output import log
 from fsan_cli.predict.predictor import Predictor
+from fsan_cli.train import span_prior_fit
+from fsan_cli.train.cuda_graph import CapturedStep, use_cuda_graph
+from fsan_cli.train.distributed import Dist
+from fsan_cli.train.resident import TrainingData, training_data
 from fsan_cli.train.resume import LoopState, restore_run, save_last
 from fsan_cli.train.runs import remove_run_files, start_run_folder, write_failure
-from fsan_cli.core.settings import Settings
 from fsan_cli.train.step import (
     accumulate,
     lr_at,
@@ -37,8 +40,6 @@ from fsan_cli.train.step import (
     set_lr,
 )
 from fsan_cli.train.step_options import MasterWeights, describe, training_pass
-from fsan_cli.core.text import WordSource, encode_texts, tokenize
-from models.config import FSANConfig
 from models.fsan import FSAN
 from models.segments import segments_to_seconds
 
@@ -54,79 +55,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-@dataclass
-class TrainingData:
-    features: torch.Tensor  # (n_videos, Nv, D) on the device (bf16 on CUDA)
-    tokens: torch.Tensor  # (Q, Ns) train queries on the device
-    vids: torch.Tensor  # (Q,) their feature rows
-    val_queries: list[Query] = field(default_factory=list)  # chooses the best epoch
-    words: WordSource | None = None  # embeds val words outside the vocabulary, as evaluate will
-
-
-def video_rows(store: Store, queries: list[Query]) -> np.ndarray:
-    """(Q,) the store's feature row of each query's video; checks videos and durations."""
-    index = store.video_index
-    missing = [q.video for q in queries if q.video not in index]
-    if missing:
-        raise FsanError(
-            f"{len(missing)} queries name videos missing from the store (first: {missing[0]})",
-            "Run `fsan prepare` again",
-        )
-    bad = [i for i, q in enumerate(queries) if not (math.isfinite(q.duration) and q.duration > 0)]
-    if bad:
-        q = queries[bad[0]]
-        raise FsanError(
-            f"{len(bad)} queries have a duration that is not a positive number of seconds "
-            f"(first: video {q.video}, duration {q.duration})",
-            "Fix the annotations and run `fsan prepare` again",
-        )
-    return np.array([index[q.video] for q in queries], np.int64)
-
-
-def check_finite_features(store: Store, features: torch.Tensor) -> None:
-    bad = (~torch.isfinite(features.float())).flatten(1).any(1)  # (n_videos,)
-    if bool(bad.any()):
-        names = [store.videos[i]["video"] for i in bad.nonzero()[:, 0].tolist()]
-        raise FsanError(
-            f"the features of {len(names)} videos in {store.path} hold NaN or infinite values "
-            f"(first: {', '.join(names[:3])})",
-            "Fix the feature file and run `fsan prepare` again",
-        )
-
-
-def training_data(mc: FSANConfig, store: Store, device: torch.device) -> TrainingData:
-    """Check the store against the settings, then put the train split on the device."""
-    if mc.clips != store.clips:
-        raise FsanError(
-            f"data.clips={mc.clips} but the data at {store.path} was prepared with {store.clips} clips",
-            f"Pass --set data.clips={store.clips}, or prepare again with --clips {mc.clips}",
-        )
-    train_q = store.split("train")
-    val_q = [q for q in store.splits.get("val") or [] if q.times]  # only annotated queries can select
-    if not train_q:
-        raise FsanError(f"the train split at {store.path} is empty", "Prepare the data again")
-    vids = torch.from_numpy(video_rows(store, train_q)).to(device)
-    video_rows(store, val_q)
-    word_to_id = {w: i for i, w in enumerate(store.vocab)}
-    tokens = torch.from_numpy(encode_texts([q.query for q in train_q], word_to_id, mc.max_tokens))
-    feat_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    features = torch.from_numpy(np.asarray(store.features)).to(device=device, dtype=feat_dtype)
-    check_finite_features(store, features)
-    return TrainingData(features, tokens.to(device), vids, val_q, val_words(store, val_q, mc.max_tokens))
-
-
-def val_words(store: Store, val_q: list[Query], max_tokens: int) -> WordSource | None:
-    """The store's word vectors, with the val queries' words outside the vocabulary looked up
-    now: validation then embeds them as `fsan evaluate` and `fsan ground` will with the
-    checkpoint, and a source that changed since `fsan prepare` stops training before it starts."""
-    words = WordSource.of(checkpoint.word_vectors_of(store), store.vocab, f"the data at {store.path}",
-                          redo="run `fsan prepare` again with these vectors")
-    if words is not None:
-        known = set(store.vocab)
-        words.lookup(sorted({w for q in val_q for w in tokenize(q.query)[:max_tokens] if w not in known}))
-    return words
 
 
 @dataclass
@@ -178,7 +106,6 @@ def train(
     promote: called once the first last.pt is saved, returns the folder to write to from then on
     (a run built beside the one it replaces moves into its place: runs.RunFolder).
     """
-    from fsan_cli.train.distributed import Dist
 
     dist = dist or Dist()
     tc = cfg.train
@@ -245,11 +172,10 @@ def train(
 def fit_span_prior(run: Run, progress: bool) -> None:
     """eval.span_prior: learn the span prior on train, choose its weight on val with best.pt's
     model, and store both in best.pt (fsan_cli/predict/span_prior.py); said on stderr."""
-    from fsan_cli.predict import span_prior
 
     if not run.cfg.eval.span_prior or not (run.out_dir / "best.pt").is_file():
         return
-    prior = span_prior.fit_checkpoint(run.out_dir / "best.pt", run.store, run.device)
+    prior = span_prior_fit.fit_checkpoint(run.out_dir / "best.pt", run.store, run.device)
     if not progress:
         return
     if prior is None:
@@ -266,7 +192,6 @@ def fit_span_prior(run: Run, progress: bool) -> None:
 def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
     """The epoch loop from wherever `state` stands; saves last.pt at each epoch end and every
     train.checkpoint_every steps, best.pt when val improves."""
-    from fsan_cli.core.output import training_progress
 
     tc = run.cfg.train
     n, bs = run.data.tokens.shape[0], tc.batch_size
@@ -408,7 +333,8 @@ def validate(run: Run) -> dict[str, float]:
     predicted by the same Predictor as `fsan evaluate`."""
     store, queries, nv = run.store, run.data.val_queries, run.model.cfg.clips
     data = {"clips": nv, "feature_dim": store.feature_dim, "dataset": store.manifest.get("dataset")}
-    predictor = Predictor(run.model, store.vocab, data, run.cfg.eval.nms, run.device, words=run.data.words)
+    predictor = Predictor(run.model, store.vocab, data, run.cfg.eval.nms, run.device, words=run.data.words,
+                          tokenizer=checkpoint.tokenizer_of_store(store))
     ids = predictor.encode([q.query for q in queries])
     out = predictor.predict(run.data.features, video_rows(store, queries), ids, 1)
     durations = torch.tensor([q.duration for q in queries], dtype=torch.float64)

@@ -9,11 +9,18 @@ the same settings is resumed (a finished one only scored), so finished seeds are
 from __future__ import annotations
 
 import statistics
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from fsan_cli.core.errors import FsanError
+from fsan_cli.core.output import log, print_json, stdout_console
+from fsan_cli.core.settings import Settings
+from fsan_cli.evaluate.evaluation import evaluate_split
 from fsan_cli.evaluate.metrics import metric_keys
+from fsan_cli.evaluate.report import results_table
+from fsan_cli.train import fit
+from fsan_cli.train.runs import check_out
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -43,10 +50,6 @@ def spread(dataset: str, runs: list[dict[str, float]]) -> tuple[dict[str, float]
 def plan_folders(out: Path, seeds: list[int], cfg: Any, overwrite: bool) -> list[bool]:
     """Check every seed's folder before the first run starts; for each, whether it holds a run
     of these settings to continue (kept unless --overwrite)."""
-    import tomllib
-
-    from fsan_cli.train import runs
-    from fsan_cli.core.settings import Settings
 
     resume = []
     for seed in seeds:
@@ -61,7 +64,7 @@ def plan_folders(out: Path, seeds: list[int], cfg: Any, overwrite: bool) -> list
                                 "Pass --overwrite to replace it, or choose another --out")
             resume.append(True)
             continue
-        runs.check_out(folder, overwrite)
+        check_out(folder, overwrite)
         resume.append(False)
     return resume
 
@@ -70,9 +73,6 @@ def train_seeds(dataset: str, cfg: Any, store: Any, out: Path, seeds: list[int],
                 device: Any, compile_: bool, overwrite: bool, as_json: bool) -> dict[str, Any] | None:
     """Train (or continue) and test once per seed into out/seed<N>; the runs' test metrics,
     their mean and spread, and the baselines (None on the other ranks of torchrun)."""
-    from fsan_cli.train import runs
-    from fsan_cli.evaluate.evaluation import evaluate_split
-    from fsan_cli.core.output import log
 
     done, last = [], None
     again = "Run the same command again to continue: finished seeds are kept."
@@ -80,7 +80,7 @@ def train_seeds(dataset: str, cfg: Any, store: Any, out: Path, seeds: list[int],
         folder = out / f"seed{seed}"
         if kept:
             log(f"Continuing seed {seed} in {folder} (a run of these settings)")
-        summary = runs.fit(cfg.replace("train.seed", seed), store, folder, device, kept, compile_,
+        summary = fit.fit(cfg.replace("train.seed", seed), store, folder, device, kept, compile_,
                            overwrite and not kept, again)
         if summary is None:
             return None
@@ -88,7 +88,7 @@ def train_seeds(dataset: str, cfg: Any, store: Any, out: Path, seeds: list[int],
             last = evaluate_split(dataset, store, "test", checkpoint=folder / "best.pt", top_k=cfg.eval.top_k,
                                   seed=cfg.train.seed, device=summary["device"], with_baselines=not as_json)
         except KeyboardInterrupt:
-            raise runs.ScoringInterrupted(folder) from None
+            raise fit.ScoringInterrupted(folder) from None
         own = last.metrics if last.without_prior is None else last.without_prior
         done.append({"seed": seed, "run": str(folder), "best_epoch": summary["best_epoch"],
                      "metrics": last.metrics, "without_span_prior": own, "span_prior_weight": last.prior_weight or 0.0})
@@ -98,9 +98,6 @@ def train_seeds(dataset: str, cfg: Any, store: Any, out: Path, seeds: list[int],
 
 
 def show_seeds(dataset: str, result: dict[str, Any], as_json: bool) -> None:
-    from fsan_cli.core.output import print_json, stdout_console
-    from fsan_cli.evaluate.report import results_table
-
     keys = metric_keys(dataset)
     runs, n = result["runs"], len(result["runs"])
 

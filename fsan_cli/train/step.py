@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from fsan_cli.core.settings import TrainSettings
+from fsan_cli.train.resident import TrainingData
 from models.fsan import FSAN
 from models.losses import fsan_losses, negative_token_mask
-
-if TYPE_CHECKING:
-    from fsan_cli.train.loop import TrainingData
 
 
 class TrainingPass(torch.nn.Module):

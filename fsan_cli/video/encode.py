@@ -18,6 +18,7 @@ a 3-hour video at 512-d: 44 MB).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -27,8 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fsan_cli.core.errors import FsanError
+from fsan_cli.core.state import STATE
 from fsan_cli.video.record import KIND
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -45,8 +48,6 @@ EXTRA = "pip install -e '.[video]' (PyAV and transformers)"
 
 def require_extra(what: str) -> None:
     """PyAV and transformers are importable, else one FsanError naming the extra."""
-    import importlib.util
-
     absent = [m for m in ("av", "transformers") if importlib.util.find_spec(m) is None]
     if absent:
         raise FsanError(
@@ -78,8 +79,6 @@ def preprocess(
     frames: torch.Tensor, size: int, mean: list[float], std: list[float]
 ) -> torch.Tensor:
     """CLIP's preprocessing of (N, H, W, 3) uint8 frames: (N, 3, size, size) float32."""
-    import torch.nn.functional as F
-
     x = frames.permute(0, 3, 1, 2).float()  # (N, 3, H, W), 0..255
     h, w = x.shape[-2:]
     scale = size / min(h, w)
@@ -109,10 +108,10 @@ def load_encoder(model: str, weights: Path | None, device: torch.device, fps: fl
     """The CLIP vision model `model` (a Hugging Face id, from its cache or downloaded) or the
     folder `weights` (saved with save_pretrained), on `device`; its extractor record."""
     require_extra("Extracting features from videos")
-    from transformers import CLIPVisionModelWithProjection
-    from transformers.utils import logging as hf_logging
-
-    from fsan_cli.core.state import STATE
+    from transformers import (
+        CLIPVisionModelWithProjection,  # the optional [video] extra; seconds to load
+    )
+    from transformers.utils import logging as hf_logging  # the optional [video] extra
 
     if STATE.verbose == 0:
         hf_logging.set_verbosity_error()
@@ -177,7 +176,7 @@ def _normalisation(source: str) -> tuple[list[float], list[float]]:
     path = Path(source) / "preprocessor_config.json"
     if not path.is_file():
         try:
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import hf_hub_download  # comes with transformers ([video] extra)
 
             path = Path(hf_hub_download(source, "preprocessor_config.json"))
         except Exception:  # noqa: BLE001 - offline, a folder without one: CLIP's values
@@ -198,7 +197,7 @@ class Frames:
     container's duration) for progress."""
 
     def __init__(self, path: Path, fps: float, batch: int) -> None:
-        import av
+        import av  # the optional [video] extra (PyAV)
 
         self.path, self.fps, self.batch = Path(path), float(fps), int(batch)
         self.duration: float | None = None
@@ -215,7 +214,7 @@ class Frames:
         self.expected = max(1, math.ceil(seconds * self.fps - 1e-6))
 
     def chunks(self) -> Iterator[np.ndarray]:
-        import av
+        import av  # the optional [video] extra (PyAV)
 
         try:
             yield from self._chunks()

@@ -23,12 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
-from fsan_cli.video import record as extractor
+from fsan_cli.core import checkpoint
 from fsan_cli.core.atomic import SUFFIX, _umask
 from fsan_cli.core.errors import FsanError, write_error
-from fsan_cli.core.output import log, warn
+from fsan_cli.core.output import log, video_progress, warn
+from fsan_cli.video import record as extractor
+from fsan_cli.video.encode import extract_video, load_encoder, require_extra
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".wmv",
                   ".flv", ".ts", ".3gp", ".ogv"}  # fmt: skip
@@ -67,7 +70,6 @@ def find_videos(paths: Sequence[Path]) -> dict[str, Path]:
 def is_video_file(path: Path) -> bool:
     """Whether `fsan ground` reads `path` as a video: not an HDF5 file, and a video suffix or
     (without an HDF5 suffix) a file PyAV opens."""
-    import h5py
 
     path = Path(path)
     if not path.is_file() or h5py.is_hdf5(path):
@@ -78,7 +80,7 @@ def is_video_file(path: Path) -> bool:
     if suffix in HDF5_SUFFIXES:
         return False
     try:
-        import av
+        import av  # the optional [video] extra (PyAV)
 
         with av.open(str(path)) as container:
             return bool(container.streams.video)
@@ -102,7 +104,6 @@ def _write_h5(
 ) -> None:
     """Write `videos` ({id: (rows, attrs)}) and every dataset of the files `copy_from` into a
     temporary file beside `path`, fsync, rename over it."""
-    import h5py
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
@@ -131,8 +132,6 @@ def _write_h5(
 
 def _done(out: Path) -> dict[str, dict[str, Any] | None]:
     """{video: extractor record} of the videos in the output and in its parts folder."""
-    import h5py
-
     done: dict[str, dict[str, Any] | None] = {}
     files = sorted(_parts_dir(out).glob("*.h5")) if _parts_dir(out).is_dir() else []
     if out.exists():
@@ -167,8 +166,6 @@ def extract_files(
 ) -> dict[str, Any]:
     """Extract every video of `paths` not yet in `out`; the summary: out, extractor, videos
     [{video, file, status, rows, duration}], failed [{video, file, reason}], seconds."""
-    from fsan_cli.core.output import video_progress
-    from fsan_cli.video.encode import extract_video, load_encoder
 
     out = Path(out)
     if not out.parent.is_dir():
@@ -237,8 +234,6 @@ def extract_files(
 def features_for_ground(video: Path, ckpt_path: Path, weights: Path | None, device: Any) -> Path:
     """The HDF5 features of `video` as the checkpoint's extractor gives them: from the cache
     (extractor.cache_dir) or extracted into it now. A checkpoint of other features is refused."""
-    from fsan_cli.core import checkpoint
-    from fsan_cli.video.encode import extract_video, load_encoder, require_extra
 
     ckpt = checkpoint.load(ckpt_path)
     record = ckpt.get("extractor")

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from fsan_cli.core.errors import FsanError
@@ -103,7 +104,6 @@ def describe(record: Mapping[str, Any] | None) -> str:
 def of_datasets(path: Path, names: Iterable[str]) -> dict[str, Any] | None:
     """The one extractor of the datasets `names` in the HDF5 file `path` (None where none has a
     record); videos of different extractors, or some with and some without, are an error."""
-    import h5py
 
     found: dict[str, Any] | None = None
     first = None

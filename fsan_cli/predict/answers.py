@@ -1,0 +1,89 @@
+"""What the Predictor answers: ranked segments and their seconds, the span prior's weight that
+ranked them, and the one place where an answer becomes a predictions JSONL line (DESIGN.md).
+
+A prior-aware line names what each list is: "moments" are the answers (SC + w log p), and
+"model_moments" the model's own (SC alone); "span_prior" holds the weight w and whether it
+changed the top-1 answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Predictions:
+    """Answers for Q queries, in the order asked."""
+
+    segments: np.ndarray  # (Q, k, 2) clip ids, inclusive
+    scores: np.ndarray  # (Q, k) SC of each (plus the weighted span prior, when it is used)
+    maps: list[np.ndarray] | None  # per query (its tokens, N_v) alignment map P, when asked
+    score_maps: list[np.ndarray] | None = None  # and the map SC reads (eq. 8; e.g. P centred)
+    changed: np.ndarray | None = None  # (Q,) the span prior changed the top-1 answer
+    plain: Predictions | None = None  # the model's own answers, without the span prior
+
+
+@dataclass
+class Answers:
+    """What `Predictor.answer` found for Q queries, and their predictions rows."""
+
+    predictions: Predictions
+    seconds: np.ndarray  # (Q, k, 2)
+    ranked: bool  # every segment ranked (DiDeMo's protocol), without NMS
+    nms: float | None
+    plain_seconds: np.ndarray | None = None  # (Q, k, 2) the model's own, without the span prior
+    prior_weight: float | None = None  # w of the span prior that ranked these answers, else None
+
+    @property
+    def changed_share(self) -> float | None:
+        """Percent of the queries whose top-1 answer the span prior moved (None without one)."""
+        changed = self.predictions.changed
+        return None if changed is None or not len(changed) else 100 * float(changed.mean())
+
+    def row(self, i: int, video: str, query: str, duration: float, top_k: int,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Query i's predictions JSONL line; a ranked one with all its segments; `extra` fields
+        (e.g. DiDeMo's annotation_id) come after the answer's own."""
+        p = self.predictions
+        row = row_of(video, query, duration, self.seconds[i][:top_k], p.scores[i][:top_k], self.nms)
+        if self.ranked:
+            row["segments"] = p.segments[i].tolist()
+        row.update(extra or {})
+        if self.prior_weight is not None and self.plain_seconds is not None and p.plain is not None:
+            own = row_of(video, query, duration, self.plain_seconds[i][:top_k], p.plain.scores[i][:top_k], None)
+            row["span_prior"] = {"weight": self.prior_weight, "changed": bool(p.changed[i])}
+            row["model_moments"] = own["moments"]
+        return row
+
+    def rows(self, queries: list[Any], top_k: int) -> list[dict[str, Any]]:
+        """The lines of a prepared split's queries (data.store.Query), in their order."""
+        return [self.row(i, q.video, q.query, q.duration, top_k,
+                         {"annotation_id": q.extra.get("annotation_id")} if self.ranked else None)
+                for i, q in enumerate(queries)]
+
+
+@dataclass
+class Grounding:
+    query: str
+    tokens: list[str]  # the words the model read (truncated to max_tokens)
+    unknown: list[str]  # of those, the words read as <unk>
+    segments: np.ndarray  # (k, 2) clip ids, inclusive
+    moments: np.ndarray  # (k, 2) seconds
+    scores: np.ndarray  # (k,)
+    alignment_map: np.ndarray  # (len(tokens), N_v) cosine
+    score_map: np.ndarray | None = None  # the map the segment scores read (align.sc_map of P)
+    sc_map: str = "p"  # which: "p", "p_hat" or "centered"
+    prior_weight: float | None = None  # w of the span prior in use, else None
+    prior_changed: bool = False  # the span prior moved the top-1 answer
+    model_top: tuple[np.ndarray, np.ndarray, float] | None = None  # the model's own top-1 (clips, seconds, SC)
+
+
+def row_of(video: str, query: str, duration: float, seconds: np.ndarray, scores: np.ndarray,
+           nms: float | None) -> dict[str, Any]:
+    """One predictions JSONL line (DESIGN.md): moments best first, rounded for the file."""
+    moments = [[round(float(s), 3), round(float(e), 3), round(float(c), 5)]
+               for (s, e), c in zip(seconds, scores, strict=True)]
+    return {"video": video, "query": query, "duration": duration, "moments": moments, "nms": nms}
