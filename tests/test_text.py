@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from fsan_cli.core.errors import FsanError
-from fsan_cli.core.text import PAD, UNK, build_vocab, encode, load_word_vectors, tokenize
+from fsan_cli.core.text import PAD, TOKENIZER, UNK, build_vocab, encode, load_word_vectors, tokenize
 
 
 def test_tokenize_lowercases_drops_punctuation_keeps_inner_apostrophes():
-    assert tokenize("A person's Phone, off the DESK!") == ["a", "person's", "phone", "off", "the", "desk"]
+    assert tokenize("A person's Phone, off the DESK!", 1) == ["a", "person's", "phone", "off", "the", "desk"]
+    assert tokenize("A person's Phone, off the DESK!") == ["a", "person", "'s", "phone", "off", "the", "desk"]
+    assert tokenize("at 5 o'clock") == ["at", "5", "o'clock"]  # clitics split (test_tokenizer.py)
     assert tokenize("café_x über 3 times") == ["café", "x", "über", "3", "times"]
     assert tokenize("  ,;  ") == []
 
@@ -52,5 +54,5 @@ def test_vocabulary_oov_and_encoding():
     assert set(vocab[2:]) == {"a", "man", "opens", "door"}
     assert not matrix[:2].any() and matrix.shape == (6, 50)
     assert stats["oov_tokens"] == 2 and stats["oov_rate"] == pytest.approx(25.0)
-    ids = encode("a zzqx door", {w: i for i, w in enumerate(vocab)}, max_tokens=2)
+    ids = encode("a zzqx door", {w: i for i, w in enumerate(vocab)}, max_tokens=2, version=TOKENIZER)
     assert ids == [vocab.index("a"), 1]

@@ -3,7 +3,8 @@
 Layout of `data/<dataset>/` (format version 1):
 
     manifest.json   dataset, format_version, clips (N_v), feature_dim, normalize, pca,
-                    word_vectors {source, dim, sha256} (text.vectors_record), splits {name: n_queries}, inputs [...], summary
+                    word_vectors {source, dim, sha256} (text.vectors_record), tokenizer (text.TOKENIZER;
+                    absent in older stores: 1), splits {name: n_queries}, inputs [...], summary
     features.npy    float32 (n_videos, clips, feature_dim): clip features pooled to N_v
     videos.jsonl    one line per row of features.npy: {"video", "duration", "rows"}
     vocab.txt       one word a line; line 0 is <pad>, line 1 is <unk>
