@@ -305,6 +305,6 @@ def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[
     if unknown:
         whole = [w for w in unknown if predictor.tokenizer < TOKENIZER and tokenize(w) != [w]]
         warn(f"not in the model's vocabulary, read as {UNK}: {', '.join(unknown[:20])}"
-             + (f" ({whole[0]} and the like are one word to the tokenizer of this checkpoint, of an "
+             + (f" (\"{whole[0]}\" and the like are one word to the tokenizer of this checkpoint, of an "
                 "older fsan; prepare the data and train again with this fsan to split them as "
                 "GloVe does)" if whole else ""))
