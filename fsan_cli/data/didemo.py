@@ -20,7 +20,7 @@ from typing import Any
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.text import normalize_query
 from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file
-from fsan_cli.data.features import FeatureLayout
+from fsan_cli.data.features import FeatureLayout, video_keys
 from fsan_cli.data.store import Query
 
 CHUNK_SECONDS = 5.0
@@ -30,14 +30,9 @@ SPLIT_FILES = {s: (f"{s}_data.json",) for s in ("train", "val", "test")}
 FIELDS = {"annotation_id", "description", "video", "times"}
 
 
-def _aliases(video: str) -> list[str]:
-    stem = video.rsplit(".", 1)[0]
-    return [video] if stem == video else [video, stem]
-
-
 LAYOUT = FeatureLayout(
     description="one (6, 4096) dataset per video keyed by its file name, as in average_fc7.h5",
-    aliases=_aliases,
+    aliases=video_keys,
 )
 
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from fsan_cli.core.atomic import atomic_write
@@ -83,8 +84,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _write_h5(fh: io.BytesIO, features: np.ndarray, attrs: dict[str, Any]) -> None:
-    import h5py
-
     with h5py.File(fh, "w") as h5:
         h5.create_dataset("features", data=features)
         for key, value in attrs.items():

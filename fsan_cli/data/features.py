@@ -224,6 +224,32 @@ def _describe(obj) -> str:
     return f"a group with members [{shown}]"
 
 
+def video_keys(video: str) -> list[str]:
+    """The keys a video may have in a feature file, best first: its id, ActivityNet's id with or
+    without `v_`, DiDeMo's file name without its extension."""
+    names = [video, video[2:] if video.startswith("v_") else f"v_{video}"]
+    if "." in video:
+        names.append(video.rsplit(".", 1)[0])
+    return names
+
+
+def feature_matrix(obj, where: str, expected: str, fix: str, members: Sequence[str] = ()) -> h5py.Dataset:
+    """The (T, D) numeric dataset that `obj` (an HDF5 dataset or group) is, or holds: a group's
+    first of `members` present, else its only dataset. Anything else is an error naming what was
+    found at its path in `where` (the file), the `expected` layout and the `fix`."""
+    if isinstance(obj, h5py.Group):
+        inner = [obj[m] for m in members if isinstance(obj.get(m), h5py.Dataset)][:1]
+        inner = inner or [v for v in obj.values() if isinstance(v, h5py.Dataset)]
+        if len(inner) != 1:
+            raise FsanError(f"unexpected layout in {where}: expected {expected}; found at '{obj.name}' "
+                            f"{_describe(obj)}", fix)
+        obj = inner[0]
+    if len(obj.shape) != 2 or obj.dtype.kind not in "fiu":
+        raise FsanError(f"unexpected layout in {where}: expected {expected}; '{obj.name}' holds {obj.dtype} "
+                        f"values of shape {obj.shape}, not a (T, D) matrix of clip features", fix)
+    return obj
+
+
 def _fast_locate(h5, video: str, layout: FeatureLayout) -> Located | None:
     """The expected layout through the low-level API (about 5x faster than h5py's objects)."""
     key = layout.aliases(video)[0]
@@ -249,29 +275,9 @@ def _locate(h5, video: str, layout: FeatureLayout) -> Located | None:
         obj = h5.get(key)
         if obj is None:
             continue
-        if isinstance(obj, h5py.Group):
-            if layout.member is not None and layout.member in obj:
-                obj = obj[layout.member]
-            else:
-                datasets = [v for v in obj.values() if isinstance(v, h5py.Dataset)]
-                if len(datasets) != 1:
-                    raise FsanError(
-                        f"unexpected layout in {h5.filename}: expected {layout.description}; "
-                        f"found at '{key}' {_describe(obj)}",
-                        "Pass the feature file in the layout described in docs/datasets.md",
-                    )
-                obj = datasets[0]
-        if not isinstance(obj, h5py.Dataset) or len(obj.shape) != 2:
-            raise FsanError(
-                f"unexpected layout in {h5.filename}: expected {layout.description}; "
-                f"found at '{obj.name}' {_describe(obj)}",
-                "Pass a file with one (T, D) matrix per video (see docs/datasets.md)",
-            )
-        if obj.dtype.kind not in "fiu":
-            raise FsanError(
-                f"{h5.filename}: '{obj.name}' holds {obj.dtype} values, not numbers",
-                "Pass a file of numeric clip features",
-            )
+        obj = feature_matrix(obj, h5.filename, layout.description,
+                             "Pass a file with one (T, D) matrix per video (see docs/datasets.md)",
+                             [layout.member] if layout.member else ())
         plist = obj.id.get_create_plist()
         raw = plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_nfilters() == 0
         offset = obj.id.get_offset() if raw else None

@@ -30,6 +30,7 @@ from fsan_cli.core.errors import FsanError
 from fsan_cli.core.memory import check_fits
 from fsan_cli.core.output import count_progress, log, warn
 from fsan_cli.core.text import TOKENIZER, UNK, tokenize
+from fsan_cli.data.features import feature_matrix, video_keys
 from fsan_cli.data.store import load_store, store_exists
 from fsan_cli.ground.requests import Request
 from fsan_cli.predict.answers import Grounding
@@ -93,14 +94,14 @@ def _pick(h5, path: Path, video_id: str | None):
     """(dataset, video id, whether the file holds only this video)."""
     if isinstance(h5.get("features"), h5py.Dataset):  # our layout: one video per file
         own = _text_attr(h5.attrs.get("video"))
-        if video_id is not None and own is not None and own not in _aliases(video_id):
+        if video_id is not None and own is not None and own not in video_keys(video_id):
             raise FsanError(f"video '{video_id}' is not in {path}: it holds the one video '{own}'",
                             f"Name '{own}', or ground '{video_id}' with its own file")
         label = video_id or own or path.stem
         return _matrix(h5["features"], path), label, True
     keys = list(h5.keys())
     if video_id is not None:
-        for key in _aliases(video_id):
+        for key in video_keys(video_id):
             if key in h5:
                 return _matrix(h5[key], path), key, len(keys) == 1
         raise FsanError(
@@ -117,33 +118,9 @@ def _pick(h5, path: Path, video_id: str | None):
     return _matrix(h5[keys[0]], path), keys[0], True
 
 
-def _aliases(video: str) -> list[str]:
-    """ActivityNet ids with or without `v_`; DiDeMo keys with or without the file extension."""
-    names = [video, video[2:] if video.startswith("v_") else f"v_{video}"]
-    if "." in video:
-        names.append(video.rsplit(".", 1)[0])
-    return names
-
-
 def _matrix(obj, path: Path):
     """The (T, D) numeric dataset `obj` is, or holds."""
-    if isinstance(obj, h5py.Group):
-        inner = [obj[m] for m in MEMBERS if isinstance(obj.get(m), h5py.Dataset)]
-        inner = inner or [v for v in obj.values() if isinstance(v, h5py.Dataset)]
-        if len(inner) != 1:
-            raise FsanError(
-                f"'{obj.name}' in {path} is a group with members {list(obj.keys())[:5]}, "
-                "not one (T, D) feature matrix",
-                LAYOUT_HELP,
-            )
-        obj = inner[0]
-    if len(obj.shape) != 2 or obj.dtype.kind not in "fiu":
-        raise FsanError(
-            f"'{obj.name}' in {path} holds {obj.dtype} values of shape {obj.shape}, "
-            "not a (T, D) matrix of clip features",
-            LAYOUT_HELP,
-        )
-    return obj
+    return feature_matrix(obj, str(path), "one (T, D) feature matrix per video", LAYOUT_HELP, MEMBERS)
 
 
 def _text_attr(value: Any) -> str | None:
@@ -197,7 +174,7 @@ def durations(videos: dict[str | None, Video], requests: Sequence[Request], keys
         seconds = seconds if seconds is not None else video.duration
         if seconds is None and dataset is not None:
             store = _store_durations(dataset, data_dir) if store is None else store
-            seconds = next((store[a] for a in _aliases(video.video) if a in store), None)
+            seconds = next((store[a] for a in video_keys(video.video) if a in store), None)
         if seconds is None and dataset == "didemo":
             seconds = DIDEMO_SECONDS
         if seconds is None:
