@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, tiny_synthetic
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,23 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A data folder holding the tiny synthetic store (data_dir / "synthetic"), one per test module:
+    tests may train into it or add stores beside it. A module's own `data_dir` replaces it."""
+    root = tmp_path_factory.mktemp("data")
+    tiny_synthetic(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(data_dir):
+    """The tiny synthetic store of `data_dir`, loaded."""
+    from fsan_cli.data.store import load_store
+
+    return load_store(data_dir / "synthetic")
 
 
 @pytest.fixture(autouse=True)

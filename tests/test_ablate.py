@@ -19,29 +19,17 @@ from fsan_cli.app import app
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.settings import load_settings, parse_value
 from fsan_cli.core.text import encode_texts
-from fsan_cli.data.store import load_store, video_rows
+from fsan_cli.data.store import video_rows
 from fsan_cli.evaluate.metrics import metric_keys
 from fsan_cli.train import loop as training
 from fsan_cli.train.step import training_step
 from models.fsan import FSAN
-from tests.helpers import tiny_synthetic
+from tests.helpers import TINY_MODEL
 
-TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=1"]
+TINY = [*TINY_MODEL, "train.epochs=1"]
 TINY_ARGS = [a for s in TINY for a in ("--set", s)]
 KEYS = metric_keys("synthetic")
 TABLE4 = ["no_grounding", "no_sap_loss", "no_cross_attention", "no_inner_attention", "full"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    tiny_synthetic(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def store(data_dir):
-    return load_store(data_dir / "synthetic")
 
 
 def fsan_ablate(data_dir: Path, out: Path, *args: str):
@@ -269,7 +257,17 @@ def test_table4_json_then_resume_with_csv(data_dir, tmp_path):
     assert fourth.exit_code == 0
     assert "ablations (layout of the paper's Table 4)" in fourth.stdout
     assert "w/o loss on SAP: only L^t trains" in fourth.stdout
-    assert "the paper's direction" in fourth.stdout or "opposite to the paper" in fourth.stdout
+    # each row's note tells the way its own numbers go (one epoch of 30 videos: the full model has
+    # not learned to ground, so the way is noise here; tests/test_training.py asserts the paper's
+    # direction where it is reliable)
+    said = " ".join(fourth.stdout.split())
+    by = {r["variant"]: r["miou"] for r in rows}
+    for name in TABLE4[:-1]:
+        delta = by[name] - by["full"]
+        paper = ablation.PAPER_METRICS[name]["miou"] - ablation.PAPER_METRICS["full"]["miou"]
+        way = ("no change" if delta == 0 else  # no_sap_loss: 2 steps, the SAP weight still 0
+               "the paper's direction" if (delta < 0) == (paper < 0) else "opposite to the paper")
+        assert f"mIoU {delta:+.2f} vs the full model (paper {paper:+.2f}): {way}." in said, name
     assert "training" not in fourth.stderr
 
 

@@ -6,7 +6,6 @@ only the settings' checks and the learning-rate plumbing run."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,18 +19,10 @@ from fsan_cli.train.cuda_graph import use_cuda_graph
 from fsan_cli.train.distributed import Dist
 from fsan_cli.train.step import TrainingPass, make_optimizer, ready_optimizer, set_lr
 from models.fsan import FSAN
-from tests.helpers import tiny_synthetic
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SMALL = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.align_dim=16",
          "data.clips=16", "train.batch_size=8"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("graphcli")
-    tiny_synthetic(root)
-    return root
 
 
 def test_cpu_training_is_never_captured(data_dir, tmp_path, monkeypatch):

@@ -21,28 +21,20 @@ import torch
 from typer.testing import CliRunner
 
 from fsan_cli import app as app_module
+from fsan_cli.app import app
 from fsan_cli.core import memory
+from fsan_cli.core.atomic import atomic_write
 from fsan_cli.evaluate import predictions
 from fsan_cli.train import loop as training
-from fsan_cli.app import app
-from fsan_cli.core.atomic import atomic_write
-from tests.helpers import ROOT, tiny_synthetic
+from tests.helpers import ROOT, TINY_MODEL, set_args
 from tests.test_prepare_cli import DIM, write_custom
 
-SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
-                               "model.align_dim=8", "train.epochs=1")]
+SETS = set_args([*TINY_MODEL, "train.epochs=1"])
 PROBLEMS = {
     errno.ENOSPC: ("No space left on device", "no space is left on the disk", "Free some space on it"),
     errno.EROFS: ("Read-only file system", "the file system is read-only", "Make it writable"),
     errno.EACCES: ("Permission denied", "permission denied", "Fix the permissions"),
 }
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("errors")
-    tiny_synthetic(root)
-    return root
 
 
 def cli(*args: str, **kwargs):

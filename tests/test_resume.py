@@ -15,32 +15,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.core import checkpoint
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.data.store import load_store
+from fsan_cli.core import checkpoint
 from fsan_cli.core.settings import load_settings
+from fsan_cli.train import loop as training
 from fsan_cli.train.step import accumulate
-from tests.helpers import tiny_synthetic
+from tests.helpers import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8",
-        "train.epochs=2", "train.batch_size=16"]
+TINY = [*TINY_MODEL, "train.epochs=2", "train.batch_size=16"]
 CPU = torch.device("cpu")
 EVERY = 3  # a mid-epoch last.pt every 3 steps; 30 videos give 7 steps an epoch
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    tiny_synthetic(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def store(data_dir):
-    return load_store(data_dir / "synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.train import step
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from fsan_cli.data.store import Query, load_store, write_store
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.settings import load_settings
-from tests.helpers import tiny_synthetic
+from fsan_cli.data.store import Query, write_store
+from fsan_cli.train import loop as training
+from fsan_cli.train import step
+from tests.helpers import TINY_MODEL, set_args, train_tiny
 
-TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=1"]
-SETS = [f"--set={s}" for s in TINY]
+TINY = [*TINY_MODEL, "train.epochs=1"]
+SETS = set_args(TINY)
 CPU = torch.device("cpu")
 
 
@@ -32,9 +31,8 @@ CPU = torch.device("cpu")
 def world(tmp_path_factory) -> dict[str, Path]:
     """Shared, read-only inputs: a tiny synthetic store, a checkpoint trained on it, a video."""
     root = tmp_path_factory.mktemp("robust")
-    store = load_store(tiny_synthetic(root / "data"))
     torch.set_num_threads(1)
-    training.train(load_settings("synthetic", overrides=TINY), store, root / "run", CPU, progress=False)
+    store, _ = train_tiny(root / "data", root / "run", TINY)
     q = store.split("test")[0]
     video = root / "video.h5"
     with h5py.File(video, "w") as f:

@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fsan_cli.train import runs
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
-from tests.helpers import ROOT, tiny_synthetic
+from fsan_cli.train import loop as training
+from fsan_cli.train import runs
+from tests.helpers import ROOT, TINY_MODEL, set_args
 
-SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
-                               "model.align_dim=8", "train.epochs=1")]
+SETS = set_args([*TINY_MODEL, "train.epochs=1"])
 RUN_FILES = ["best.pt", "config.toml", "last.pt", "metrics.jsonl", "run.json"]
 
 # Holds DIR/.lock as fsan train does (flock, its PID inside) until its stdin closes.
@@ -43,13 +41,6 @@ KILLED_WRITE = textwrap.dedent("""
         os.kill(os.getpid(), 9)
     atomic_write(sys.argv[1], write, binary=True)
 """)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runfolder")
-    tiny_synthetic(root)
-    return root
 
 
 def train(data_dir: Path, *args: str):

@@ -59,18 +59,10 @@ def test_the_predictions_being_read_are_never_replaced(data_dir, tmp_path, overw
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A tiny synthetic store (root/synthetic) and a run trained on it (root/runs/synthetic-1)."""
-    import torch
-
-    from fsan_cli.train import loop as training
-    from fsan_cli.data.store import load_store
-    from fsan_cli.core.settings import load_settings
-    from tests.helpers import tiny_synthetic
-    from tests.test_robustness import TINY
+    from tests.helpers import TINY_MODEL, train_tiny
 
     root = tmp_path_factory.mktemp("savepred")
-    store = load_store(tiny_synthetic(root))
-    training.train(load_settings("synthetic", overrides=TINY), store, root / "runs" / "synthetic-1",
-                   torch.device("cpu"), progress=False)
+    train_tiny(root, root / "runs" / "synthetic-1", [*TINY_MODEL, "train.epochs=1"])
     return root
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,9 +13,9 @@ from fsan_cli.app import app
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.settings import default_size, load_settings
 from fsan_cli.train.step import run_length
-from tests.helpers import tiny_synthetic
+from tests.helpers import TINY_MODEL, set_args
 
-TINY = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8")]
+TINY = set_args(TINY_MODEL)
 
 
 def test_each_size_sets_its_model_and_recipe():
@@ -58,13 +57,6 @@ def test_unknown_size_and_no_length_are_refused():
 def test_run_length(epochs, steps, queries, batch, want):
     tc = SimpleNamespace(epochs=epochs, steps=steps, batch_size=batch)
     assert run_length(tc, queries) == want
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sizes")
-    tiny_synthetic(root)
-    return root
 
 
 def train(*args: str, device: str = "cpu"):
@@ -163,27 +155,5 @@ def test_ctrl_c_while_scoring_says_the_run_is_complete(data_dir, tmp_path, monke
     assert r.stderr.strip().splitlines()[-1] == (
         f"Error: interrupted while scoring the test split; the run in {out} is complete. "
         f"Score it with: fsan evaluate --checkpoint {out / 'best.pt'}")
-    assert "span_prior" in __import__("fsan_cli.core.checkpoint").checkpoint.load(out / "best.pt")
+    assert "span_prior" in __import__("fsan_cli.core.checkpoint").core.checkpoint.load(out / "best.pt")
 
-
-def test_sizes_table_joins_the_latest_row_of_each_seed_from_separate_invocations(tmp_path):
-    from benchmarks.quality import sizes
-
-    def row(seed, miou, tag="1500", size="base", record="a"):
-        split = {"r@1,iou=0.1": 80.0, "r@1,iou=0.3": 60.0, "r@1,iou=0.5": 40.0, "miou": miou,
-                 "without_span_prior": {"r@1,iou=0.1": 70.0, "r@1,iou=0.3": 50.0, "r@1,iou=0.5": 30.0, "miou": miou - 5}}
-        base = {"r@1,iou=0.1": 82.3, "r@1,iou=0.3": 45.9, "r@1,iou=0.5": 21.6, "miou": 34.4}
-        return {"dataset": "activitynet", "data_size": "small", "size": size, "seed": seed, "tag": tag,
-                "train_s": 1.0, "best_epoch": 3, "epochs": 4, "val": split, "test": split,
-                "baselines": {"prior": {"test": base}}, "record": {"command": record}}
-
-    rows = [row(0, 10.0), row(1, 99.0, tag=""), row(1, 44.0), row(0, 42.0, record="b"), row(2, 99.0, size="small")]
-    (tmp_path / "sizes-activitynet.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = SimpleNamespace(work=tmp_path, dataset="activitynet", size="base", tag="1500", data_size="small", seeds="0,1")
-    out = sizes.table_of(args)
-    assert "| FSAN | test | 80.0 ± 0.0 | 60.0 ± 0.0 | 40.0 ± 0.0 | 43.0 ± 1.4 | 2 |" in out
-    assert "| FSAN without span prior | test | 70.0 ± 0.0 | 50.0 ± 0.0 | 30.0 ± 0.0 | 38.0 ± 1.4 | 2 |" in out
-    assert '# record: {"command": "a"}' in out and '# record: {"command": "b"}' in out
-    assert "| prior | test | 82.3 | 45.9 | 21.6 | 34.4 | |" in out
-    with pytest.raises(SystemExit, match="no rows for seed\\(s\\) 2 of size base"):
-        sizes.table_of(SimpleNamespace(**{**vars(args), "seeds": "0,2"}))

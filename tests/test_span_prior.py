@@ -21,9 +21,9 @@ from fsan_cli.predict import span_prior
 from fsan_cli.predict.predictor import Predictor
 from fsan_cli.train import loop as training
 from fsan_cli.train import span_prior_fit
-from tests.helpers import run_evaluate, tiny_synthetic
+from tests.helpers import TINY_MODEL, run_evaluate, tiny_synthetic, train_tiny
 
-TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.align_dim=8", "train.epochs=2"]
+TINY = [*TINY_MODEL, "train.epochs=2"]
 
 
 def random_queries(rng: np.random.Generator, n: int) -> list:
@@ -106,10 +106,8 @@ def test_a_flat_map_defers_to_the_prior_and_a_sharp_one_does_not():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("prior")
-    store = load_store(tiny_synthetic(root))
-    out = root / "runs" / "tiny"
-    training.train(load_settings("synthetic", overrides=TINY), store, out, torch.device("cpu"), progress=False)
-    return root, store, out / "best.pt"
+    store, best = train_tiny(root, root / "runs" / "tiny", TINY)
+    return root, store, best
 
 
 def test_training_stores_the_prior_and_the_weight_chosen_on_val(trained):

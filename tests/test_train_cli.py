@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,17 +12,9 @@ from fsan_cli.app import app
 from fsan_cli.core import checkpoint
 from fsan_cli.train import loop as training
 from fsan_cli.train import resident, step
-from tests.helpers import tiny_synthetic
+from tests.helpers import TINY_MODEL, set_args
 
-SETS = [f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
-                               "model.align_dim=8", "train.epochs=1")]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("traincli")
-    tiny_synthetic(root)
-    return root
+SETS = set_args([*TINY_MODEL, "train.epochs=1"])
 
 
 def train(*args: str):
