@@ -23,7 +23,7 @@ from typing import Any
 
 from fsan_cli.core.atomic import atomic_write
 from fsan_cli.core.device import resolve_device
-from fsan_cli.core.errors import FsanError
+from fsan_cli.core.errors import FsanError, Interrupted
 from fsan_cli.core.output import log, warn
 from fsan_cli.core.settings import Settings, load_settings
 from fsan_cli.data.datasets import open_store
@@ -162,13 +162,18 @@ def check_models(jobs: list[Job], store: Store) -> None:
 def ablate(dataset: str, data_dir: Path, out: Path, config_file: Path | None, overrides: list[str],
            variants: str, seeds: int, overwrite: bool, device_spec: str,
            size: str | None = None) -> tuple[list[Job], Store]:
-    """Plan, check and run every (variant, seed) into `out`; the jobs with their results."""
-    jobs = plan(dataset, config_file, overrides, select_variants(variants), seeds, out, size, device_spec)
-    device = resolve_device(device_spec)  # before any data is read or generated
-    store = open_store(dataset, data_dir, jobs[0].cfg.data.clips)
-    check_models(jobs, store)
-    open_out(out, dataset, jobs, overwrite)
-    run(jobs, store, dataset, device)
+    """Plan, check and run every (variant, seed) into `out`; the jobs with their results.
+    Interrupted, the finished variants are kept: the same command resumes."""
+    try:
+        jobs = plan(dataset, config_file, overrides, select_variants(variants), seeds, out, size, device_spec)
+        device = resolve_device(device_spec)  # before any data is read or generated
+        store = open_store(dataset, data_dir, jobs[0].cfg.data.clips)
+        check_models(jobs, store)
+        open_out(out, dataset, jobs, overwrite)
+        run(jobs, store, dataset, device)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted. Finished variants are kept in {out}; run the same command "
+                          "again to resume.") from None
     return jobs, store
 
 

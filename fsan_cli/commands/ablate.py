@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -59,12 +58,7 @@ def ablate(
                         "Pass a value at least 1 (train.epochs=0 trains for train.steps steps)")
     overrides = [*(set_ or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
     out = out or Path("runs") / f"ablate-{dataset}"
-    try:
-        jobs, store = ablation.ablate(dataset, data_dir, out, config, overrides, variants, seeds,
-                                      overwrite, STATE.device, size)
-    except KeyboardInterrupt:
-        print(f"Error: interrupted. Finished variants are kept in {out}; run the same command "
-              "again to resume.", file=sys.stderr)
-        raise typer.Exit(130) from None
+    jobs, store = ablation.ablate(dataset, data_dir, out, config, overrides, variants, seeds,
+                                  overwrite, STATE.device, size)
     ablation_report.show(dataset, jobs, store, json_, csv_)
     ablation.check_failed(jobs)

@@ -87,21 +87,12 @@ def ground(
         fsan ground v.h5 - --json < q.txt | fsan evaluate --predictions -
         fsan ground feats.hdf5 --queries pairs.jsonl --json > predictions.jsonl
     """
-    from fsan_cli.core.device import resolve_device
-    from fsan_cli.core.output import log, print_json
+    from fsan_cli.core.output import print_json
     from fsan_cli.core.state import STATE
     from fsan_cli.evaluate.plots import check_plot
-    from fsan_cli.ground import grounding as g
+    from fsan_cli.ground.answer import answer
     from fsan_cli.ground.render import render, save_plot
     from fsan_cli.ground.requests import read_requests
-    from fsan_cli.predict.predictor import Predictor
-    from fsan_cli.train import runs
-    from fsan_cli.video.extract import features_for_ground, is_video_file
-
-    def newest() -> Path:
-        found = runs.find_checkpoint()
-        log(f"Checkpoint: {found} (the newest under {runs.RUNS}/; --checkpoint picks another)")
-        return found
 
     if duration is not None and not (math.isfinite(duration) and duration > 0):
         raise FsanError(
@@ -110,13 +101,8 @@ def ground(
     if plot is not None:
         check_plot(plot, (video, checkpoint, queries_file))
     asked = read_requests(queries or [], queries_file)
-    if is_video_file(video):  # extracted as the checkpoint's features were, cached
-        checkpoint = checkpoint or newest()
-        video = features_for_ground(video, checkpoint, weights, resolve_device(STATE.device))
-    videos, keys = g.read_asked(video, asked, video_id)
-    checkpoint = checkpoint or newest()
-    predictor = Predictor.load(checkpoint, resolve_device(STATE.device), precision.value, span_prior)
-    results = g.ground(predictor, videos, keys, asked, top_k, duration, dataset, data_dir)
+    results = answer(video, asked, video_id, checkpoint, _newest, weights, STATE.device, precision.value,
+                     span_prior, top_k, duration, dataset, data_dir)
     if as_json:
         for r in results:
             print_json(r.row)
@@ -124,3 +110,13 @@ def ground(
         render(results)
     if plot is not None:
         save_plot(plot, results)
+
+
+def _newest() -> Path:
+    """The newest runs/*/best.pt, said on stderr."""
+    from fsan_cli.core.output import log
+    from fsan_cli.train import runs
+
+    found = runs.find_checkpoint()
+    log(f"Checkpoint: {found} (the newest under {runs.RUNS}/; --checkpoint picks another)")
+    return found

@@ -63,42 +63,32 @@ def train(
     A run folder is locked while a run trains in it (RUN_DIR/.lock holds its PID), so a second
     `fsan train` into it stops with that PID.
     """
-    from fsan_cli.core.device import resolve_device
     from fsan_cli.core.output import log, print_json
     from fsan_cli.core.state import STATE
-    from fsan_cli.data.datasets import open_store
-    from fsan_cli.evaluate.evaluation import evaluate_split, show
-    from fsan_cli.train import fit, runs
+    from fsan_cli.evaluate.evaluation import show
+    from fsan_cli.train import runs
+    from fsan_cli.train.once import train_once
 
     STATE.quiet = STATE.quiet or runs.quiet_ranks()
     # options and settings first, then the device, then the data (which may be generated)
     if seeds is not None:
         return _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro_batch, size,
                             overwrite, resume, compile_, no_test, seeds, json_)
+    cfg = None  # a resumed run's own
     if resume is not None:
         runs.check_resume_options(resume, out, config, set_, epochs, batch_size, overwrite, size)
-        device = resolve_device(STATE.device)
-        cfg, store, dataset = runs.resumed(resume, data_dir, micro_batch)
-        out = resume
     else:
         cfg = _settings(dataset, config, set_, epochs, batch_size, micro_batch, size)
         out = out or runs.default_out(dataset)
         runs.check_out(out, overwrite)
-        device = resolve_device(STATE.device)
-        store = open_store(dataset, data_dir, cfg.data.clips)
-    t0 = time.perf_counter()
-    summary = fit.fit(cfg, store, out, device, resume is not None, compile_, overwrite)
-    if summary is None or no_test:  # another rank's process, or no test wanted
-        if summary is not None and json_:
-            print_json({k: v for k, v in summary.items() if k != "device"})
+    run = train_once(dataset, data_dir, out, cfg, resume, micro_batch, STATE.device, compile_, overwrite,
+                     test=not no_test, with_baselines=not json_)
+    if run.result is None:  # another rank's process, or no test wanted
+        if run.summary is not None and json_:
+            print_json({k: v for k, v in run.summary.items() if k != "device"})
         return
-    try:
-        result = evaluate_split(dataset, store, "test", checkpoint=out / "best.pt", top_k=cfg.eval.top_k,
-                                seed=cfg.train.seed, device=summary["device"], with_baselines=not json_)
-    except KeyboardInterrupt:
-        raise fit.ScoringInterrupted(out) from None
-    show(result, json_, extra_json={"run": str(out), "best_epoch": summary["best_epoch"]})
-    log(f"Total wall time {time.perf_counter() - t0:.0f} s")
+    show(run.result, json_, extra_json={"run": str(run.out), "best_epoch": run.summary["best_epoch"]})
+    log(f"Total wall time {time.perf_counter() - run.started:.0f} s")
 
 
 def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro_batch, size, overwrite,

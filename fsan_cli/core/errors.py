@@ -1,4 +1,5 @@
-"""User-facing errors: `Error: what happened. How to fix it.` on stderr, exit code 1."""
+"""User-facing errors: `Error: what happened. How to fix it.` on stderr, exit code 1; an
+interrupted command (Ctrl-C, SIGTERM): `Error: <what was kept and how to go on>`, exit code 130."""
 
 from __future__ import annotations
 
@@ -30,6 +31,25 @@ class FsanError(Exception):
         if self.fix:
             text += " " + (self.fix if self.fix.endswith((".", "?", "!")) else self.fix + ".")
         return text
+
+
+INTERRUPT_EXIT = 130  # 128 + SIGINT, as a shell reports a tool stopped by Ctrl-C
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a command. `message` says what was kept and how to go on; it
+    starts with "interrupted". handle_errors prints it as the one `Error:` line and exits with
+    INTERRUPT_EXIT; a plain KeyboardInterrupt gets GENERIC. A KeyboardInterrupt still, so that
+    whatever cleans up after Ctrl-C (and `except Exception`, which lets it pass) treats it as one."""
+
+    GENERIC = "interrupted. Nothing partial was kept; run the command again."
+
+    def __init__(self, message: str = GENERIC) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # A write the machine refused, by errno: (what happened, what to do)
@@ -68,7 +88,8 @@ def verbose_level() -> int:
 
 
 def handle_errors(func: F) -> F:
-    """Turn FsanError (and unexpected exceptions) into one `Error:` line and exit code 1."""
+    """Turn FsanError (and unexpected exceptions) into one `Error:` line and exit code 1, and an
+    interrupt (Interrupted, or a plain KeyboardInterrupt) into one `Error:` line and exit code 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -81,11 +102,9 @@ def handle_errors(func: F) -> F:
                 traceback.print_exc(file=sys.stderr)
             print(f"Error: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt as exc:
-            if hasattr(exc, "report"):  # an interrupt that knows what was kept (fit.ScoringInterrupted)
-                exc.report()
-            print("Error: interrupted. Nothing partial was kept; run the command again.", file=sys.stderr)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:  # the one place that reports an interrupt
+            print(f"Error: {exc if isinstance(exc, Interrupted) else Interrupted()}", file=sys.stderr)
+            raise typer.Exit(INTERRUPT_EXIT) from None
         except BrokenPipeError:
             raise typer.Exit(stdout_closed()) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users

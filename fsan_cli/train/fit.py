@@ -4,14 +4,12 @@ ended like Ctrl-C, and what an interrupted run kept said with the command that c
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import typer
-
+from fsan_cli.core.errors import Interrupted
 from fsan_cli.core.output import log
 from fsan_cli.core.settings import Settings
 from fsan_cli.data.store import Store
@@ -33,7 +31,7 @@ def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compi
                 summary = loop.train(cfg, store, folder.work, device, resume=resume, compile=compile,
                                          dist=dist, promote=folder.promote if folder.replacing else None)
         except loop.TrainingInterrupted as exc:
-            _interrupted(exc, out if folder.work != out else None, again)
+            raise interrupted(exc, out if folder.work != out else None, again) from None
         finally:
             distributed.shutdown()
     if not dist.main:
@@ -44,35 +42,25 @@ def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compi
     return {**summary, "device": device}
 
 
-class ScoringInterrupted(KeyboardInterrupt):
+def scoring_interrupted(out: Path) -> Interrupted:
     """Ctrl-C while a finished run was being scored on test: the run is whole."""
-
-    def __init__(self, out: Path) -> None:
-        super().__init__(str(out))
-        self.out = out
-
-    def report(self) -> None:
-        print(f"Error: interrupted while scoring the test split; the run in {self.out} is complete. "
-              f"Score it with: fsan evaluate --checkpoint {self.out / 'best.pt'}", file=sys.stderr)
-        raise typer.Exit(130)
+    return Interrupted(f"interrupted while scoring the test split; the run in {out} is complete. "
+                       f"Score it with: fsan evaluate --checkpoint {out / 'best.pt'}")
 
 
-def _interrupted(exc, old_run: Path | None = None, again: str | None = None) -> None:
-    if again is not None:  # a command that continues where it stopped when run again (--seeds)
+def interrupted(exc: loop.TrainingInterrupted, old_run: Path | None = None, again: str | None = None) -> Interrupted:
+    """What an interrupted training kept and how to go on: `old_run`, the run that --overwrite
+    would have replaced; `again`, how the command continues when run again (--seeds)."""
+    if again is not None:
         kept = "nothing of it was kept" if exc.saved_step is None else f"its last checkpoint (step {exc.saved_step}) is intact"
-        print(f"Error: interrupted in {exc.out_dir} at step {exc.step}; {kept}. {again}", file=sys.stderr)
-        raise typer.Exit(130)
+        return Interrupted(f"interrupted in {exc.out_dir} at step {exc.step}; {kept}. {again}")
     if exc.saved_step is None and old_run is not None:
-        print(f"Error: interrupted before the new run's first checkpoint; the run in {old_run} "
-              "is as it was. Run the command again.", file=sys.stderr)
-    elif exc.saved_step is None:
-        print("Error: interrupted before the first checkpoint, so nothing was kept. "
-              "Run the command again.", file=sys.stderr)
-    else:
-        print(f"Error: interrupted at step {exc.step}; the last checkpoint, {exc.out_dir / 'last.pt'} "
-              f"(step {exc.saved_step}), is intact. Continue with: fsan train --resume {exc.out_dir}",
-              file=sys.stderr)
-    raise typer.Exit(130)
+        return Interrupted(f"interrupted before the new run's first checkpoint; the run in {old_run} "
+                           "is as it was. Run the command again.")
+    if exc.saved_step is None:
+        return Interrupted("interrupted before the first checkpoint, so nothing was kept. Run the command again.")
+    return Interrupted(f"interrupted at step {exc.step}; the last checkpoint, {exc.out_dir / 'last.pt'} "
+                       f"(step {exc.saved_step}), is intact. Continue with: fsan train --resume {exc.out_dir}")
 
 
 @contextmanager

@@ -88,7 +88,7 @@ def train_seeds(dataset: str, cfg: Any, store: Any, out: Path, seeds: list[int],
             last = evaluate_split(dataset, store, "test", checkpoint=folder / "best.pt", top_k=cfg.eval.top_k,
                                   seed=cfg.train.seed, device=summary["device"], with_baselines=not as_json)
         except KeyboardInterrupt:
-            raise fit.ScoringInterrupted(folder) from None
+            raise fit.scoring_interrupted(folder) from None
         own = last.metrics if last.without_prior is None else last.without_prior
         done.append({"seed": seed, "run": str(folder), "best_epoch": summary["best_epoch"],
                      "metrics": last.metrics, "without_span_prior": own, "span_prior_weight": last.prior_weight or 0.0})
