@@ -18,6 +18,7 @@ from fsan_cli.evaluate.metrics import (
     didemo_random_expectation,
     didemo_segments,
     iou,
+    mean_sd,
     metric_keys,
     moment_metrics,
 )
@@ -363,3 +364,38 @@ def test_score_didemo_needs_full_ranking():
 def test_score_unknown_dataset():
     with pytest.raises(FsanError, match="unknown dataset 'nope'"):
         score("nope", QUERIES, [])
+
+
+def ref_mean_sd(values):
+    """Mean and sample standard deviation by the textbook loops."""
+    total = 0.0
+    for x in values:
+        total += x
+    mean = total / len(values)
+    if len(values) < 2:
+        return mean, None
+    squares = 0.0
+    for x in values:
+        squares += (x - mean) ** 2
+    return mean, (squares / (len(values) - 1)) ** 0.5
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_mean_sd_matches_the_plain_loops(seed):
+    rng = np.random.default_rng(seed)
+    values = list(rng.uniform(0, 100, rng.integers(1, 12)))
+    mean, sd = mean_sd(values)
+    want_mean, want_sd = ref_mean_sd(values)
+    assert mean == pytest.approx(want_mean, rel=1e-12, abs=1e-12)
+    if len(values) == 1:
+        assert sd is None and mean == values[0]
+    else:
+        assert sd == pytest.approx(want_sd, rel=1e-9, abs=1e-12)
+        assert sd == pytest.approx(float(np.std(values, ddof=1)), rel=1e-9, abs=1e-12)
+    assert mean_sd(iter(values)) == (mean, sd)  # any iterable, e.g. a generator over runs
+
+
+def test_mean_sd_of_equal_values_and_of_none():
+    assert mean_sd([42.5, 42.5, 42.5]) == (42.5, 0.0)
+    with pytest.raises(ValueError):
+        mean_sd([])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from benchmarks.record import header, record
 from fsan_cli.data import semisynthetic
+from fsan_cli.evaluate.metrics import mean_sd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,9 +97,8 @@ def keys_of(dataset: str) -> list[str]:
 
 
 def spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    mean, sd = mean_sd(values)
+    return f"{mean:.1f}" if sd is None else f"{mean:.1f} ± {sd:.1f}"
 
 
 def markdown(dataset: str, baselines: dict, rows: list[dict]) -> str:

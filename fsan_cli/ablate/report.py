@@ -15,16 +15,9 @@ from fsan_cli.ablate.ablation import BY_NAME, PAPER_METRICS, TABLE4_ORDER, Job
 from fsan_cli.core.output import fmt, print_json, stdout_console
 from fsan_cli.data.store import Store
 from fsan_cli.evaluate import baselines
-from fsan_cli.evaluate.metrics import metric_keys
+from fsan_cli.evaluate.metrics import mean_sd, metric_keys
 from fsan_cli.evaluate.report import DATASET_NAMES, PAPER_TABLE4, column_header
 from fsan_cli.evaluate.scoring import score
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
 
 
 def variant_rows(jobs: list[Job], dataset: str) -> list[dict[str, Any]]:
@@ -48,7 +41,7 @@ def variant_rows(jobs: list[Job], dataset: str) -> list[dict[str, Any]]:
         done = [j.result for j in group if j.result is not None]
         for key in keys:
             if len(done) == len(group):
-                mean, std = _mean_std([r["metrics"][key] for r in done])
+                mean, std = mean_sd([r["metrics"][key] for r in done])
                 row[key], row[f"{key}_std"] = round(mean, 4), None if std is None else round(std, 4)
             else:
                 row[key] = row[f"{key}_std"] = None

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -302,3 +303,13 @@ def top1_iou(pred: np.ndarray, gt: list[list[list[float]]]) -> np.ndarray:
     """IoU of each query's top-1 moment (Q, 2) with its best-matching ground-truth moment."""
     gts, valid = pad_ragged(gt)  # (Q, M, 2), (Q, M)
     return np.where(valid, iou(pred[:, None, :], gts), -1.0).max(1)
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation) of a metric over runs or seeds: the deviation divides by
+    n - 1 (ddof 1), and is None for one value, which has no spread. The one place that reports
+    "mean ± sd" computes it: `fsan train --seeds`, `fsan ablate` and benchmarks/quality/sizes.py."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_sd needs at least one value")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None

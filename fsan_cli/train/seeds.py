@@ -8,7 +8,6 @@ the same settings is resumed (a finished one only scored), so finished seeds are
 
 from __future__ import annotations
 
-import statistics
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from fsan_cli.core.errors import FsanError
 from fsan_cli.core.output import log, print_json, stdout_console
 from fsan_cli.core.settings import Settings
 from fsan_cli.evaluate.evaluation import evaluate_split
-from fsan_cli.evaluate.metrics import metric_keys
+from fsan_cli.evaluate.metrics import mean_sd, metric_keys
 from fsan_cli.evaluate.report import results_table
 from fsan_cli.train import fit
 from fsan_cli.train.runs import check_out
@@ -41,10 +40,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def spread(dataset: str, runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     """(mean, sample standard deviation; 0 for one run) of each metric over the runs."""
-    keys = metric_keys(dataset)
-    mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
-    sd = {k: statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0 for k in keys}
-    return mean, sd
+    stats = {k: mean_sd(r[k] for r in runs) for k in metric_keys(dataset)}
+    return {k: m for k, (m, _) in stats.items()}, {k: 0.0 if sd is None else sd for k, (_, sd) in stats.items()}
 
 
 def plan_folders(out: Path, seeds: list[int], cfg: Any, overwrite: bool) -> list[bool]:
