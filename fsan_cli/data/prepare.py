@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 from rich.progress import (
     BarColumn,
@@ -49,6 +50,7 @@ from fsan_cli.data.features import (
 )
 from fsan_cli.data.store import SPLITS, store_exists, write_store
 from fsan_cli.video import record as extractor
+from fsan_cli.video.h5file import TRUNCATED
 
 ADAPTERS = ("activitynet", "didemo", "charades", "custom")
 CONVENTIONS = ("clip", "drop")
@@ -292,6 +294,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
     locs = {v: scan.found[v] for v in videos}
     dim_in = next(iter(locs.values())).dim
     _check_memory(opts, locs, dim_in)
+    warnings += _duration_differences(Path(opts.features), locs, ann)
     lap("scan")
     vocab, vectors, words = _vocabulary(ann, opts.glove)
     lap("vocabulary")
@@ -325,6 +328,27 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
     lap("write")
     summary["seconds"] = {**seconds, "total": round(sum(seconds.values()), 2)}
     return summary
+
+
+def _duration_differences(path: Path, locs: dict[str, Any], ann: Annotations) -> list[str]:
+    """A warning where the features' `duration` attribute (fsan extract's: the seconds whose frames
+    decode) and the annotation's differ by more than video.h5file.TRUNCATED (a truncated video
+    file, or a wrong annotation); official feature files carry no duration."""
+    off = []
+    with h5py.File(path, "r") as h5:
+        for video, loc in locs.items():
+            try:
+                seconds = float(np.asarray(h5[loc.path].attrs["duration"], np.float64).reshape(-1)[0])
+            except (KeyError, TypeError, ValueError, IndexError):
+                continue
+            want = float(ann.durations[video])
+            if np.isfinite(seconds) and abs(want - seconds) > max(TRUNCATED[0], TRUNCATED[1] * want):
+                off.append(f"{video}: {want:g} s annotated, features of {seconds:g} s")
+    if not off:
+        return []
+    return [f"{len(off)} videos do not last what their annotations say ({'; '.join(off[:3])}"
+            f"{', ...' if len(off) > 3 else ''}): a truncated video file? Moments past the features' "
+            "end fall on no frames; extract the whole video again, or correct the duration"]
 
 
 def _inputs(opts: PrepareOptions, ann: Annotations) -> list[dict[str, Any]]:

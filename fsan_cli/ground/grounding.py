@@ -35,6 +35,8 @@ from fsan_cli.data.store import load_store, store_exists
 from fsan_cli.ground.requests import Request
 from fsan_cli.predict.answers import Grounding
 from fsan_cli.predict.predictor import Predictor
+from fsan_cli.video import record as extractor
+from fsan_cli.video.h5file import LAYOUT_ATTR, PER_VIDEO
 
 MEMBERS = ("c3d_features", "features")  # a video's matrix inside its group (ActivityNet, ours)
 PROGRESS_FROM = 256  # queries: fewer take about a second at the paper config on a CPU
@@ -54,6 +56,7 @@ class Video:
     rows: np.ndarray  # (T, D) as stored
     duration: float | None  # seconds; None when the file has none
     where: str  # file and dataset path, for messages
+    record: dict[str, Any] | None = None  # the extractor's (fsan_cli/video/record.py); None: none
 
 
 def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video]:
@@ -70,7 +73,7 @@ def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video
     try:
         with h5py.File(path, "r") as h5:
             named = [v for v in dict.fromkeys(ids) if v is not None]
-            if isinstance(h5.get("features"), h5py.Dataset) and len(named) > 1:
+            if _one_video(h5) and len(named) > 1:
                 raise FsanError(f"{path} holds one video, and the queries name {len(named)} "
                                 f"({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})",
                                 "Ground each video with its own file, or use a multi-video file")
@@ -87,12 +90,25 @@ def _read_one(h5, path: Path, video_id: str | None) -> Video:
                         "Extract features for at least one clip of the video")
     check_fits(int(np.prod(ds.shape)) * ds.dtype.itemsize, f"video '{vid}' in {where} holds {ds.shape} values",
                "Ground it on a machine with more free RAM, or extract fewer rows per video")
-    return Video(vid, ds[()], _duration(ds, h5 if single else None, where), where)
+    record = extractor.from_attrs(ds.attrs, where)
+    return Video(vid, ds[()], _duration(ds, h5 if single else None, where), where, record)
+
+
+def _one_video(h5) -> bool:
+    """Whether the file is in the one-video layout (a dataset `features`), and not a file of one
+    dataset per video that holds a video named `features`: `fsan extract` marks its files so;
+    in an older one, another dataset carries an extractor record."""
+    if not isinstance(h5.get("features"), h5py.Dataset):
+        return False
+    if _text_attr(h5.attrs.get(LAYOUT_ATTR)) == PER_VIDEO:
+        return False
+    return not any(k != "features" and isinstance(h5.get(k), h5py.Dataset) and "extractor" in h5[k].attrs
+                   for k in h5)
 
 
 def _pick(h5, path: Path, video_id: str | None):
     """(dataset, video id, whether the file holds only this video)."""
-    if isinstance(h5.get("features"), h5py.Dataset):  # our layout: one video per file
+    if _one_video(h5):  # our layout: one video per file
         own = _text_attr(h5.attrs.get("video"))
         if video_id is not None and own is not None and own not in video_keys(video_id):
             raise FsanError(f"video '{video_id}' is not in {path}: it holds the one video '{own}'",
@@ -240,6 +256,8 @@ def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence
     """Prepare each video once and answer all queries in batches across videos; `dataset`
     (default: the checkpoint's) names the prepared store that knows durations."""
     check_queries(predictor, requests)
+    for video in videos.values():
+        check_extractor(predictor, video.record, f"{video.where} holds")
     dataset = dataset or predictor.dataset
     seconds = durations(videos, requests, keys, duration, dataset, data_dir)
     order = list(videos)  # the videos' rows in `clips`
@@ -267,6 +285,17 @@ def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence
                                 "values": np.round(g.score_map.astype(np.float64), 4).tolist()}
         out.append(Grounded(video, seconds[key], g, {**row, **r.extra}))
     return out
+
+
+def check_extractor(predictor: Predictor, record: dict[str, Any] | None, what: str) -> None:
+    """Features of another extractor than the checkpoint's are refused, naming both, as `fsan
+    ground VIDEO` and `fsan extract` refuse them (where either side records none, nothing is
+    known to differ)."""
+    if record is not None and predictor.extractor is not None and not extractor.same(record, predictor.extractor):
+        raise FsanError(f"{what} {extractor.describe(record)}, and "
+                        f"{f'the checkpoint {predictor.checkpoint}' if predictor.checkpoint else 'the model'} was trained on {extractor.describe(predictor.extractor)}",
+                        "Extract the features with the checkpoint's weights and --fps (fsan extract "
+                        "--weights DIR), or use a checkpoint trained on these features")
 
 
 def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[float],

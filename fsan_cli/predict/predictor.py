@@ -34,6 +34,7 @@ from fsan_cli.data.store import video_rows
 from fsan_cli.predict.answers import Answers, Grounding, Predictions
 from fsan_cli.predict.runtime import cpu_workers, resolve_precision, reuse_freed_memory
 from fsan_cli.predict.span_prior import SpanPrior, valid_cells
+from fsan_cli.video import record as extractor
 from models.fsan import FSAN
 from models.segments import segments_to_seconds, top_k_segments
 
@@ -72,6 +73,7 @@ class Predictor:
         self.words = words
         self.tokenizer = tokenizer
         self.checkpoint: Path | None = None
+        self.extractor: dict[str, Any] | None = None  # the features' extractor (video/record.py)
         self._span_prior = span_prior if span_prior is not None and span_prior.weight > 0 else None
 
     @property
@@ -94,6 +96,7 @@ class Predictor:
         predictor = cls(checkpoint.build_model(ckpt, device), ckpt["vocab"], data, nms, device, precision,
                         words, tokenizer_of(ckpt, f"the checkpoint {path}"), prior)
         predictor.checkpoint = Path(path)
+        predictor.extractor = extractor.check(ckpt.get("extractor"), f"the checkpoint {path}")
         return predictor
 
     def weighted_prior(self) -> torch.Tensor | None:
@@ -267,6 +270,12 @@ class Predictor:
     def answer_split(self, store: Any, queries: Sequence[Any], top_k: int) -> Answers:
         """The answers to a prepared split's queries (data.store.Query), in their order."""
         checkpoint.check_compatible({"data": self.data}, store)
+        theirs_record = extractor.check(store.manifest.get("extractor"), f"the store at {store.path}")
+        if not (theirs_record is None or self.extractor is None or extractor.same(theirs_record, self.extractor)):
+            raise FsanError(f"the store at {store.path} holds {extractor.describe(theirs_record)}, and "
+                            f"{f'the checkpoint {self.checkpoint}' if self.checkpoint else 'the model'} was trained on {extractor.describe(self.extractor)}",
+                            "Prepare the store from features of the checkpoint's weights and --fps (fsan "
+                            "extract --weights DIR), or use a checkpoint trained on these features")
         theirs = store.manifest.get("dataset")
         if self.dataset and theirs and self.dataset != theirs:
             warn(f"{self.checkpoint or 'the model'} was trained on {self.dataset}; these queries are of {theirs}")

@@ -21,10 +21,13 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -135,6 +138,8 @@ def load_encoder(model: str, weights: Path | None, device: torch.device, fps: fl
         except OSError:
             if weights is not None:
                 raise
+            if not hub_reachable():  # offline: say so now, not after a minute of retries
+                raise OSError("the Hugging Face Hub cannot be reached from this machine") from None
             net = CLIPVisionModelWithProjection.from_pretrained(source)  # downloads them
     except OSError as exc:
         what = (
@@ -147,6 +152,13 @@ def load_encoder(model: str, weights: Path | None, device: torch.device, fps: fl
         raise FsanError(
             f"{source} does not hold CLIP vision weights ({type(exc).__name__}: "
             f"{_first_line(exc)})",
+            how,
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged weights file (SafetensorError), a .bin that holds code (UnpicklingError)
+        raise FsanError(
+            f"the weights in {source} cannot be loaded ({_first_line(exc).split('. ')[0][:120]}, "
+            f"{type(exc).__name__}); "
+            "fsan reads safetensors and weights-only .bin files and runs no code from them",
             how,
         ) from None
     net = net.to(torch.float32).eval()
@@ -165,6 +177,24 @@ def load_encoder(model: str, weights: Path | None, device: torch.device, fps: fl
     return Encoder(net.to(device), record, device)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a download from the Hugging Face Hub can be tried: not offline (HF_HUB_OFFLINE),
+    and its host answers within `timeout` seconds (through a proxy, if one is set: then it is
+    tried)."""
+    from huggingface_hub import constants  # comes with transformers ([video] extra)
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0].rstrip(".") if text else type(exc).__name__
@@ -178,7 +208,12 @@ def _normalisation(source: str) -> tuple[list[float], list[float]]:
         try:
             from huggingface_hub import hf_hub_download  # comes with transformers ([video] extra)
 
-            path = Path(hf_hub_download(source, "preprocessor_config.json"))
+            try:  # the cache first: no network round trip (nor retries offline) when it is there
+                path = Path(hf_hub_download(source, "preprocessor_config.json", local_files_only=True))
+            except Exception:  # noqa: BLE001 - not cached: downloaded where the Hub answers
+                if Path(source).is_dir() or not hub_reachable():
+                    return list(OPENAI_MEAN), list(OPENAI_STD)
+                path = Path(hf_hub_download(source, "preprocessor_config.json"))
         except Exception:  # noqa: BLE001 - offline, a folder without one: CLIP's values
             return list(OPENAI_MEAN), list(OPENAI_STD)
     try:
@@ -211,6 +246,10 @@ class Frames:
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
         seconds = self.container.duration / 1e6 if self.container.duration else 0.0
+        if self.stream.duration and self.stream.time_base:  # the pictures' own length, if known
+            seconds = float(self.stream.duration * self.stream.time_base)
+        # what the container says the video lasts (None: it does not say)
+        self.container_duration = seconds if seconds > 0 and math.isfinite(seconds) else None
         self.expected = max(1, math.ceil(seconds * self.fps - 1e-6))
 
     def chunks(self) -> Iterator[np.ndarray]:
@@ -281,10 +320,15 @@ def extract_video(
     encoder: Encoder,
     batch: int = DEFAULT_BATCH,
     advance: Callable[[int, int], None] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """(T, D) float32 features of the video at `path` and its duration in seconds;
-    `advance(done, expected)` after each chunk."""
+    """(T, D) float32 features of the video at `path` and its duration in seconds (of the frames
+    decoded); `advance(done, expected)` after each chunk. `details` (if given) gets
+    "container_duration": the seconds the container says (None where it does not), which a
+    truncated file has more of than decode."""
     frames = Frames(path, encoder.record["fps"], batch)
+    if details is not None:
+        details["container_duration"] = frames.container_duration
     parts, done = [], 0
     for chunk in frames.chunks():
         parts.append(encoder.encode(chunk))

@@ -1,4 +1,5 @@
-"""`fsan extract` and `fsan ground VIDEO`: video files -> an HDF5 feature file.
+"""`fsan extract`: video files -> an HDF5 feature file (`fsan ground VIDEO`'s cache:
+fsan_cli/video/cache.py; the file's writing: fsan_cli/video/h5file.py).
 
 Output layout (what `fsan prepare --dataset custom` and `fsan ground` read): one float32 (T, D)
 dataset per video, named by the file's name without its suffix (the `video` of the custom
@@ -9,29 +10,31 @@ Resumable and atomic: each finished video is written at once to its own small fi
 `.FEATURES.h5.parts/` beside the output (temporary name, then renamed), and at the end the output
 is rewritten whole (temporary file, fsync, rename) with the old videos and the new ones. A kill
 keeps every finished video (the next run takes them from the parts folder), and the output is
-never half-written. Videos already in the output are skipped.
+never half-written. Videos already in the output are skipped. The output is locked for the
+run (a second extract into it is refused, naming the first), and a run first removes the
+temporary files a killed one left.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 
-from fsan_cli.core import checkpoint
-from fsan_cli.core.atomic import SUFFIX, _umask
+from fsan_cli.core.atomic import SUFFIX, temp_files
 from fsan_cli.core.errors import FsanError, write_error
+from fsan_cli.core.lock import FileLock, acquire
 from fsan_cli.core.output import log, video_progress, warn
+from fsan_cli.video import encode
 from fsan_cli.video import record as extractor
-from fsan_cli.video.encode import extract_video, load_encoder, require_extra
+from fsan_cli.video.cache import features_for_ground  # noqa: F401 - `fsan ground VIDEO`'s, here as before
+from fsan_cli.video.encode import load_encoder
+from fsan_cli.video.h5file import truncation, write_h5
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".wmv",
                   ".flv", ".ts", ".3gp", ".ogv"}  # fmt: skip
@@ -91,43 +94,17 @@ def is_video_file(path: Path) -> bool:
 # ----------------------------------------------------------------------------- the output file
 
 
+def extract_video(*args: Any, **kwargs: Any) -> Any:
+    """encode.extract_video, looked up at each call (so that replacing either one reaches here)."""
+    return encode.extract_video(*args, **kwargs)
+
+
 def _parts_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.parts"
 
 
 def _part_path(out: Path, video: str) -> Path:
     return _parts_dir(out) / f"{hashlib.sha1(video.encode()).hexdigest()[:20]}.h5"
-
-
-def _write_h5(
-    path: Path, videos: dict[str, tuple[np.ndarray, dict[str, Any]]], copy_from: Sequence[Path] = ()
-) -> None:
-    """Write `videos` ({id: (rows, attrs)}) and every dataset of the files `copy_from` into a
-    temporary file beside `path`, fsync, rename over it."""
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as dst:
-            for source in copy_from:
-                with h5py.File(source, "r") as src:
-                    for key in src:
-                        if key not in dst:
-                            src.copy(src[key], dst, name=key)
-            for video, (rows, attrs) in videos.items():
-                ds = dst.create_dataset(video, data=rows.astype(np.float32))
-                for k, v in attrs.items():
-                    ds.attrs[k] = v
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        error = write_error(exc, path, "pass another --out")
-        if error is not None:
-            raise error from None
-        raise
 
 
 def _done(out: Path) -> dict[str, dict[str, Any] | None]:
@@ -145,7 +122,7 @@ def _done(out: Path) -> dict[str, dict[str, Any] | None]:
         try:
             with h5py.File(f, "r") as h5:
                 for key in h5:
-                    done.setdefault(key, extractor.from_attrs(h5[key].attrs))
+                    done.setdefault(key, extractor.from_attrs(h5[key].attrs, f"{out}:/{key}"))
         except OSError:
             if f == out:
                 raise FsanError(
@@ -165,12 +142,59 @@ def extract_files(
     device: Any,
 ) -> dict[str, Any]:
     """Extract every video of `paths` not yet in `out`; the summary: out, extractor, videos
-    [{video, file, status, rows, duration}], failed [{video, file, reason}], seconds."""
+    [{video, file, status, rows, duration}], failed [{video, file, reason}], seconds.
+
+    The output is locked for the run (`.OUT.lock`, core/lock.py): a second extract into the
+    same --out stops at once naming the first; what a killed run left is removed first."""
 
     out = Path(out)
     if not out.parent.is_dir():
         raise FsanError(f"the folder of --out {out} does not exist", "Create it first")
     videos = find_videos(paths)
+    lock = _lock(out)
+    try:
+        _clear_leftovers(out)
+        return _extract(videos, out, model, weights, fps, batch, device)
+    finally:
+        lock.release()
+
+
+def _lock(out: Path) -> FileLock:
+    def busy(pid: int | None) -> FsanError:
+        who = f"process {pid}" if pid else "another process"
+        return FsanError(f"--out {out} is being written by {who}, another fsan extract",
+                         "Wait for it to end (a run afterwards skips the videos it added), "
+                         "or pass another --out")
+
+    return acquire(out.parent / f".{out.name}.lock", busy,
+                   "Make the folder of --out writable, or pass another --out")
+
+
+def _clear_leftovers(out: Path) -> None:
+    """Temporary files that killed runs into `out` left beside it and in its parts folder (this
+    process holds the output's lock, so no other run is writing them)."""
+    stale = temp_files(out)
+    if _parts_dir(out).is_dir():
+        stale += sorted(_parts_dir(out).glob(f".*{SUFFIX}"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    if stale:
+        log(f"Removed {len(stale)} temporary files an interrupted extract into {out} left")
+
+
+def _kept(exc: FsanError, out: Path) -> FsanError:
+    """A write error of an extract, saying what of the run is kept for the next one; an empty
+    parts folder is removed."""
+    parts = sorted(_parts_dir(out).glob("*.h5")) if _parts_dir(out).is_dir() else []
+    if not parts:
+        shutil.rmtree(_parts_dir(out), ignore_errors=True)
+        return exc
+    return FsanError(exc.message, f"{exc.fix}; the {len(parts)} videos extracted are kept in "
+                     f"{_parts_dir(out)}, and a run into the same --out continues from them")
+
+
+def _extract(videos: dict[str, Path], out: Path, model: str, weights: Path | None, fps: float,
+             batch: int, device: Any) -> dict[str, Any]:
     done = _done(out)
     todo = {v: f for v, f in videos.items() if v not in done}
     rows_out = [
@@ -193,13 +217,20 @@ def extract_files(
                 f"extracts {extractor.describe(encoder.record)}",
                 "Extract into another --out: a feature file holds one extractor's features",
             )
-        _parts_dir(out).mkdir(exist_ok=True)
+        try:
+            _parts_dir(out).mkdir(exist_ok=True)
+        except OSError as exc:
+            error = write_error(exc, _parts_dir(out), "pass another --out")
+            if error is None:
+                raise
+            raise error from None
         attrs = extractor.to_attrs(encoder.record)
         with video_progress(len(todo)) as bar:
             for video, path in todo.items():
                 bar.start(video)
+                details: dict[str, Any] = {}
                 try:
-                    rows, seconds = extract_video(path, encoder, batch, bar.frames)
+                    rows, seconds = extract_video(path, encoder, batch, bar.frames, details=details)
                 except FsanError as exc:
                     summary["failed"].append(
                         {"video": video, "file": str(path), "reason": str(exc)}
@@ -208,65 +239,31 @@ def extract_files(
                         warn(f"skipped {path}: {exc}")
                     bar.done()
                     continue
-                _write_h5(_part_path(out, video), {video: (rows, {**attrs, "duration": seconds})})
-                rows_out.append(
-                    {
-                        "video": video,
-                        "file": str(path),
-                        "status": "extracted",
-                        "rows": int(rows.shape[0]),
-                        "duration": round(seconds, 3),
-                    }
-                )
+                found = {**attrs, "duration": seconds}
+                row = {"video": video, "file": str(path), "status": "extracted",
+                       "rows": int(rows.shape[0]), "duration": round(seconds, 3)}
+                if details.get("container_duration") is not None:
+                    found["container_duration"] = float(details["container_duration"])
+                    why = truncation(seconds, details["container_duration"])
+                    if why:
+                        warn(f"{path} looks truncated: {why}; its features cover the {seconds:g} s "
+                             "that decode (the attribute container_duration keeps the other)")
+                        row["container_duration"] = round(float(details["container_duration"]), 3)
+                try:
+                    write_h5(_part_path(out, video), {video: (rows, found)})
+                except FsanError as exc:
+                    raise _kept(exc, out) from None
+                rows_out.append(row)
                 bar.done()
     if _parts_dir(out).is_dir():
         parts = sorted(_parts_dir(out).glob("*.h5"))
         if parts:
-            _write_h5(out, {}, [out, *parts] if out.exists() else parts)
+            try:
+                write_h5(out, {}, [out, *parts] if out.exists() else parts)
+            except FsanError as exc:
+                raise _kept(exc, out) from None
         shutil.rmtree(_parts_dir(out), ignore_errors=True)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 
 
-# ----------------------------------------------------------------------------- fsan ground VIDEO
-
-
-def features_for_ground(video: Path, ckpt_path: Path, weights: Path | None, device: Any) -> Path:
-    """The HDF5 features of `video` as the checkpoint's extractor gives them: from the cache
-    (extractor.cache_dir) or extracted into it now. A checkpoint of other features is refused."""
-
-    ckpt = checkpoint.load(ckpt_path)
-    record = ckpt.get("extractor")
-    if record is None:
-        data = ckpt["data"]
-        raise FsanError(
-            f"the checkpoint {ckpt_path} was trained on {extractor.describe(None)}, "
-            f"{data['feature_dim']}-d, of dataset '{data.get('dataset')}', and {video} is a video "
-            "file, which fsan turns into CLIP image features",
-            "Ground the video with a checkpoint trained on `fsan extract` features (README, "
-            "'Your own video'), or pass the video's features in the checkpoint's format (.h5)",
-        )
-    require_extra(f"Grounding the video file {video}")
-    cached = extractor.cache_path(video, record)
-    if cached.is_file():
-        log(f"Features of {video}: {cached} (cached)")
-        return cached
-    encoder = load_encoder(str(record["model"]), weights, device, float(record["fps"]))
-    if not extractor.same(encoder.record, record):
-        raise FsanError(
-            f"the checkpoint {ckpt_path} was trained on {extractor.describe(record)}, and "
-            f"{weights if weights is not None else record['model']} gives {extractor.describe(encoder.record)}",
-            f"Pass --weights with the folder of the checkpoint's weights ({record['model']})",
-        )
-    rows, seconds = extract_video(video, encoder)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        attrs = {**extractor.to_attrs(record), "duration": seconds}
-        _write_h5(cached, {video.stem: (rows, attrs)})
-    except OSError as exc:
-        raise FsanError(
-            f"cannot write the feature cache {cached} ({exc.strerror or exc})",
-            "Set XDG_CACHE_HOME to a folder that can be written",
-        ) from None
-    log(f"Features of {video}: {rows.shape[0]} frames at {record['fps']:g}/s, cached in {cached}")
-    return cached

@@ -51,17 +51,61 @@ def to_attrs(record: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The record in HDF5 attributes, as plain values; None where there is none."""
+def from_attrs(attrs: Mapping[str, Any], where: str = "a feature file") -> dict[str, Any] | None:
+    """The record in HDF5 attributes, as plain values, checked (`check`); None where there is
+    none. `where` names the dataset in messages."""
     if "extractor" not in attrs:
         return None
-    record: dict[str, Any] = {
-        "kind": _plain(attrs["extractor"]),
-        "fps": float(attrs.get("fps", 0.0)),
-    }
+    record: dict[str, Any] = {"kind": _plain(attrs["extractor"]), "fps": _plain(attrs.get("fps"))}
     for key in KEYS:
         record[key] = _plain(attrs.get(f"extractor_{key}"))
-    return record
+    return check(record, where)
+
+
+def check(record: Any, where: str) -> dict[str, Any] | None:
+    """The one check of an extractor record, wherever it is read (an HDF5 file's attributes, a
+    store's manifest, a checkpoint): None stays None; anything but a complete record of the
+    documented fields and types is a FsanError naming `where`. The record as plain values."""
+    if record is None:
+        return None
+    fix = ("Extract the features again with `fsan extract` (and prepare and train on them), "
+           "or use a file whose record fsan wrote")
+    if not isinstance(record, Mapping):
+        raise FsanError(f"{where} holds a damaged extractor record (a {type(record).__name__}, "
+                        "not a table of fields)", fix)
+    problems = []
+    out: dict[str, Any] = {}
+    for key in ("kind", "library", "model", "sha256"):
+        value = record.get(key)
+        if not isinstance(value, str) or not value:
+            problems.append(f"{key} is {value!r}, not a name")
+        out[key] = value
+    for key in ("image_size", "dim"):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+            problems.append(f"{key} is {value!r}, not a positive whole number")
+        out[key] = value
+    fps = record.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.number) or not (
+        np.isfinite(fps) and fps > 0
+    ):
+        problems.append(f"fps is {fps!r}, not a positive number of frames per second")
+    else:
+        fps = float(fps)
+    out["fps"] = fps
+    for key in ("mean", "std"):
+        value = record.get(key)
+        try:
+            numbers = [float(v) for v in value]  # type: ignore[union-attr]
+            ok = len(numbers) == 3 and all(np.isfinite(numbers)) and (key == "mean" or min(numbers) > 0)
+        except (TypeError, ValueError):
+            numbers, ok = value, False
+        if not ok or isinstance(value, str | bytes):
+            problems.append(f"{key} is {value!r}, not 3 channel values")
+        out[key] = numbers
+    if problems:
+        raise FsanError(f"{where} holds a damaged extractor record ({'; '.join(problems[:3])})", fix)
+    return {**out, "image_size": int(out["image_size"]), "dim": int(out["dim"])}
 
 
 def _plain(value: Any) -> Any:
@@ -109,7 +153,7 @@ def of_datasets(path: Path, names: Iterable[str]) -> dict[str, Any] | None:
     first = None
     with h5py.File(path, "r") as h5:
         for name in names:
-            record = from_attrs(h5[name].attrs)
+            record = from_attrs(h5[name].attrs, f"{path}:{h5[name].name}")
             if first is None:
                 found, first = record, name
             elif not same(record, found):
@@ -138,7 +182,21 @@ def cache_dir() -> Path:
 
 def cache_path(video: Path, record: Mapping[str, Any]) -> Path:
     """The cached features of `video` under `record`: named by the sha256 of the video's bytes
-    and the extractor's identity, so an edited file or another extractor is a new entry."""
+    and the extractor's identity (so an edited file or another extractor is a new entry), then
+    by the video's name (its id in the answers: a copy under another name has its own entry)."""
     identity = json.dumps({k: record.get(k) for k in IDENTITY}, sort_keys=True)
     key = hashlib.sha256(f"{file_checksum(video)}\n{identity}".encode()).hexdigest()
-    return cache_dir() / f"{key}.h5"
+    name = hashlib.sha256(Path(video).stem.encode()).hexdigest()[:16]
+    return cache_dir() / f"{key}.{name}.h5"
+
+
+def cache_entries(path: Path) -> list[Path]:
+    """The other entries of the same bytes and extractor as the entry `path` (other names)."""
+    key = path.name.split(".", 1)[0]
+    return sorted(p for p in path.parent.glob(f"{key}.*.h5") if p != path) if path.parent.is_dir() else []
+
+
+def is_local(model: str) -> bool:
+    """Whether a record's `model` is a folder (`--weights`, recorded resolved) rather than a
+    Hugging Face id (`org/name`)."""
+    return Path(model).is_absolute() or model.startswith(("./", "../", "~")) or "\\" in model

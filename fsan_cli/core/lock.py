@@ -1,0 +1,116 @@
+"""A lock on a file path held by one process: `fcntl.flock` on the lock file, which the kernel
+drops when the process ends, however it ends. The file holds the PID of its holder and is
+removed when the holder releases it normally; a file still there but no longer locked was left
+by a killed process and is taken over with a warning.
+
+Used by `fsan train` for its run folder (fsan_cli/train/lock.py) and by `fsan extract` for its
+output file (fsan_cli/video/extract.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from fsan_cli.core.errors import FsanError
+from fsan_cli.core.output import warn
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; commands run without a lock there
+    fcntl = None  # type: ignore[assignment]
+
+
+class FileLock:
+    """A held lock on `path`; `release` frees it and removes the lock file."""
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.ftruncate(fd, 0)
+            if _same_inode(fd, self.path):
+                self.path.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # unlocks
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def acquire(path: Path, busy: Callable[[int | None], FsanError], fix: str) -> FileLock:
+    """Lock the file `path` (made if missing) for this process; `busy(pid)` is the error when
+    another process holds it (pid None where unknown), `fix` the advice when it cannot be made."""
+    path = Path(path)
+    if fcntl is None:
+        return FileLock(path, None)
+    for _ in range(5):  # the holder may remove the file between our open and our lock: retry
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FsanError(f"cannot create the lock file {path} ({exc.strerror or exc})", fix) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise busy(pid) from None
+        if not _same_inode(fd, path):
+            os.close(fd)
+            continue
+        previous = _read_pid(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if previous and previous != os.getpid():
+            warn(f"{path} was left by process {previous}, which ended without removing it "
+                 "(killed?); taking the lock over")
+        return FileLock(path, fd)
+    raise busy(None)
+
+
+def holder(path: Path) -> int | None:
+    """The PID of another live process that holds the lock file `path`, by the PID in it (a
+    quick check before any work; acquire is the one that counts)."""
+    try:
+        pid = int(Path(path).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid() or not _alive(pid):
+        return None
+    return pid
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode("ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
