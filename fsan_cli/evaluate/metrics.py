@@ -53,15 +53,57 @@ def recall_key(k: int, threshold: float) -> str:
     return f"r@{k},iou={threshold:g}"
 
 
-def protocol(dataset: str) -> dict[str, Any]:
+def protocol(dataset: str, thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+    """The dataset's protocol; `thresholds` replaces its IoU thresholds (moments in seconds only:
+    DiDeMo ranks its 21 segments)."""
     if dataset not in PROTOCOLS:
         raise FsanError(f"unknown dataset '{dataset}'", f"Use one of: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[dataset]
+    if thresholds is None:
+        return PROTOCOLS[dataset]
+    if PROTOCOLS[dataset]["kind"] != "moments":
+        raise FsanError(f"{dataset} is scored by Rank@k over its segments, not at IoU thresholds",
+                        "Leave out --iou for this dataset")
+    return {**PROTOCOLS[dataset], "thresholds": tuple(thresholds)}
 
 
-def metric_keys(dataset: str) -> list[str]:
-    """The metric names of a dataset's protocol, in table order."""
-    p = protocol(dataset)
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """IoU thresholds from "0.3,0.5,0.7": each in (0, 1], in ascending order, each once."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 < v <= 1 for v in values):
+        raise FsanError(f"--iou '{text}' is not a list of IoU thresholds in (0, 1]",
+                        "Pass them separated by commas, e.g. --iou 0.3,0.5,0.7")
+    return tuple(sorted(set(values)))
+
+
+def threshold_of(metric: str) -> float | None:
+    """The IoU threshold a metric name such as "r@1,iou=0.7" asks for, else None."""
+    head, _, tail = metric.partition(",iou=")
+    if not head.startswith("r@") or not tail:
+        return None
+    try:
+        value = float(tail)
+    except ValueError:
+        return None
+    return value if 0 < value <= 1 else None
+
+
+def asked_thresholds(dataset: str, iou: str | None, metric: str | None) -> tuple[float, ...] | None:
+    """The IoU thresholds `fsan evaluate` scores at: --iou's, else the protocol's (None), with the
+    threshold of a --metric such as r@1,iou=0.7 added where the protocol lacks it."""
+    thresholds = parse_thresholds(iou) if iou is not None else None
+    asked = threshold_of(metric) if metric is not None else None
+    if asked is None or protocol(dataset)["kind"] != "moments":
+        return thresholds if thresholds is None else protocol(dataset, thresholds)["thresholds"]
+    current = protocol(dataset, thresholds)["thresholds"]
+    return current if asked in current else tuple(sorted({*current, asked}))
+
+
+def metric_keys(dataset: str, thresholds: Sequence[float] | None = None) -> list[str]:
+    """The metric names of a dataset's protocol (at `thresholds` where given), in table order."""
+    p = protocol(dataset, thresholds)
     if p["kind"] == "didemo":
         return [f"rank@{k}" for k in p["ks"]] + ["miou"]
     return [recall_key(k, t) for k in p["ks"] for t in p["thresholds"]] + ["miou"]

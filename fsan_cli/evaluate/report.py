@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fsan_cli.core.output import fmt
-from fsan_cli.evaluate.metrics import metric_keys, protocol, recall_key
+from fsan_cli.evaluate.metrics import metric_keys, recall_key
 
 Row = tuple[str, dict[str, float]]
 
@@ -97,13 +97,14 @@ def results_table(
     paper_rows: bool = True,
     caption: str | None = None,
     title: str | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> Table:
     """A rich table in the layout of the paper's table for `dataset`; this run's rows last.
 
-    The paper's rows (labelled "(paper)") come first for activitynet and didemo when `paper_rows`.
+    The paper's rows (labelled "(paper)") come first for activitynet and didemo when `paper_rows`;
+    with other IoU `thresholds` than the paper's, the columns it did not report are empty.
     """
-    protocol(dataset)
-    keys = metric_keys(dataset)
+    keys = metric_keys(dataset, thresholds)
     name = DATASET_NAMES.get(dataset, dataset)
     if title is None:
         where = f" (layout of the paper's {TABLE_NAMES[dataset]})" if dataset in TABLE_NAMES else ""

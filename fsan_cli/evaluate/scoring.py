@@ -121,23 +121,26 @@ def check_annotated(dataset: str, queries: Sequence[Any]) -> None:
 
 
 def score(
-    dataset: str, queries: Sequence[Any], predictions: Sequence[dict]
+    dataset: str, queries: Sequence[Any], predictions: Sequence[dict],
+    thresholds: Sequence[float] | None = None,
 ) -> tuple[dict[str, float], list[str]]:
     """Score prediction rows against a split's queries under the dataset's protocol.
 
     Returns (metrics in percent, warnings). Queries without a prediction count as misses; rows
     for unknown videos or queries are ignored with a count. Raises FsanError when nothing can be
-    scored, or on rows the protocol cannot read (with the line number).
+    scored, or on rows the protocol cannot read (with the line number). `thresholds` replaces the
+    protocol's IoU thresholds.
     """
-    metrics, warnings, _ = score_details(dataset, queries, predictions)
+    metrics, warnings, _ = score_details(dataset, queries, predictions, thresholds=thresholds)
     return metrics, warnings
 
 
 def score_details(
-    dataset: str, queries: Sequence[Any], predictions: Sequence[dict], in_split_order: bool = False
+    dataset: str, queries: Sequence[Any], predictions: Sequence[dict], in_split_order: bool = False,
+    thresholds: Sequence[float] | None = None,
 ) -> tuple[dict[str, float], list[str], int]:
     """`score`, plus how many queries had a prediction."""
-    p = protocol(dataset)
+    p = protocol(dataset, thresholds)
     check_annotated(dataset, queries)
     matched, warnings = match_predictions(dataset, queries, predictions, in_split_order)
     found = [i for i in matched if i is not None]

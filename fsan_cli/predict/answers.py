@@ -83,7 +83,8 @@ class Grounding:
 
 def row_of(video: str, query: str, duration: float, seconds: np.ndarray, scores: np.ndarray,
            nms: float | None) -> dict[str, Any]:
-    """One predictions JSONL line (DESIGN.md): moments best first, rounded for the file."""
-    moments = [[round(float(s), 3), round(float(e), 3), round(float(c), 5)]
+    """One predictions JSONL line (DESIGN.md): moments best first, their times at full precision
+    (a file scored again gives exactly the figures scored in memory), scores to 5 decimals."""
+    moments = [[float(s), float(e), round(float(c), 5)]
                for (s, e), c in zip(seconds, scores, strict=True)]
     return {"video": video, "query": query, "duration": duration, "moments": moments, "nms": nms}

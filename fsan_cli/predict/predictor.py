@@ -84,13 +84,14 @@ class Predictor:
 
     @classmethod
     def load(cls, path: Path, device: torch.device, precision: str = "fp32",
-             span_prior: bool = True) -> Predictor:
-        """The checkpoint's model; with `span_prior`, ranking by the span prior it holds (if any)."""
+             span_prior: bool = True, nms: float | None = None) -> Predictor:
+        """The checkpoint's model; with `span_prior`, ranking by the span prior it holds (if any);
+        its top-k after NMS at `nms` (default the checkpoint's eval.nms; 1: none)."""
         if device.type == "cpu":
             reuse_freed_memory()
         ckpt = checkpoint.load(path)
         data = {**ckpt["data"], "pca": checkpoint.pca_of(ckpt)}
-        nms = checkpoint.settings_of(ckpt).eval.nms
+        nms = checkpoint.settings_of(ckpt).eval.nms if nms is None else nms
         words = WordSource.of(ckpt.get("word_vectors"), ckpt["vocab"], f"the checkpoint {path}")
         prior = SpanPrior.in_checkpoint(ckpt, path, int(data["clips"])) if span_prior else None
         predictor = cls(checkpoint.build_model(ckpt, device), ckpt["vocab"], data, nms, device, precision,
