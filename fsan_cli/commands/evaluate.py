@@ -119,8 +119,10 @@ def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_js
                         "Give a file name")
     if save is not None and not save.parent.is_dir():  # fail before predicting, not after
         raise FsanError(f"folder {save.parent} does not exist", "Create it first, or fix --save-predictions")
-    if checkpoint is not None and not checkpoint.is_file():
-        raise FsanError(f"checkpoint {checkpoint} does not exist", "Check the path (e.g. runs/x/best.pt)")
+    if checkpoint is not None:  # a folder, a broken link, a FIFO: said as ground says it
+        from fsan_cli.core.checkpoint import check_path
+
+        check_path(checkpoint)
 
 
 def _check_length_options(by_length: bool, plot: Path | None, metric: str | None,

@@ -15,8 +15,11 @@ and in last.pt `resume` (fsan_cli/train/resume.py).
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 import re
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,11 +94,7 @@ def load(path: Path) -> dict[str, Any]:
     """The checkpoint's contents, checked and brought to the current version; nothing in the
     file can run (weights_only); tensors are memory-mapped where the file allows it."""
     path = Path(path)
-    if path.is_dir():
-        raise FsanError(f"checkpoint {path} is a folder", "Pass the .pt file inside it, e.g. best.pt")
-    if not path.is_file():
-        raise FsanError(f"checkpoint {path} does not exist",
-                        "Pass --checkpoint with a .pt file from `fsan train`")
+    check_path(path)
     try:
         ckpt = _read(path)
     except pickle.UnpicklingError as exc:
@@ -121,7 +120,70 @@ def load(path: Path) -> dict[str, Any]:
                         f"versions 1 to {VERSION}", "Upgrade fsan (pip install -U fsan), or train again")
     if version == 1:
         _upgrade(ckpt)
+    problem = _problem(ckpt)
+    if problem is not None:
+        raise FsanError(f"checkpoint {path} was not written by fsan train, or is damaged: {problem}",
+                        f"{TRAIN_HINT}, or train again")
     return ckpt
+
+
+def check_path(path: Path) -> None:
+    """What --checkpoint names must be a regular file (links followed): a folder, a broken link,
+    a link loop, a FIFO or a missing path is an Error saying which, before any work."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FsanError(f"checkpoint {path} is a link loop (following its links never reaches a file)",
+                            "Pass the .pt file itself, e.g. runs/x/best.pt") from None
+        if path.is_symlink():
+            raise FsanError(f"checkpoint {path} is a broken link (to {os.readlink(path)}, which does not exist)",
+                            "Pass the .pt file itself, e.g. runs/x/best.pt") from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # e.g. a folder on the way not readable
+            raise FsanError(f"checkpoint {path} cannot be reached ({exc.strerror})",
+                            "Check the path and its folders' permissions") from None
+        raise FsanError(f"checkpoint {path} does not exist", "Check the path (e.g. runs/x/best.pt)") from None
+    if stat.S_ISDIR(mode):
+        raise FsanError(f"checkpoint {path} is a folder", "Pass the .pt file inside it, e.g. best.pt")
+    if not stat.S_ISREG(mode):
+        raise FsanError(f"checkpoint {path} is not a regular file (a FIFO, socket or device)",
+                        "Pass a .pt file from `fsan train`, e.g. runs/x/best.pt")
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the fields a checkpoint must hold (the module's "Keys"), or None; the
+    values' meaning (settings, the model config, the weights' shapes) is checked where read."""
+    for key, kind, name in (("model_config", dict, "an object"), ("settings", dict, "an object"),
+                            ("state_dict", dict, "an object"), ("vocab", list, "a list"),
+                            ("data", dict, "an object")):
+        if key not in ckpt:
+            return f'it has no "{key}"'
+        if not isinstance(ckpt[key], kind):
+            return f'its "{key}" is not {name}'
+    if not all(isinstance(w, str) for w in ckpt["vocab"]):
+        return 'its "vocab" is not a list of words'
+    data = ckpt["data"]
+    for key in ("clips", "feature_dim"):
+        if not (_int(data.get(key)) and data[key] > 0):
+            return f'its data.{key} is {data.get(key)!r}, not a whole number > 0'
+    if not (data.get("dataset") is None or isinstance(data["dataset"], str)):
+        return f"its data.dataset is {data['dataset']!r}, not a name"
+    if not isinstance(data.get("normalize", True), bool):
+        return f"its data.normalize is {data['normalize']!r}, not true or false"
+    pca = data.get("pca")
+    if pca is not None:
+        mean = pca.get("mean") if isinstance(pca, dict) else None
+        comp = pca.get("components") if isinstance(pca, dict) else None
+        if not (torch.is_tensor(mean) and torch.is_tensor(comp) and mean.ndim == 1 and comp.ndim == 2
+                and comp.shape == (data["feature_dim"], mean.shape[0])):
+            return ("its data.pca is not {mean (D_in), components (feature_dim, D_in)} tensors "
+                    f"for feature_dim {data['feature_dim']}")
+    return None
 
 
 def _read(path: Path) -> Any:

@@ -166,8 +166,11 @@ def write_store(
     vectors: np.ndarray,
     splits: dict[str, list[Query]],
     pca: dict[str, np.ndarray] | None = None,
+    where: str = "--out or --data-dir",
 ) -> None:
-    """Write a store atomically: into a temporary folder, then renamed over `path`."""
+    """Write a store atomically: into a temporary folder, then renamed over `path`; `where`,
+    the options that chose `path` (`fsan prepare`'s; the synthetic store: --data-dir), is the
+    fix an Error names."""
     path = Path(path)
     if features.ndim != 3 or features.shape[0] != len(videos):
         raise ValueError(f"features must be (n_videos, clips, dim), got {features.shape}")
@@ -177,7 +180,7 @@ def write_store(
     except OSError as exc:
         raise FsanError(
             f"cannot write the store at {path} ({exc.strerror or exc})",
-            "Choose another --out or --data-dir that can be written",
+            f"Choose another {where} that can be written",
         ) from None
     try:
         manifest = dict(manifest)
@@ -208,7 +211,7 @@ def write_store(
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        error = write_error(exc, f"the store at {path}", "choose another --out or --data-dir")
+        error = write_error(exc, f"the store at {path}", f"choose another {where}")
         if error is not None:  # a full disk, a read-only path: the half-written folder is gone
             raise error from None
         raise

@@ -178,7 +178,7 @@ def ensure_synthetic(
         "oov_rate": stats["oov_rate"],
         "inputs": [],
     }
-    write_store(path, manifest, feats, videos, vocab, vectors, splits)
+    write_store(path, manifest, feats, videos, vocab, vectors, splits, where="--data-dir")
     return path
 
 

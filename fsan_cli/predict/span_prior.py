@@ -29,6 +29,9 @@ from fsan_cli.core.errors import FsanError
 from fsan_cli.core.output import log, warn
 
 SMOOTHING = 1.0  # add-one: every segment keeps some prior mass
+# `fsan train` chooses the weight from a grid up to 2 (span_prior_fit.WEIGHTS); far above it the
+# answers are the prior alone, so a larger stored weight is a damaged entry, not a choice
+MAX_WEIGHT = 100.0
 
 
 @dataclass
@@ -46,10 +49,13 @@ class SpanPrior:
 
     @classmethod
     def of(cls, entry: dict[str, Any] | None, source: Any = "the checkpoint") -> SpanPrior | None:
-        """The checkpoint's entry, checked: a square finite log-prior and a finite weight >= 0."""
-        if not entry:
+        """The checkpoint's entry, checked: an object holding a square finite log-prior whose
+        valid cells (s <= e) are log-probabilities (<= 0), and a weight in [0, MAX_WEIGHT]."""
+        if entry is None or (isinstance(entry, dict) and not entry):
             return None
         try:
+            if not isinstance(entry, dict):  # e.g. a bare tensor
+                raise TypeError
             log_prior = entry["log_prior"]
             log_prior = np.asarray(log_prior.numpy() if torch.is_tensor(log_prior) else log_prior, np.float32)
             prior = cls(log_prior, float(entry["weight"]),
@@ -57,7 +63,8 @@ class SpanPrior:
         except (KeyError, TypeError, ValueError, AttributeError):
             prior = None
         if (prior is None or prior.log_prior.ndim != 2 or prior.log_prior.shape[0] != prior.log_prior.shape[1]
-                or not np.isfinite(prior.log_prior).all() or not np.isfinite(prior.weight) or prior.weight < 0):
+                or not np.isfinite(prior.log_prior).all() or not 0 <= prior.weight <= MAX_WEIGHT
+                or (np.triu(prior.log_prior) > 0).any()):
             raise FsanError(f"the span prior stored in {source} is damaged",
                             "Answer without it (--no-span-prior), or train again")
         return prior
