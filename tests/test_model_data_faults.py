@@ -178,3 +178,43 @@ def test_a_full_disk_writing_the_synthetic_store_names_an_option_the_command_has
     assert last_line(r).startswith(f"Error: cannot write the store at {tmp_path}/synthetic")
     assert last_line(r).endswith(": no space is left on the disk. Free some space on it, or choose another "
                                  "--data-dir.")
+
+
+# ----------------------------------------------------------------------------- D9: custom JSONL
+
+LINE = {"video": "a", "duration": 30, "query": "a man opens the door", "times": [1, 5]}
+BAD_LINES = {
+    "split videos": ({"split": "videos"}, 'split is "videos", not one of train, val, test. Use one of train, '
+                                          "val, test, or leave the field out (train)."),
+    "split manifest": ({"split": "manifest"}, 'split is "manifest", not one of train, val, test. Use one of '
+                                              "train, val, test, or leave the field out (train)."),
+    "split null": ({"split": None}, "split is null, not one of train, val, test. Use one of train, val, test, "
+                                    "or leave the field out (train)."),
+    "split bogus": ({"split": "bogus"}, 'split is "bogus", not one of train, val, test. Use one of train, val, '
+                                        "test, or leave the field out (train)."),
+    "query null": ({"query": None}, "query is null, not a sentence. Give the query as a string."),
+    "query a number": ({"query": 5}, "query is 5, not a sentence. Give the query as a string."),
+    "video null": ({"video": None}, "video is null, not an id. Give the video's id as a string."),
+    "video a list": ({"video": ["a"]}, 'video is ["a"], not an id. Give the video\'s id as a string.'),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_LINES))
+def test_custom_lines_with_null_or_reserved_values_are_an_error_naming_the_line(tmp_path, kind):
+    change, problem = BAD_LINES[kind]
+    ann, feats = write_custom(tmp_path, [LINE, {**LINE, "video": "b"}, {**LINE, **change}])
+    out = tmp_path / "store"
+    r = cli("prepare", "--dataset", "custom", "--annotations", ann, "--features", feats, "--out", out)
+    assert (r.exit_code, r.stdout, r.stderr) == (1, "", f"Error: {ann}:3: {problem}\n")
+    assert not out.exists()
+
+
+def test_custom_splits_train_val_test_and_the_default_are_kept(tmp_path):
+    lines = [{**LINE, "split": "train"}, {**LINE, "video": "b"}, {**LINE, "video": "c", "split": "val"},
+             {**LINE, "video": "c", "split": "test", "query": "a woman"}]
+    ann, feats = write_custom(tmp_path, lines)
+    out = tmp_path / "store"
+    r = cli("prepare", "--dataset", "custom", "--annotations", ann, "--features", feats, "--out", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["test.jsonl", "train.jsonl", "val.jsonl", "videos.jsonl"]
+    assert len((out / "videos.jsonl").read_text().splitlines()) == 3

@@ -3,9 +3,11 @@
     {"video": "cooking_01", "duration": 93.5, "query": "the man cuts an onion",
      "times": [12.0, 20.5], "split": "train"}
 
-`video`, `duration` (seconds) and `query` are required. `times` is optional (training never reads
-it; evaluation needs it): one [start, end] pair or a list of pairs, clipped into [0, duration].
-`split` is optional and defaults to "train"; any plain name works (train, val, test, ...).
+`video` (an id: a string, or a whole number), `duration` (seconds) and `query` (a string) are
+required. `times` is optional (training never reads it; evaluation needs it): one [start, end]
+pair or a list of pairs, clipped into [0, duration]. `split` is optional and defaults to "train";
+it is one of SPLITS (train, val, test: the splits `train` and `evaluate` read; another name, or
+null, is an error naming the line, as a null video or query is).
 A line whose duration or times are not finite numbers (NaN, Infinity), or whose times end before
 0 or start after the video, is dropped and counted, as one with start >= end.
 """
@@ -21,7 +23,7 @@ from fsan_cli.core.errors import FsanError
 from fsan_cli.core.text import normalize_query
 from fsan_cli.data.annotations import BAD_DURATION, Annotations, clip_span, require_file, utf8_text
 from fsan_cli.data.features import FeatureLayout
-from fsan_cli.data.store import Query
+from fsan_cli.data.store import SPLITS, Query
 
 LAYOUT = FeatureLayout(description="one (T, D) dataset per video keyed by its `video` id")
 FIX = "Write one JSON object per line with video, duration, query and optional times and split"
@@ -58,13 +60,15 @@ def _entry(line: str, where: str) -> tuple[str, float, str, Any, str]:
         ) from None
     if not duration > 0 and not math.isnan(duration):
         raise FsanError(f"{where}: duration must be positive, got {duration}", FIX)
-    return (
-        str(obj["video"]),
-        duration,
-        normalize_query(str(obj["query"])),
-        obj.get("times"),
-        str(obj.get("split", "train")),
-    )
+    video, query, split = obj["video"], obj["query"], obj.get("split", "train")
+    if isinstance(video, bool) or not isinstance(video, str | int):
+        raise FsanError(f"{where}: video is {json.dumps(video)}, not an id", "Give the video's id as a string")
+    if not isinstance(query, str):
+        raise FsanError(f"{where}: query is {json.dumps(query)}, not a sentence", "Give the query as a string")
+    if split not in SPLITS:  # a store file's name (videos, manifest, ...) would be overwritten
+        raise FsanError(f"{where}: split is {json.dumps(split)}, not one of {', '.join(SPLITS)}",
+                        f"Use one of {', '.join(SPLITS)}, or leave the field out (train)")
+    return str(video), duration, normalize_query(query), obj.get("times"), split
 
 
 def read_annotations(path: Path, options: Any) -> Annotations:
