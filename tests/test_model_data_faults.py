@@ -218,3 +218,57 @@ def test_custom_splits_train_val_test_and_the_default_are_kept(tmp_path):
     assert r.exit_code == 0, r.stderr
     assert sorted(p.name for p in out.glob("*.jsonl")) == ["test.jsonl", "train.jsonl", "val.jsonl", "videos.jsonl"]
     assert len((out / "videos.jsonl").read_text().splitlines()) == 3
+
+
+# ----------------------------------------------------------------------------- D13: model moments
+
+
+@pytest.fixture
+def scored(tmp_path):
+    make_store(tmp_path, "synthetic", {"train": TRAIN, "val": TEST[:2], "test": TEST})
+    return tmp_path
+
+
+def prior_aware(rows: list[dict]) -> list[dict]:
+    return [{**r, "span_prior": {"weight": 0.05, "changed": False}, "model_moments": r["moments"]} for r in rows]
+
+
+MALFORMED = {
+    "strings": ([["a", "b", "c"]], 'moment 1 is ["a", "b", "c"], not [start_s, end_s] or [start_s, end_s, score]'),
+    "flat": ([1, 2, 3], "moment 1 is 1, not [start_s, end_s] or [start_s, end_s, score]"),
+    "inverted": ([[5, 1, 0.3]], "moment 1 is [5, 1, 0.3]: it needs 0 <= start <= end"),
+    "past the end": ([[0, 99, 0.3]], "moment 1 is [0, 99, 0.3]: it ends after the duration 10"),
+}
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["model_moments", "span_prior.moments"])
+@pytest.mark.parametrize("kind", list(MALFORMED))
+def test_malformed_model_moments_are_one_error_naming_the_row(scored, kind, old):
+    moments, problem = MALFORMED[kind]
+    rows = prior_aware(PREDICTIONS)
+    rows[1]["model_moments"] = moments
+    if old:  # a file written before the model's own answers were named "model_moments"
+        rows = [{**{k: v for k, v in r.items() if k != "model_moments"},
+                 "span_prior": {**r["span_prior"], "moments": r["model_moments"]}} for r in rows]
+    key = "span_prior.moments" if old else "model_moments"
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    for extra in ([], ["--no-span-prior"]):
+        r = run_evaluate(["--predictions", "-", "--metric", "miou", *extra], scored, input=text)
+        assert (r.exit_code, r.stdout, last_line(r)) == (
+            1, "", f'Error: prediction row 2 has a malformed "{key}": {problem}. Fix the row, or drop its '
+                   '"span_prior" and "model_moments" fields.')
+
+
+def test_a_span_prior_field_that_is_no_object_is_malformed(scored):
+    rows = prior_aware(PREDICTIONS)
+    rows[2]["span_prior"] = 5
+    r = run_evaluate(["--predictions", "-", "--metric", "miou"], scored,
+                     input="".join(json.dumps(x) + "\n" for x in rows))
+    assert r.exit_code == 1
+    assert last_line(r).startswith('Error: prediction row 3 has a malformed "span_prior" (it needs "weight"')
+
+
+def test_well_formed_model_moments_score_as_the_moments(scored):
+    text = "".join(json.dumps(r) + "\n" for r in prior_aware(PREDICTIONS))
+    r = run_evaluate(["--predictions", "-", "--metric", "miou", "--no-span-prior"], scored, input=text)
+    assert (r.exit_code, r.stdout) == (0, "45.00\n"), r.stderr

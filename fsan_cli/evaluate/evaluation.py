@@ -23,7 +23,12 @@ from fsan_cli.evaluate import baselines, breakdown
 from fsan_cli.evaluate.breakdown import LengthBreakdown
 from fsan_cli.evaluate.metrics import metric_keys, protocol
 from fsan_cli.evaluate.plots import save_length_plot
-from fsan_cli.evaluate.predictions import check_save_path, read_predictions, write_predictions
+from fsan_cli.evaluate.predictions import (
+    check_save_path,
+    moments_problem,
+    read_predictions,
+    write_predictions,
+)
 from fsan_cli.evaluate.report import DATASET_NAMES, PAPER_TABLES, length_table, results_table
 from fsan_cli.evaluate.scoring import check_annotated, score, score_details
 from fsan_cli.predict.predictor import Predictor
@@ -128,7 +133,7 @@ def model_own_rows(rows: list[dict]) -> list[dict] | None:
         prior = row["span_prior"]
         weight = prior.get("weight") if isinstance(prior, dict) else None
         moments = row.get("model_moments", prior.get("moments") if isinstance(prior, dict) else None)
-        ok = (isinstance(moments, list) and isinstance(prior.get("changed"), bool)
+        ok = (isinstance(prior, dict) and isinstance(moments, list) and isinstance(prior.get("changed"), bool)
               and isinstance(weight, int | float) and not isinstance(weight, bool)
               and math.isfinite(weight) and weight >= 0)
         if not ok:
@@ -136,6 +141,12 @@ def model_own_rows(rows: list[dict]) -> list[dict] | None:
                 f'prediction row {i} has a malformed "span_prior" (it needs "weight", a number >= 0, '
                 '"changed", true or false, and "model_moments" beside it, the model\'s own [start, end, '
                 'score] list)', 'Fix the row, or drop its "span_prior" and "model_moments" fields')
+        duration = row.get("duration")  # a number >= 0 or None in a row read_predictions passed
+        problem = moments_problem(moments, duration if isinstance(duration, int | float) else None)
+        if problem:  # checked as the row's own "moments" are
+            key = "model_moments" if "model_moments" in row else "span_prior.moments"
+            raise FsanError(f'prediction row {i} has a malformed "{key}": {problem}',
+                            'Fix the row, or drop its "span_prior" and "model_moments" fields')
         own.append({**row, "moments": moments})
     return own
 

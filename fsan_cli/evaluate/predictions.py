@@ -51,13 +51,9 @@ def _problem(obj: Any) -> str | None:
     moments = obj.get("moments")
     if not isinstance(moments, list):
         return 'has no "moments" list'
-    for j, m in enumerate(moments):
-        if not (isinstance(m, list) and len(m) in (2, 3) and all(_number(x) for x in m)):
-            return f"moment {j + 1} is {json.dumps(m)}, not [start_s, end_s] or [start_s, end_s, score]"
-        if m[0] > m[1] or m[0] < 0:
-            return f"moment {j + 1} is {json.dumps(m)}: it needs 0 <= start <= end"
-        if duration is not None and m[1] > duration + 1e-2 + 1e-6 * duration:
-            return f"moment {j + 1} is {json.dumps(m)}: it ends after the duration {duration:g}"
+    problem = moments_problem(moments, duration)
+    if problem:
+        return problem
     segments = obj.get("segments")
     if segments is not None and not (
         isinstance(segments, list)
@@ -67,6 +63,21 @@ def _problem(obj: Any) -> str | None:
         )
     ):
         return '"segments" is not a list of [s, e] chunk index pairs'
+    return None
+
+
+def moments_problem(moments: Any, duration: float | None, name: str = "moment") -> str | None:
+    """What is wrong with a row's ranked moments (a list of [start_s, end_s] or [start_s, end_s,
+    score], 0 <= start <= end, ending within `duration` where it is known), or None."""
+    if not isinstance(moments, list):
+        return f"{name}s are {json.dumps(moments)}, not a list of [start_s, end_s, score]"
+    for j, m in enumerate(moments):
+        if not (isinstance(m, list) and len(m) in (2, 3) and all(_number(x) for x in m)):
+            return f"{name} {j + 1} is {json.dumps(m)}, not [start_s, end_s] or [start_s, end_s, score]"
+        if m[0] > m[1] or m[0] < 0:
+            return f"{name} {j + 1} is {json.dumps(m)}: it needs 0 <= start <= end"
+        if duration is not None and m[1] > duration + 1e-2 + 1e-6 * duration:
+            return f"{name} {j + 1} is {json.dumps(m)}: it ends after the duration {duration:g}"
     return None
 
 
