@@ -272,3 +272,49 @@ def test_well_formed_model_moments_score_as_the_moments(scored):
     text = "".join(json.dumps(r) + "\n" for r in prior_aware(PREDICTIONS))
     r = run_evaluate(["--predictions", "-", "--metric", "miou", "--no-span-prior"], scored, input=text)
     assert (r.exit_code, r.stdout) == (0, "45.00\n"), r.stderr
+
+
+# ----------------------------------------------------------------------------- D18: --plot
+
+
+def test_ground_plot_refuses_an_existing_file_without_overwrite_and_writes_atomically(trained, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    _, best, video = trained
+    plot = tmp_path / "existing.png"
+    plot.write_text("keep\n")
+    args = ["ground", video, "a person opens the door", "--checkpoint", best, "--plot", plot]
+    r = cli(*args)
+    assert (r.exit_code, r.stdout, r.stderr) == (
+        1, "", f"Error: --plot {plot} already exists. Pass --overwrite to replace it, or choose another file.\n")
+    assert plot.read_text() == "keep\n"
+    import matplotlib.figure
+
+    real = matplotlib.figure.Figure.savefig
+
+    def half(self, fh, *a, **kw):
+        fh.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half)
+    r = cli(*args, "--overwrite")
+    assert (r.exit_code, last_line(r)) == (
+        1, f"Error: cannot write {plot}: no space is left on the disk. Free some space on it, or pass another "
+           "--plot FILE.")
+    assert plot.read_text() == "keep\n" and [p.name for p in tmp_path.iterdir()] == ["existing.png"]
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real)
+    r = cli(*args, "--overwrite")
+    assert r.exit_code == 0, r.stderr
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n")
+
+
+def test_evaluate_plot_refuses_an_existing_file_without_overwrite(scored, tmp_path):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "lengths.png"
+    plot.write_text("keep\n")
+    r = run_evaluate(["--baseline", "prior", "--plot", str(plot)], scored)
+    assert (r.exit_code, r.stdout, r.stderr) == (
+        1, "", f"Error: --plot {plot} already exists. Pass --overwrite to replace it, or choose another file.\n")
+    assert plot.read_text() == "keep\n"
+    r = run_evaluate(["--baseline", "prior", "--plot", str(plot), "--overwrite"], scored)
+    assert r.exit_code == 0, r.stderr
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n")

@@ -47,7 +47,7 @@ def evaluate(
         Path | None, typer.Option("--save-predictions", metavar="FILE", help="Write what was scored.")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Let --save-predictions replace an existing FILE.")
+        bool, typer.Option("--overwrite", help="Let --save-predictions and --plot replace an existing file.")
     ] = False,
     as_json: JsonOpt = False,
     metric: Annotated[
@@ -86,7 +86,8 @@ def evaluate(
 
     _check_options(metric_keys(dataset), dataset, checkpoint, predictions, baseline,
                    save_predictions, as_json, metric)
-    _check_length_options(by_length, plot, metric, (checkpoint, Path(predictions) if predictions not in (None, "-") else None))
+    _check_length_options(by_length, plot, metric, (checkpoint, Path(predictions) if predictions not in (None, "-") else None),
+                          overwrite)
     if checkpoint is predictions is baseline is None:
         checkpoint = runs.find_checkpoint(dataset=dataset)
         log(f"Checkpoint: {checkpoint} (the newest run of {dataset}; --checkpoint, --predictions "
@@ -126,11 +127,11 @@ def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_js
 
 
 def _check_length_options(by_length: bool, plot: Path | None, metric: str | None,
-                          inputs: tuple[Path | None, ...]) -> None:
+                          inputs: tuple[Path | None, ...], overwrite: bool = False) -> None:
     if metric is not None and (by_length or plot is not None):
         raise FsanError("--metric prints one number, which has no breakdown by video length",
                         "Drop --by-length and --plot, or --metric")
     if plot is not None:  # fail before predicting, not after
         from fsan_cli.evaluate.plots import check_plot
 
-        check_plot(plot, inputs)
+        check_plot(plot, inputs, overwrite)

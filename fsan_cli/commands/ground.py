@@ -62,6 +62,7 @@ def ground(
         Path | None,
         typer.Option("--plot", metavar="FILE.png", help="Also save the figure (needs matplotlib)."),
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --plot replace an existing file.")] = False,
     weights: WeightsOpt = None,
 ) -> None:
     """Find the moments of VIDEO that QUERY describes: top-k (start, end, score) and the
@@ -99,7 +100,7 @@ def ground(
             f"--duration must be positive, got {duration:g}", "Pass the video's length in seconds"
         )
     if plot is not None:
-        check_plot(plot, (video, checkpoint, queries_file))
+        check_plot(plot, (video, checkpoint, queries_file), overwrite)
     asked = read_requests(queries or [], queries_file)
     results = answer(video, asked, video_id, checkpoint, _newest, weights, STATE.device, precision.value,
                      span_prior, top_k, duration, dataset, data_dir)

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fsan_cli.core.errors import FsanError
+from fsan_cli.core.atomic import atomic_write
+from fsan_cli.core.errors import FsanError, write_error
 from fsan_cli.core.output import log
 from fsan_cli.evaluate.metrics import metric_keys
 from fsan_cli.evaluate.report import column_header
@@ -17,9 +18,10 @@ from fsan_cli.evaluate.report import column_header
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
 
 
-def check_plot(path: Path, inputs: tuple[Path | None, ...] = ()) -> None:
+def check_plot(path: Path, inputs: tuple[Path | None, ...] = (), overwrite: bool = False) -> None:
     """Fail before any work when --plot cannot be honoured: matplotlib, the folder, the format,
-    and never a file the command reads, a folder or a link."""
+    never a file the command reads, a folder or a link, and an existing file only with
+    `overwrite` (as --save-predictions)."""
 
     path = Path(path)
     if path.suffix.lower().lstrip(".") not in FORMATS:
@@ -30,6 +32,8 @@ def check_plot(path: Path, inputs: tuple[Path | None, ...] = ()) -> None:
     for source in inputs:
         if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
             raise FsanError(f"--plot {path} is a file this command reads", "Choose another file for --plot")
+    if path.exists() and not overwrite:
+        raise FsanError(f"--plot {path} already exists", "Pass --overwrite to replace it, or choose another file")
 
     if importlib.util.find_spec("matplotlib") is None:
         raise FsanError(
@@ -53,13 +57,17 @@ def pyplot():
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    """Save and close `fig`; FsanError on a file type matplotlib cannot write."""
+    """Save and close `fig`, atomically (never a half-written image under its name); FsanError
+    on a file type matplotlib cannot write, a full disk or a read-only folder."""
+    kind = Path(path).suffix.lower().lstrip(".")
     try:
-        fig.savefig(path, dpi=150)
+        atomic_write(path, lambda fh: fig.savefig(fh, format=kind, dpi=150), binary=True)
     except ValueError as exc:  # an unknown file type
         raise FsanError(
             f"cannot save {path} ({exc})", "Use a .png, .pdf or .svg file name"
         ) from None
+    except OSError as exc:
+        raise write_error(exc, path, "pass another --plot FILE") or exc from None
     finally:
         pyplot().close(fig)
     log(f"Wrote the figure to {path}")
