@@ -68,7 +68,7 @@ def test_json_from_predictions_file(data_dir, preds_file):
     r = run(["--predictions", str(preds_file), "--json"], data_dir)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == {"dataset": "synthetic", "split": "test", "queries": 4,
-                                    "predicted": 4, **EXPECTED}
+                                    "predicted": 4, **EXPECTED, "nms": None}
     assert r.stdout.count("\n") == 1
     assert r.stderr == (
         "Matched 4 of 4 prediction rows to the 4 queries of test\n"
@@ -205,7 +205,8 @@ def test_didemo_table_and_json(data_dir, tmp_path):
     r = run(["--dataset", "didemo", "--predictions", str(path), "--json"], data_dir)
     # query 2: annotators all on (0, 1), ranked 2nd -> mean rank 2; top-1 (0, 0) IoU 1/2
     assert json.loads(r.stdout) == {"dataset": "didemo", "split": "test", "queries": 2,
-                                    "predicted": 2, "rank@1": 50.0, "rank@5": 100.0, "miou": 75.0}
+                                    "predicted": 2, "rank@1": 50.0, "rank@5": 100.0, "miou": 75.0,
+                                    "nms": None}
     r = run(["--dataset", "didemo", "--predictions", str(path)], data_dir)
     assert r.exit_code == 0, r.output
     assert "│ FSAN (paper)" in r.stdout and "│ fully supervised (paper)" in r.stdout
@@ -246,7 +247,7 @@ def test_checkpoint_path_uses_predict_queries(data_dir, tmp_path, monkeypatch):
 
     class FakePredictor:
         @staticmethod
-        def load(checkpoint, device, span_prior=True):
+        def load(checkpoint, device, span_prior=True, nms=None):
             def answer_split(store, queries, top_k):
                 calls.append((checkpoint, store.path.name, len(queries), str(device), top_k))
                 return types.SimpleNamespace(rows=lambda queries, top_k: [dict(r) for r in PREDICTIONS],

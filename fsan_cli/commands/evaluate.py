@@ -65,6 +65,16 @@ def evaluate(
         typer.Option("--plot", metavar="FILE.png",
                      help="Save a bar chart of R@1 by video length (implies --by-length; needs matplotlib)."),
     ] = None,
+    iou: Annotated[
+        str | None,
+        typer.Option("--iou", metavar="T,T,...",
+                     help="R@k at these IoU thresholds instead of the protocol's, e.g. 0.3,0.5,0.7."),
+    ] = None,
+    nms: Annotated[
+        float | None,
+        typer.Option("--nms", metavar="IOU", min=0.0, max=1.0,
+                     help="NMS of a checkpoint's top-k moments (default its eval.nms; 1: none)."),
+    ] = None,
 ) -> None:
     """Score a checkpoint, a predictions file or a baseline on a split, by the benchmark's protocol.
 
@@ -73,7 +83,8 @@ def evaluate(
 
     ActivityNet-Captions, synthetic, custom: R@{1,5} at IoU {0.1,0.3,0.5} and mIoU of the top-1
     moment; Charades-STA: IoU {0.3,0.5,0.7}; DiDeMo: the official Rank@1, Rank@5 and mIoU. All in
-    percent. The table shows the paper's rows, this run, and the random and prior baselines
+    percent; --iou T,T,... scores R@k at other IoU thresholds, and --nms 1 a checkpoint's top-k
+    without NMS. The table shows the paper's rows, this run, and the random and prior baselines
     computed on the same split; a checkpoint with a span prior, also the model without it. --save-predictions FILE never replaces a file the command reads
     (the checkpoint, the predictions, the store), nor any existing file without --overwrite.
     """
@@ -81,11 +92,12 @@ def evaluate(
     from fsan_cli.core.output import log
     from fsan_cli.core.state import STATE
     from fsan_cli.evaluate.evaluation import evaluate_split, show, store_to_score
-    from fsan_cli.evaluate.metrics import metric_keys
+    from fsan_cli.evaluate.metrics import asked_thresholds, metric_keys
     from fsan_cli.train import runs
 
-    _check_options(metric_keys(dataset), dataset, checkpoint, predictions, baseline,
-                   save_predictions, as_json, metric)
+    thresholds = asked_thresholds(dataset, iou, metric)
+    _check_options(metric_keys(dataset, thresholds), dataset, checkpoint, predictions, baseline,
+                   save_predictions, as_json, metric, nms)
     _check_length_options(by_length, plot, metric, (checkpoint, Path(predictions) if predictions not in (None, "-") else None),
                           overwrite)
     if checkpoint is predictions is baseline is None:
@@ -99,13 +111,16 @@ def evaluate(
                             save_predictions=save_predictions, top_k=top_k, seed=seed,
                             device=device, with_baselines=not (as_json or metric),
                             by_length=by_length or plot is not None, overwrite=overwrite,
-                            span_prior=span_prior)
+                            span_prior=span_prior, thresholds=thresholds, nms=nms)
     show(result, as_json, metric, plot=plot)
 
 
-def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_json, metric) -> None:
+def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_json, metric, nms=None) -> None:
     given = [n for n, v in (("--checkpoint", checkpoint), ("--predictions", predictions),
                             ("--baseline", baseline)) if v is not None]
+    if nms is not None and (predictions is not None or baseline is not None):
+        raise FsanError("--nms chooses a checkpoint's top-k, and --predictions or --baseline has its own",
+                        "Drop --nms, or score a checkpoint")
     if len(given) > 1:
         raise FsanError(
             f"pass one of --checkpoint, --predictions or --baseline (got {' and '.join(given)})",

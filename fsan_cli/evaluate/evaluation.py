@@ -50,12 +50,14 @@ class Evaluation:
     without_prior: dict[str, float] | None = None
     prior_weight: float | None = None
     prior_changed: float | None = None
+    thresholds: tuple[float, ...] | None = None  # IoU thresholds asked for instead of the protocol's
+    nms: float | None = None  # the NMS IoU behind the scored moments' ranks (R@k), where the rows say
 
     def summary(self) -> dict[str, Any]:
         """The --json object: the split, counts and each metric in percent (and by length)."""
-        keys = metric_keys(self.dataset)
+        keys = metric_keys(self.dataset, self.thresholds)
         out = {"dataset": self.dataset, "split": self.split, "queries": self.queries,
-               "predicted": self.predicted, **{k: round(self.metrics[k], 4) for k in keys}}
+               "predicted": self.predicted, **{k: round(self.metrics[k], 4) for k in keys}, "nms": self.nms}
         if self.without_prior is not None:
             out["span_prior_weight"] = self.prior_weight
             out["span_prior_changed"] = round(self.prior_changed or 0.0, 4)
@@ -71,25 +73,28 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
                    save_predictions: Path | None = None, top_k: int = 5, seed: int = 0,
                    device: Any = None, with_baselines: bool = True,
                    by_length: bool = False, overwrite: bool = False,
-                   span_prior: bool = True) -> Evaluation:
+                   span_prior: bool = True, thresholds: tuple[float, ...] | None = None,
+                   nms: float | None = None) -> Evaluation:
     """Score one source (exactly one of checkpoint, predictions, baseline) on `split`; the
     random and prior baselines on the same split beside it unless with_baselines is False;
     with by_length, its metrics by video length too (fsan_cli/evaluate/breakdown.py). save_predictions
     never replaces a file it reads, nor an existing file unless `overwrite`. span_prior=False
-    answers with the checkpoint's model alone, without its span prior."""
+    answers with the checkpoint's model alone, without its span prior. `thresholds` replaces the
+    protocol's IoU thresholds; `nms` the checkpoint's eval.nms for its top-k (1: none)."""
     queries = store.split(split)
     check_annotated(dataset, queries)  # before predicting, which can take a while
     if save_predictions is not None:
         check_save_path(save_predictions, overwrite, _read_files(store, checkpoint, predictions))
     src = _rows(dataset, store, queries, split, checkpoint, predictions, baseline, top_k, seed, device,
-                span_prior)
+                span_prior, nms)
     rows, own = src.rows, src.own
     if own is not None and not span_prior:  # --no-span-prior on a file of prior-aware answers
         rows, own = own, None
     if save_predictions is not None:
         write_predictions(save_predictions, rows, overwrite)
         log(f"Wrote {len(rows)} predictions to {save_predictions}")
-    metrics, warnings, predicted = score_details(dataset, queries, rows, in_split_order=predictions is None)
+    metrics, warnings, predicted = score_details(dataset, queries, rows, in_split_order=predictions is None,
+                                                 thresholds=thresholds)
     if predictions is not None:
         log(f"Matched {predicted} of {len(rows)} prediction rows to the {len(queries)} queries of {split}")
     for message in warnings:
@@ -98,13 +103,16 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     caption = _caption(dataset, split, len(queries), predicted, src.nms, top_k, seed, prior_source)
     if checkpoint is not None:
         caption += f"\nCheckpoint: {checkpoint}"
-    beside = _baseline_rows(dataset, store, queries, split, top_k, seed, baseline) if with_baselines else []
+    beside = (_baseline_rows(dataset, store, queries, split, top_k, seed, baseline, thresholds)
+              if with_baselines else [])
     lengths = None
     if by_length:
         lengths = breakdown.by_length(dataset, queries, breakdown.matched_rows(dataset, queries, rows))
-    result = Evaluation(dataset, split, len(queries), predicted, src.label, metrics, beside, caption, lengths)
+    result = Evaluation(dataset, split, len(queries), predicted, src.label, metrics, beside, caption, lengths,
+                        thresholds=thresholds, nms=_nms_of(rows))
     if own is not None:  # prior-aware answers: the model's own beside them
-        result.without_prior = score_details(dataset, queries, own, in_split_order=predictions is None)[0]
+        result.without_prior = score_details(dataset, queries, own, in_split_order=predictions is None,
+                                             thresholds=thresholds)[0]
         result.prior_weight, result.prior_changed = src.prior_weight, src.changed_share
         if checkpoint is not None:
             result.label = "FSAN + span prior (this run)"
@@ -200,7 +208,7 @@ def show(result: Evaluation, as_json: bool = False, metric: str | None = None,
     else:
         rows = [(result.label, result.metrics), *result.baselines]
         console = stdout_console()
-        console.print(results_table(result.dataset, rows, caption=result.caption))
+        console.print(results_table(result.dataset, rows, caption=result.caption, thresholds=result.thresholds))
         if result.by_length is not None:
             console.print()
             console.print(length_table(result.dataset, result.by_length.buckets,
@@ -213,12 +221,13 @@ def show(result: Evaluation, as_json: bool = False, metric: str | None = None,
 
 
 def _rows(dataset: str, store: Store, queries: list[Query], split: str, checkpoint, predictions,
-          baseline, top_k: int, seed: int, device, span_prior: bool = True) -> Source:
+          baseline, top_k: int, seed: int, device, span_prior: bool = True, nms: float | None = None) -> Source:
     """This run's prediction rows, what they are and, for prior-aware answers, the model's own."""
     if checkpoint is not None:
         device = torch.device("cpu") if device is None else device
         log(f"Predicting {len(queries)} queries of {dataset} {split} with {checkpoint}")
-        answers = Predictor.load(checkpoint, device, span_prior=span_prior).answer_split(store, queries, top_k)
+        predictor = Predictor.load(checkpoint, device, span_prior=span_prior, nms=nms)
+        answers = predictor.answer_split(store, queries, top_k)
         rows = answers.rows(queries, top_k)
         own = model_own_rows(rows) if answers.prior_weight is not None else None
         return Source(rows, "FSAN (this run)", _row_nms(rows, "the checkpoint's eval.nms"), own,
@@ -243,14 +252,17 @@ def _rows(dataset: str, store: Store, queries: list[Query], split: str, checkpoi
     return Source(rows, f"Prior on {source} (this run)", _prior_nms(dataset))
 
 
+def _nms_of(rows: list[dict]) -> float | None:
+    """The one NMS threshold the rows name in an optional "nms" key, else None."""
+    values = {row.get("nms") for row in rows if "nms" in row}
+    value = values.pop() if len(values) == 1 else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _row_nms(rows: list[dict], default: str) -> str:
     """The NMS threshold the rows name in an optional "nms" key, else `default`."""
-    values = {row.get("nms") for row in rows if "nms" in row}
-    if len(values) == 1:
-        value = values.pop()
-        if isinstance(value, int | float):
-            return f"IoU {value:g}"
-    return default
+    value = _nms_of(rows)
+    return default if value is None else f"IoU {value:g}"
 
 
 def _prior_nms(dataset: str) -> str:
@@ -267,17 +279,18 @@ def _prior_source(store: Store, split: str) -> str | None:
 
 
 def _baseline_rows(dataset: str, store: Store, queries: list[Query], split: str, top_k: int,
-                   seed: int, skip: str | None) -> list[tuple[str, dict[str, float]]]:
+                   seed: int, skip: str | None, thresholds: tuple[float, ...] | None = None,
+                   ) -> list[tuple[str, dict[str, float]]]:
     out = []
     if skip != "random":
         rows = baselines.random_predictions(queries, top_k, seed, dataset)
-        out.append((f"Random (seed {seed})", score(dataset, queries, rows)[0]))
+        out.append((f"Random (seed {seed})", score(dataset, queries, rows, thresholds)[0]))
     source = _prior_source(store, split)
     if skip != "prior" and source is None:
         warn("the store has no train split, so the table has no prior row")
     elif skip != "prior":
         rows = baselines.prior_predictions(store.splits[source], queries, top_k, dataset)
-        out.append((f"Prior (best fixed segment on {source})", score(dataset, queries, rows)[0]))
+        out.append((f"Prior (best fixed segment on {source})", score(dataset, queries, rows, thresholds)[0]))
     return out
 
 
