@@ -131,7 +131,7 @@ CASES = [
     ("train-resume-not-a-run", lambda w, t: ["train", "--resume", t],
      1, "is not a resumable run folder", "Pass --resume with a folder"),
     ("train-resume-corrupt", lambda w, t: ["train", "--resume", corrupt_run(t, w)],
-     1, "cannot be read", "It is damaged"),
+     1, "last.pt cannot be read", "Train a new run into another --out, or replace this one"),
     # --- evaluate
     ("evaluate-checkpoint-missing", lambda w, t: ["evaluate", "--data-dir", w["data"],
                                                   "--checkpoint", t / "no.pt"],
@@ -234,7 +234,7 @@ CASES = [
      1, "device 'cuda:7' is not available", "Pass --device"),
     ("ablate-json-and-csv", lambda w, t: ["ablate", "--data-dir", w["data"], "--out", t / "abl",
                                           "--json", "--csv"],
-     1, "--json and --csv both choose what stdout carries", "Pass only one"),
+     2, "--json and --csv both choose what stdout carries", "Pass only one"),
 ]
 
 

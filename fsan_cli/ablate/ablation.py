@@ -258,7 +258,7 @@ def run(jobs: list[Job], store: Store, dataset: str, device: Any, progress: bool
         if job.result is not None:
             log(f"[{i}/{len(todo)}] skip {job.title}: finished in {job.folder}")
             continue
-        resume = job.folder.exists() and same_settings(job)
+        resume = (job.folder / "last.pt").is_file() and same_settings(job)
         if resume:
             log(f"[{i}/{len(todo)}] {job.folder} is unfinished; resuming {job.title} from its last checkpoint")
         elif job.folder.exists():

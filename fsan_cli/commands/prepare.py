@@ -10,7 +10,7 @@ import typer
 
 from fsan_cli.commands.extract import WeightsOpt
 from fsan_cli.commands.options import DataDirOpt, JsonOpt
-from fsan_cli.core.errors import FsanError, handle_errors
+from fsan_cli.core.errors import FsanError, UsageError, handle_errors
 from fsan_cli.core.output import fmt, make_table, print_json, stdout_console, warn
 from fsan_cli.core.settings import load_settings
 
@@ -108,11 +108,12 @@ def prepare(
     from the train split. Layouts and sources: docs/datasets.md.
     """
     from fsan_cli.data.prepare import PrepareOptions, prepare_dataset
+    from fsan_cli.data.store import clear_stale
 
     if videos:
         features = _extract(dataset, videos, features or data_dir / "custom-features.h5", weights)
     if features is None:
-        raise FsanError("--features is missing", "Pass the HDF5 feature file, or (custom) --videos DIR")
+        raise UsageError("--features is missing", "Pass the HDF5 feature file, or (custom) --videos DIR")
     cfg = load_settings(dataset.value)
     opts = PrepareOptions(
         dataset=dataset.value,
@@ -129,6 +130,7 @@ def prepare(
         val_share=val_share,
         overwrite=overwrite,
     )
+    clear_stale(Path(opts.out))  # what a killed prepare into the same place left
     summary = prepare_dataset(opts)
     for message in summary["warnings"]:
         warn(message)
@@ -147,7 +149,7 @@ def _extract(dataset: Dataset, videos: list[Path], features: Path, weights: Path
     from fsan_cli.video.extract import extract_files
 
     if dataset is not Dataset.custom:
-        raise FsanError(f"--videos extracts features for --dataset custom, not {dataset.value}",
+        raise UsageError(f"--videos extracts features for --dataset custom, not {dataset.value}",
                         f"Pass the official feature file of {dataset.value} with --features")
     features.parent.mkdir(parents=True, exist_ok=True)
     summary = extract_files(videos, features, DEFAULT_MODEL, weights, DEFAULT_FPS, DEFAULT_BATCH,

@@ -1,5 +1,7 @@
 """Atomic file writes: a temporary file beside the target, fsync, rename. A crash or Ctrl-C
-never leaves a half-written file under the target's name."""
+never leaves a half-written file under the target's name; a write that fails on a full disk, in
+whatever form numpy or torch reports it, is an OSError(ENOSPC) naming the target
+(errors.out_of_space), which errors.write_problem and handle_errors explain."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from fsan_cli.core.errors import out_of_space
 
 SUFFIX = ".tmp"  # of the temporary file beside the target: .NAME.XXXXXXXX.tmp
 
@@ -35,6 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: boo
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
+        exc = out_of_space(exc, path.parent, path)  # while the half-written file still takes its space
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise _naming(exc, path) from None

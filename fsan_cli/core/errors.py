@@ -6,12 +6,20 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+
+try:  # typer (0.2x) runs on its own copy of click: its usage errors are that copy's
+    from typer._click.exceptions import ClickException, UsageError as ClickUsageError
+    from typer._click.globals import get_current_context
+except ImportError:  # an older typer, on click itself
+    from click import get_current_context
+    from click.exceptions import ClickException, UsageError as ClickUsageError
 
 from fsan_cli.core.state import STATE
 
@@ -31,6 +39,12 @@ class FsanError(Exception):
         if self.fix:
             text += " " + (self.fix if self.fix.endswith((".", "?", "!")) else self.fix + ".")
         return text
+
+
+class UsageError(FsanError):
+    """Options that cannot go together, or an option's value that no run could take: bad usage,
+    which handle_errors hands to click, so it prints as typer's own usage errors do (the usage
+    line, the --help hint, `Error: what happened. How to fix it.`) with exit code 2."""
 
 
 INTERRUPT_EXIT = 130  # 128 + SIGINT, as a shell reports a tool stopped by Ctrl-C
@@ -63,12 +77,49 @@ if hasattr(errno, "EDQUOT"):
     WRITE_PROBLEMS[errno.EDQUOT] = ("the disk quota is used up", "Free some space within the quota")
 
 
+# A full disk does not always come as ENOSPC: numpy's tofile says "N requested and M written"
+# (errno None) for a short write and "Not enough free space to write N bytes" where fallocate
+# refused; torch.save's zip writer raises RuntimeError ("[enforce fail at inline_container.cc]
+# ... unexpected pos", "file write failed"). A failed write on a (nearly) full file system is
+# taken for what it is: free space below this many bytes (checked before anything written is
+# removed, see out_of_space).
+NEARLY_FULL = 1 << 20
+NO_SPACE_MESSAGES = ("not enough free space", "no space left on device")
+
+
 def write_problem(exc: BaseException) -> tuple[str, str] | None:
     """(what happened, what to do) for an OSError of a full disk, a read-only file system or
-    missing permissions; None for anything else."""
+    missing permissions, or a write that says it ran out of space; None for anything else."""
     if isinstance(exc, OSError) and exc.errno in WRITE_PROBLEMS:
         return WRITE_PROBLEMS[exc.errno]
+    if isinstance(exc, (OSError, RuntimeError)) and any(m in str(exc).lower() for m in NO_SPACE_MESSAGES):
+        return WRITE_PROBLEMS[errno.ENOSPC]
     return None
+
+
+def out_of_space(exc: BaseException, where: str | os.PathLike[str], target: object = None) -> BaseException:
+    """`exc` from a write into the folder `where`, as an OSError(ENOSPC) naming `target` (else
+    `where`) when it is a failed write (an OSError without an errno, or a RuntimeError of
+    torch's writer) and the file system holding `where` has (nearly) no space left; `exc`
+    itself otherwise. Call it before removing what the failed write left, which frees space."""
+    if write_problem(exc) is not None:
+        return exc
+    if not (isinstance(exc, OSError) and exc.errno is None) and not isinstance(exc, RuntimeError):
+        return exc
+    if free_space(where) >= NEARLY_FULL:
+        return exc
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target if target is not None else where))
+
+
+def free_space(where: str | os.PathLike[str]) -> float:
+    """Bytes this process may still write on the file system of `where` (root may use the
+    blocks reserved for it); infinite where that cannot be told."""
+    try:
+        st = os.statvfs(where)
+    except (OSError, AttributeError):  # gone, or no statvfs (Windows)
+        return float("inf")
+    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
 
 
 def write_error(exc: BaseException, target: object = None, elsewhere: str = "use another path") -> FsanError | None:
@@ -83,6 +134,21 @@ def write_error(exc: BaseException, target: object = None, elsewhere: str = "use
                      f"{remedy}, or {elsewhere}")
 
 
+SIGINTS: list[int] = []  # Ctrl-Cs this process got through note_interrupts' handler
+
+
+def note_interrupts() -> None:
+    """From now on Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is
+    remembered: a library that swallows it (an import cut short by bare `except:`) fails next
+    with some other error, which handle_errors then reports as the interrupt it was."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        SIGINTS.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+
+
 def verbose_level() -> int:
     return STATE.verbose
 
@@ -95,8 +161,10 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
+        except (typer.Exit, typer.Abort, SystemExit, ClickException):
             raise
+        except UsageError as exc:  # printed by click as its own usage errors, exit code 2
+            raise ClickUsageError(str(exc), get_current_context(silent=True)) from None
         except FsanError as exc:
             if verbose_level() > 0:
                 traceback.print_exc(file=sys.stderr)
@@ -110,6 +178,9 @@ def handle_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
             if verbose_level() > 0:
                 traceback.print_exc(file=sys.stderr)
+            if SIGINTS:  # after a Ctrl-C that a library swallowed: the interrupt, not a bug
+                print(f"Error: {Interrupted()}", file=sys.stderr)
+                raise typer.Exit(INTERRUPT_EXIT) from None
             problem = write_problem(exc)
             if problem is not None:  # a full disk, a read-only path: the machine's, not a bug
                 where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""

@@ -20,6 +20,8 @@ interrupted prepare never leaves a store that `train` would read.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import math
 import os
@@ -31,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from fsan_cli.core.errors import FsanError, write_error
+from fsan_cli.core.errors import FsanError, out_of_space, write_error
+from fsan_cli.core.output import log
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -174,9 +177,11 @@ def write_store(
     path = Path(path)
     if features.ndim != 3 or features.shape[0] != len(videos):
         raise ValueError(f"features must be (n_videos, clips, dim), got {features.shape}")
+    made = not path.parent.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        clear_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(path)}{os.getpid()}-", dir=path.parent))
     except OSError as exc:
         raise FsanError(
             f"cannot write the store at {path} ({exc.strerror or exc})",
@@ -210,11 +215,66 @@ def write_store(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
+        exc = out_of_space(exc, tmp, path)  # before the half-written folder frees its space
         shutil.rmtree(tmp, ignore_errors=True)
+        if made:  # the --data-dir this write created, left empty
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
         error = write_error(exc, f"the store at {path}", f"choose another {where}")
         if error is not None:  # a full disk, a read-only path: the half-written folder is gone
             raise error from None
         raise
+
+
+def temp_prefix(path: Path) -> str:
+    """How the temporary folders of a store's write begin: `.NAME.tmp-`, then the writer's PID
+    and a random part (`.NAME.tmp-PID-XXXXXXXX`), so that a later write can tell whose they are."""
+    return f".{Path(path).name}.tmp-"
+
+
+def clear_stale(path: Path) -> list[Path]:
+    """Remove what killed writes of the store at `path` left beside it: temporary folders, and
+    a replaced store's `.NAME.old-PID` once the new store is in place, of processes that have
+    ended (a live writer's are left alone); returns what was removed."""
+    path = Path(path)
+    stale = []
+    for folder in path.parent.glob(f"{glob.escape(temp_prefix(path))}*-*"):
+        pid = folder.name[len(temp_prefix(path)):].split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            stale.append(folder)
+    if store_exists(path):
+        for folder in path.parent.glob(f".{glob.escape(path.name)}.old-*"):
+            pid = folder.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not process_alive(int(pid)):
+                stale.append(folder)
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        log(f"Removed {len(stale)} unfinished folder(s) that a killed `fsan prepare` left beside {path}")
+    return stale
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process `pid` is running (another user's counts as running)."""
+    if pid <= 0:
+        return True  # not a PID this module wrote: never treated as stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def long_videos(splits: dict[str, list[Query]], durations: dict[str, float], videos: list[str]) -> frozenset:
+    """The videos whose rows a store keeps (rows.npy): those longer than every train video, which
+    a model trained on the store reads in windows (fsan_cli/predict/windows.py); without a train
+    split (a store to evaluate on) all of them."""
+    train = [durations[q.video] for q in splits.get("train", []) if q.video in durations]
+    if not train:
+        return frozenset(videos)
+    return frozenset(v for v in videos if durations[v] > max(train))
 
 
 def video_rows(store: Store, queries: list[Query]) -> np.ndarray:

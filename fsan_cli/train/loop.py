@@ -130,7 +130,7 @@ def train(
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     out_dir = Path(out_dir)
     state = LoopState()
-    if resume and (out_dir / "last.pt").is_file():
+    if resume:  # never starts afresh over the run (runs.check_last checked last.pt first)
         state = restore_run(out_dir / "last.pt", model, opt, gen, cfg, store, device, dist)
         ready_optimizer(opt, device, graphed)
     elif dist.main:

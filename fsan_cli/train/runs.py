@@ -8,19 +8,22 @@ trained on), metrics.jsonl (one line per epoch), best.pt and last.pt (fsan_cli/c
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import shutil
 import signal
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fsan_cli.core import checkpoint
 from fsan_cli.core.atomic import atomic_write_text, temp_files
-from fsan_cli.core.errors import FsanError, write_problem
+from fsan_cli.core.errors import FsanError, UsageError, write_problem
 from fsan_cli.core.output import log
 from fsan_cli.core.settings import Settings, load_settings
 from fsan_cli.data.datasets import open_store
@@ -221,10 +224,43 @@ def check_resume_options(resume, out, config, set_, epochs, batch_size, overwrit
     if out is not None and Path(out).resolve() != Path(resume).resolve():
         given.append("--out")
     if given:
-        raise FsanError(
+        raise UsageError(
             f"--resume continues a run with its own settings, so {' and '.join(given)} cannot go with it",
             f"Drop {' and '.join(given)}, or start a new run without --resume",
         )
+
+
+def check_last(run_dir: Path) -> None:
+    """`--resume` continues from RUN/last.pt: it must be a regular file that core/checkpoint.py
+    loads and that holds the loop's state, else an Error that says what is wrong with it, before
+    anything of the run is read further, deleted or replaced."""
+    path = Path(run_dir) / "last.pt"
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            problem = "its last.pt is a link loop (following its links never reaches a file)"
+        elif path.is_symlink():
+            problem = f"its last.pt is a broken link (to {os.readlink(path)}, which does not exist)"
+        else:
+            problem = "it has no last.pt (the checkpoint --resume continues from)"
+        raise cannot_resume(run_dir, problem) from None
+    if stat.S_ISDIR(mode):
+        raise cannot_resume(run_dir, "its last.pt is a folder, not a checkpoint")
+    if not stat.S_ISREG(mode):
+        raise cannot_resume(run_dir, "its last.pt is not a regular file (a FIFO, socket or device)")
+    try:
+        ckpt = checkpoint.load(path)
+    except FsanError as exc:
+        raise cannot_resume(run_dir, exc.message) from None
+    if not isinstance(ckpt.get("resume"), dict):
+        raise cannot_resume(run_dir, f"{path} holds no training state")
+
+
+def cannot_resume(run_dir: Path, problem: str) -> FsanError:
+    return FsanError(f"cannot resume {run_dir}: {problem}; the run was left as it is",
+                     f"Train a new run into another --out, or replace this one with "
+                     f"`fsan train --out {run_dir} --overwrite`")
 
 
 def resumed(run_dir: Path, data_dir: Path, micro_batch: int | None = None) -> tuple[Settings, Store, str]:
@@ -232,6 +268,7 @@ def resumed(run_dir: Path, data_dir: Path, micro_batch: int | None = None) -> tu
     batches are split (not what is learnt)."""
 
     info, cfg_path = read_run(run_dir)
+    check_last(run_dir)  # before anything of the run is touched
     dataset = info["dataset"]
     cfg = load_settings(dataset, cfg_path)
     store = run_store(run_dir, Path(info.get("store", "")), dataset, Path(data_dir), cfg.data.clips)
