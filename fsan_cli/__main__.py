@@ -1,4 +1,4 @@
-from fsan_cli.app import main
+from fsan_cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -241,6 +241,7 @@ def test_plot_without_matplotlib_is_a_clear_error(data_dir, preds_file, tmp_path
 
 def test_metric_has_no_breakdown(data_dir, preds_file):
     r = run(["--predictions", str(preds_file), "--metric", "miou", "--by-length"], data_dir)
-    assert (r.exit_code, r.stdout) == (1, "")
-    assert r.stderr == ("Error: --metric prints one number, which has no breakdown by video length. "
+    assert (r.exit_code, r.stdout) == (2, "")  # bad usage
+    assert r.stderr == ("Usage: fsan evaluate [OPTIONS]\nTry 'fsan evaluate --help' for help.\n\n"
+                        "Error: --metric prints one number, which has no breakdown by video length. "
                         "Drop --by-length and --plot, or --metric.\n")

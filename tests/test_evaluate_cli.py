@@ -101,8 +101,9 @@ def test_predictions_from_stdin(data_dir):
 
 def test_one_source_at_most(data_dir):
     r = run(["--baseline", "random", "--predictions", "x.jsonl"], data_dir)
-    assert (r.exit_code, r.stdout) == (1, "")
+    assert (r.exit_code, r.stdout) == (2, "")  # bad usage
     assert r.stderr == (
+        "Usage: fsan evaluate [OPTIONS]\nTry 'fsan evaluate --help' for help.\n\n"
         "Error: pass one of --checkpoint, --predictions or --baseline (got --predictions and "
         "--baseline). For example: fsan evaluate --dataset didemo --predictions preds.jsonl.\n"
     )

@@ -313,7 +313,9 @@ def test_prepare_videos_extracts_then_prepares(trained, videos, weights, tmp_pat
     assert np.array_equal(again.features, store.features)
     r = run(["prepare", "--dataset", "didemo", "--annotations", ann, "--videos", videos,
              "--data-dir", tmp_path / "d"])  # fmt: skip
-    assert_one_error(r, "--videos extracts features for --dataset custom, not didemo.")
+    assert (r.exit_code, r.stdout) == (2, "")  # options that cannot go together: bad usage
+    assert r.stderr.endswith("\n\nError: --videos extracts features for --dataset custom, not didemo. "
+                             "Pass the official feature file of didemo with --features.\n"), r.stderr
 
 
 def ground(args: list, cache: Path):

@@ -25,7 +25,8 @@ STAGES = {
     "fsan_cli.ablate": 7,
     "fsan_cli.commands": 8,
     "fsan_cli.app": 9,
-    "fsan_cli.__main__": 10,
+    "fsan_cli.entry": 10,  # the console script: Ctrl-C while the app loads
+    "fsan_cli.__main__": 11,
 }
 # What may be imported inside a function outside the commands: heavy or optional packages that
 # most calls never need. The commands import the stages inside their functions so that

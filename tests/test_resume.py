@@ -190,8 +190,8 @@ def _with_every(train):
 )
 def test_resume_refuses_new_settings(reference, extra, message):
     result = cli(["--resume", str(reference), *extra])
-    assert result.exit_code == 1
-    assert message in result.stderr and result.stderr.startswith("Error: ")
+    assert result.exit_code == 2  # bad usage
+    assert message in result.stderr and result.stderr.startswith("Usage: fsan train [OPTIONS]\n")
 
 
 def test_resume_a_finished_run_changes_nothing(reference, tmp_path):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.commands.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
-from fsan_cli.core.errors import FsanError, handle_errors
+from fsan_cli.core.errors import FsanError, UsageError, handle_errors
 
 
 @handle_errors
@@ -52,7 +52,7 @@ def ablate(
     from fsan_cli.core.state import STATE
 
     if json_ and csv_:
-        raise FsanError("--json and --csv both choose what stdout carries", "Pass only one")
+        raise UsageError("--json and --csv both choose what stdout carries", "Pass only one")
     if epochs is not None and epochs < 1:
         raise FsanError(f"--epochs must be at least 1, got {epochs}",
                         "Pass a value at least 1 (train.epochs=0 trains for train.steps steps)")

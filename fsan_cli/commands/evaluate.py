@@ -16,7 +16,7 @@ from fsan_cli.commands.options import (
     SpanPriorOpt,
     TopKOpt,
 )
-from fsan_cli.core.errors import FsanError, handle_errors
+from fsan_cli.core.errors import FsanError, UsageError, handle_errors
 from fsan_cli.evaluate.predictions import FORMAT_HELP
 
 
@@ -119,19 +119,19 @@ def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_js
     given = [n for n, v in (("--checkpoint", checkpoint), ("--predictions", predictions),
                             ("--baseline", baseline)) if v is not None]
     if nms is not None and (predictions is not None or baseline is not None):
-        raise FsanError("--nms chooses a checkpoint's top-k, and --predictions or --baseline has its own",
-                        "Drop --nms, or score a checkpoint")
+        raise UsageError("--nms chooses a checkpoint's top-k, and --predictions or --baseline has its own",
+                         "Drop --nms, or score a checkpoint")
     if len(given) > 1:
-        raise FsanError(
+        raise UsageError(
             f"pass one of --checkpoint, --predictions or --baseline (got {' and '.join(given)})",
             "For example: fsan evaluate --dataset didemo --predictions preds.jsonl",
         )
     if metric is not None and metric not in keys:
         raise FsanError(f"unknown metric '{metric}' for {dataset}", f"Use one of: {', '.join(keys)}")
     if metric is not None and as_json:
-        raise FsanError("--metric and --json both choose what stdout carries", "Pass only one")
+        raise UsageError("--metric and --json both choose what stdout carries", "Pass only one")
     if save is not None and str(save) == "-":
-        raise FsanError("--save-predictions - would mix predictions with the results on stdout",
+        raise UsageError("--save-predictions - would mix predictions with the results on stdout",
                         "Give a file name")
     if save is not None and not save.parent.is_dir():  # fail before predicting, not after
         raise FsanError(f"folder {save.parent} does not exist", "Create it first, or fix --save-predictions")
@@ -144,7 +144,7 @@ def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_js
 def _check_length_options(by_length: bool, plot: Path | None, metric: str | None,
                           inputs: tuple[Path | None, ...], overwrite: bool = False) -> None:
     if metric is not None and (by_length or plot is not None):
-        raise FsanError("--metric prints one number, which has no breakdown by video length",
+        raise UsageError("--metric prints one number, which has no breakdown by video length",
                         "Drop --by-length and --plot, or --metric")
     if plot is not None:  # fail before predicting, not after
         from fsan_cli.evaluate.plots import check_plot

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.commands.options import ConfigOpt, DataDirOpt, DatasetOpt, JsonOpt, SetOpt, SizeOpt
-from fsan_cli.core.errors import handle_errors
+from fsan_cli.core.errors import UsageError, handle_errors
 
 
 @handle_errors
@@ -103,7 +103,7 @@ def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro
     chosen = parse_seeds(seeds)
     for name, value in (("--resume", resume), ("--no-test", no_test)):
         if value:
-            raise FsanError(f"--seeds trains and tests new runs, so {name} cannot go with it",
+            raise UsageError(f"--seeds trains and tests new runs, so {name} cannot go with it",
                             f"Drop {name}, or train one seed at a time")
     cfg = _settings(dataset, config, set_, epochs, batch_size, micro_batch, size)
     out = out or runs.default_out(dataset)
