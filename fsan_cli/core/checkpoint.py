@@ -8,7 +8,7 @@ None (where the vocabulary's vectors came from, `word_vectors_of`; absent in old
 tokenizer (the version, text.TOKENIZER, its vocabulary and queries were tokenized by,
 `tokenizer_of_store`; absent in older files, which text.tokenizer_of reads as 1),
 state_dict, data {dataset, clips, feature_dim, normalize, pca {mean, components} as tensors or
-None}, extractor (the record of the feature extractor the store's features came from,
+None, durations: the train videos' duration range (`durations_of`; absent in older files)}, extractor (the record of the feature extractor the store's features came from,
 fsan_cli/video/record.py, plain values; None for official feature files and in older files), epoch,
 and in last.pt `resume` (fsan_cli/train/resume.py).
 """
@@ -65,9 +65,31 @@ def payload(model: FSAN, settings: Settings, store: Any, extra: dict[str, Any]) 
             "feature_dim": store.feature_dim,
             "normalize": store.manifest.get("normalize", True),
             "pca": pca,
+            "durations": durations_of(store),
         },
         **extra,
     }
+
+
+def durations_of(store: Any) -> dict[str, float] | None:
+    """The range of video durations the model is trained on (the train split's videos, seconds:
+    min, p50, p90, max) and their feature rows per second (median): how long a video the model
+    reads at its own resolution (fsan_cli/predict/windows.py). None where the store records
+    no durations."""
+    index = store.video_index
+    names = {q.video for q in store.splits.get("train", [])} or set(index)
+    rows = [store.videos[index[v]] for v in names if v in index]
+    seconds = np.array([float(r.get("duration", 0) or 0) for r in rows], np.float64)
+    counts = np.array([float(r.get("rows", 0) or 0) for r in rows], np.float64)
+    keep = np.isfinite(seconds) & (seconds > 0)
+    if not keep.any():
+        return None
+    seconds, counts = seconds[keep], counts[keep]
+    p50, p90 = np.percentile(seconds, [50, 90])
+    rate = counts / seconds
+    rate = rate[rate > 0]
+    return {"min": float(seconds.min()), "p50": float(p50), "p90": float(p90), "max": float(seconds.max()),
+            "videos": int(len(seconds)), "rows_per_second": float(np.median(rate)) if len(rate) else 0.0}
 
 
 def word_vectors_of(store: Any) -> dict[str, Any] | None:

@@ -44,11 +44,12 @@ from fsan_cli.data.annotations import (
 from fsan_cli.data.features import (
     Located,
     PcaFit,
+    apply_pca,
     read_features,
     scan_features,
     video_clips,
 )
-from fsan_cli.data.store import SPLITS, store_exists, write_store
+from fsan_cli.data.store import SPLITS, long_videos, store_exists, write_store
 from fsan_cli.video import record as extractor
 from fsan_cli.video.h5file import TRUNCATED
 
@@ -174,14 +175,16 @@ def _fit_pca(opts: PrepareOptions, ann: Annotations, locs: dict[str, Located], d
     return pca, info, total
 
 
-def _stream(opts, videos: list[str], locs: dict[str, Located], pca, dim_out: int):
-    """One pass over the feature file: (n_videos, clips, dim_out) float32 and repair counts."""
+def _stream(opts, videos: list[str], locs: dict[str, Located], pca, dim_out: int, keep: frozenset = frozenset()):
+    """One pass over the feature file: (n_videos, clips, dim_out) float32 and repair counts; the
+    rows (PCA'd, non-finite ones zero) of the videos in `keep`, {video: (T, dim_out)}."""
     index = {v: i for i, v in enumerate(videos)}
     features = np.zeros((len(videos), opts.clips, dim_out), np.float32)
     total = sum(loc.rows * loc.dim * loc.dtype.itemsize for loc in locs.values())
     log(f"Reading {len(videos)} videos ({total / 1e6:,.0f} MB) from {opts.features}")
     bad_videos: list[str] = []
     bad_rows = 0
+    kept: dict[str, np.ndarray] = {}
     with _progress(opts.progress) as bar:
         task = bar.add_task(f"Reading {len(videos)} videos", total=total)
         for loc, rows in read_features(opts.features, list(locs.values())):
@@ -194,8 +197,10 @@ def _stream(opts, videos: list[str], locs: dict[str, Located], pca, dim_out: int
                 rows = np.where(finite[:, None], rows, 0).astype(np.float32)
                 out = video_clips(rows, opts.clips, pca=pca, normalize=opts.normalize)
             features[index[loc.video]] = out
+            if loc.video in keep:
+                kept[loc.video] = (apply_pca(rows, pca) if pca is not None else rows).astype(np.float32)
             bar.advance(task, rows.nbytes)
-    return features, total, {"videos": len(bad_videos), "rows": bad_rows, "first": bad_videos[:5]}
+    return features, total, {"videos": len(bad_videos), "rows": bad_rows, "first": bad_videos[:5]}, kept
 
 
 def _check_memory(opts: PrepareOptions, locs: dict[str, Located], dim_in: int) -> None:
@@ -302,7 +307,8 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
     if opts.pca:
         pca, pca_info, read_bytes = _fit_pca(opts, ann, locs, dim_in)
         lap("pca")
-    features, stream_bytes, nonfinite = _stream(opts, videos, locs, pca, opts.pca or dim_in)
+    features, stream_bytes, nonfinite, kept = _stream(opts, videos, locs, pca, opts.pca or dim_in,
+                                                      long_videos(ann.splits, ann.durations, videos))
     lap("features")
     if nonfinite["videos"]:
         warnings.append(
@@ -324,7 +330,7 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
         "summary": summary,
     }
     video_rows = [{"video": v, "duration": ann.durations[v], "rows": locs[v].rows} for v in videos]
-    write_store(Path(opts.out), manifest, features, video_rows, vocab, vectors, ann.splits, pca)
+    write_store(Path(opts.out), manifest, features, video_rows, vocab, vectors, ann.splits, pca, raw=kept)
     lap("write")
     summary["seconds"] = {**seconds, "total": round(sum(seconds.values()), 2)}
     return summary

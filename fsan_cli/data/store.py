@@ -13,6 +13,10 @@ Layout of `data/<dataset>/` (format version 1):
                     (seconds; several pairs when several annotators). DiDeMo lines also carry
                     "annotation_id" and "chunks": [[a, b], ...] (inclusive 5-second chunk indices).
     pca.npz         optional: "mean" (D_in,), "components" (D_out, D_in) applied before pooling
+    rows.npy        optional: float32 (R, feature_dim), the rows (PCA'd, before pooling) of the long
+                    videos (`long_videos`), each at its videos.jsonl line's "raw_at" (its "rows" long):
+                    a model reads a video longer than it was trained on in windows of these
+                    (fsan_cli/predict/windows.py)
 
 A store is written into a temporary folder beside the target and renamed into place, so an
 interrupted prepare never leaves a store that `train` would read.
@@ -77,6 +81,7 @@ class Store:
     vectors: np.ndarray  # (len(vocab), word_dim) float32
     splits: dict[str, list[Query]]
     pca: dict[str, np.ndarray] | None = None
+    raw: np.ndarray | None = None  # (R, feature_dim) rows.npy: the long videos' rows, or None
 
     @property
     def video_index(self) -> dict[str, int]:
@@ -141,6 +146,7 @@ def load_store(path: Path, mmap: bool = False) -> Store:
             f = path / f"{name}.jsonl"
             if f.is_file():
                 splits[name] = [Query.from_json(o) for o in _read_jsonl(f)]
+        raw = np.load(path / "rows.npy", mmap_mode="r") if (path / "rows.npy").is_file() else None
         pca = None
         if (path / "pca.npz").is_file():
             with np.load(path / "pca.npz") as z:
@@ -157,7 +163,7 @@ def load_store(path: Path, mmap: bool = False) -> Store:
             f"the store at {path} lists {len(videos)} videos but holds {features.shape[0]} feature rows",
             "Run `fsan prepare` again to rebuild it",
         )
-    return Store(path, manifest, features, videos, vocab, vectors, splits, pca)
+    return Store(path, manifest, features, videos, vocab, vectors, splits, pca, raw)
 
 
 def write_store(
@@ -170,10 +176,12 @@ def write_store(
     splits: dict[str, list[Query]],
     pca: dict[str, np.ndarray] | None = None,
     where: str = "--out or --data-dir",
+    raw: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write a store atomically: into a temporary folder, then renamed over `path`; `where`,
     the options that chose `path` (`fsan prepare`'s; the synthetic store: --data-dir), is the
-    fix an Error names."""
+    fix an Error names; `raw`, {video: (T, feature_dim) rows} of the long videos, goes to
+    rows.npy."""
     path = Path(path)
     if features.ndim != 3 or features.shape[0] != len(videos):
         raise ValueError(f"features must be (n_videos, clips, dim), got {features.shape}")
@@ -195,6 +203,12 @@ def write_store(
         manifest["split_names"] = list(splits)
         manifest["splits"] = {k: len(v) for k, v in splits.items()}
         np.save(tmp / "features.npy", np.ascontiguousarray(features, dtype=np.float32))
+        if raw:
+            videos, at = [dict(v) for v in videos], 0
+            for v in videos:  # each kept video's offset in rows.npy
+                if v["video"] in raw:
+                    v["raw_at"], at = at, at + len(raw[v["video"]])
+            np.save(tmp / "rows.npy", np.concatenate([raw[v["video"]] for v in videos if "raw_at" in v]))
         _write_jsonl(tmp / "videos.jsonl", videos)
         (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         np.save(tmp / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))

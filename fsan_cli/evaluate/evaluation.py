@@ -31,6 +31,7 @@ from fsan_cli.evaluate.predictions import (
 )
 from fsan_cli.evaluate.report import DATASET_NAMES, PAPER_TABLES, length_table, results_table
 from fsan_cli.evaluate.scoring import check_annotated, score, score_details
+from fsan_cli.predict import windows
 from fsan_cli.predict.predictor import Predictor
 
 
@@ -227,7 +228,7 @@ def _rows(dataset: str, store: Store, queries: list[Query], split: str, checkpoi
         device = torch.device("cpu") if device is None else device
         log(f"Predicting {len(queries)} queries of {dataset} {split} with {checkpoint}")
         predictor = Predictor.load(checkpoint, device, span_prior=span_prior, nms=nms)
-        answers = predictor.answer_split(store, queries, top_k)
+        answers = windows.answer_split(predictor, store, queries, top_k)
         rows = answers.rows(queries, top_k)
         own = model_own_rows(rows) if answers.prior_weight is not None else None
         return Source(rows, "FSAN (this run)", _row_nms(rows, "the checkpoint's eval.nms"), own,

@@ -9,7 +9,8 @@ The library side of `fsan ground` (the command only parses options and calls the
 - `durations`: each video's seconds: the query line's, --duration, the file's attribute, the
   prepared store's (official feature files carry none), or DiDeMo's 30 s.
 - `ground`: every query answered by the one `Predictor` (fsan_cli/predict/predictor.py) that `fsan
-  evaluate` uses too, batched across videos; each answer with its predictions JSONL line (plus
+  evaluate` uses too, batched across videos (a video longer than the model was trained on: in
+  windows, fsan_cli/predict/windows.py, its map the answering window's); each answer with its predictions JSONL line (plus
   the alignment map and the line's own fields). The table, heatmap and figure are in
   fsan_cli/ground/render.py.
 """
@@ -34,6 +35,7 @@ from fsan_cli.data.features import feature_matrix, video_keys
 from fsan_cli.data.store import load_store, store_exists
 from fsan_cli.ground.requests import Request
 from fsan_cli.predict.answers import Grounding
+from fsan_cli.predict import windows
 from fsan_cli.predict.predictor import Predictor
 from fsan_cli.video import record as extractor
 from fsan_cli.video.h5file import LAYOUT_ATTR, PER_VIDEO
@@ -261,14 +263,14 @@ def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence
     dataset = dataset or predictor.dataset
     seconds = durations(videos, requests, keys, duration, dataset, data_dir)
     order = list(videos)  # the videos' rows in `clips`
-    clips = np.stack([predictor.video_clips(videos[k].rows, videos[k].video) for k in order])
     row_of_key = {k: i for i, k in enumerate(order)}
     index = np.array([row_of_key[k] for k in keys], np.int64)
     per_query = np.array([seconds[k] for k in keys], np.float64)
     t0 = time.perf_counter()
     with count_progress(len(requests), "Grounding", enabled=len(requests) > PROGRESS_FROM) as advance:
-        answers, results = predictor.ground(clips, index, per_query, [r.query for r in requests],
-                                            top_k, advance)
+        answers, results = windows.ground(predictor, [videos[k].rows for k in order], [videos[k].video for k in order],
+                                          [seconds[k] for k in order], index, per_query,
+                                          [r.query for r in requests], top_k, advance)
     rate = len(results) / max(time.perf_counter() - t0, 1e-9)
     _say_what_was_read(predictor, [videos[k] for k in order], [seconds[k] for k in order], results, rate)
     out = []

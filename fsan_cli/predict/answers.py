@@ -24,6 +24,7 @@ class Predictions:
     score_maps: list[np.ndarray] | None = None  # and the map SC reads (eq. 8; e.g. P centred)
     changed: np.ndarray | None = None  # (Q,) the span prior changed the top-1 answer
     plain: Predictions | None = None  # the model's own answers, without the span prior
+    match: np.ndarray | None = None  # (Q,) matching score S(V, S) of eq. 7, when asked
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Answers:
     nms: float | None
     plain_seconds: np.ndarray | None = None  # (Q, k, 2) the model's own, without the span prior
     prior_weight: float | None = None  # w of the span prior that ranked these answers, else None
+    windows: np.ndarray | None = None  # (Q, k, 2) seconds of the window each moment came from
+    # (a video longer than the trained range, fsan_cli/predict/windows.py); NaN: the whole video
 
     @property
     def changed_share(self) -> float | None:
@@ -51,6 +54,9 @@ class Answers:
         row = row_of(video, query, duration, self.seconds[i][:top_k], p.scores[i][:top_k], self.nms)
         if self.ranked:
             row["segments"] = p.segments[i].tolist()
+        if self.windows is not None and np.isfinite(self.windows[i][:top_k]).all():
+            row["window"] = [float(x) for x in self.windows[i][0]]  # the window that answered
+            row["windows"] = [[float(a), float(b)] for a, b in self.windows[i][:top_k]]
         row.update(extra or {})
         if self.prior_weight is not None and self.plain_seconds is not None and p.plain is not None:
             own = row_of(video, query, duration, self.plain_seconds[i][:top_k], p.plain.scores[i][:top_k], None)

@@ -36,6 +36,7 @@ from fsan_cli.predict.runtime import cpu_workers, resolve_precision, reuse_freed
 from fsan_cli.predict.span_prior import SpanPrior, valid_cells
 from fsan_cli.video import record as extractor
 from models.fsan import FSAN
+from models.losses import matching_score
 from models.segments import segments_to_seconds, top_k_segments
 
 GPU_BATCH = 64  # queries per model call on a GPU
@@ -177,12 +178,15 @@ class Predictor:
 
     def predict(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray, k: int,
                 nms: float | None = None, maps: bool = False,
-                progress: Callable[[int], None] | None = None, plain: bool = False) -> Predictions:
+                progress: Callable[[int], None] | None = None, plain: bool = False,
+                match: bool = False) -> Predictions:
         """Top-k segments of every query: features (V, N_v, D) of the videos, video (Q,) the row
         of each query's video, ids (Q, Ns) its tokens. `progress(n)` hears of each batch done.
 
         With a span prior in use the segments rank by SC + w log p; `changed` flags the
-        queries whose top-1 it moved, and with `plain` the model's own top-k come too."""
+        queries whose top-1 it moved, and with `plain` the model's own top-k come too; with
+        `match`, each query's matching score S(V, S) (eq. 7, the training's L^t reads it), which
+        compares across videos and windows where SC does not (Predictions.match)."""
         nms = self.nms if nms is None else nms
         q = len(ids)
         k = min(k, self.clips * (self.clips + 1) // 2)
@@ -193,6 +197,7 @@ class Predictor:
         changed = np.zeros(q, bool)
         found: list[np.ndarray | None] = [None] * q
         score_maps: list[np.ndarray | None] = [None] * q
+        matched = np.zeros(q, np.float32) if match else None
         lengths = (ids != 0).sum(1).clip(1)
         self.model.eval()
 
@@ -209,14 +214,17 @@ class Predictor:
                 if maps:
                     amap = out.alignment_map[:n].float().cpu().numpy()
                     smap = self.model.sc_input(out.alignment_map[:n], out.token_mask[:n]).float().cpu().numpy()
+                m = matching_score(out, self.model.cfg)[:n].float().cpu().numpy() if match else None
                 return (rows, [t[0].cpu().numpy() for t in tops], [t[1].float().cpu().numpy() for t in tops],
-                        moved, amap, smap)
+                        moved, amap, smap, m)
 
-        for rows, seg, score, moved, amap, smap in self._batches(lengths, run):
+        for rows, seg, score, moved, amap, smap, m in self._batches(lengths, run):
             for i in range(len(seg)):
                 segments[i, rows], scores[i, rows] = seg[i], score[i]
             if moved is not None:
                 changed[rows] = moved
+            if matched is not None:
+                matched[rows] = m
             if progress is not None:
                 progress(len(rows))
             if amap is not None:
@@ -225,7 +233,7 @@ class Predictor:
                     score_maps[r] = smap[j, : int(lengths[r])]
         own = Predictions(segments[-1], scores[-1], None) if both else None
         return Predictions(segments[0], scores[0], found if maps else None, score_maps if maps else None,
-                           changed if prior is not None else None, own)
+                           changed if prior is not None else None, own, matched)
 
     def segment_grid(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """(Q, S) every query's SC of the S = N_v (N_v + 1) / 2 valid segments (row-major
@@ -270,6 +278,13 @@ class Predictor:
 
     def answer_split(self, store: Any, queries: Sequence[Any], top_k: int) -> Answers:
         """The answers to a prepared split's queries (data.store.Query), in their order."""
+        self.check_split(store, queries)
+        features = torch.from_numpy(np.array(store.features, dtype=np.float32)).to(self.device)
+        durations = np.array([q.duration for q in queries], np.float64)
+        return self.answer(features, video_rows(store, list(queries)), durations, [q.query for q in queries], top_k)
+
+    def check_split(self, store: Any, queries: Sequence[Any]) -> None:
+        """A prepared split fits the model: N_v, features, their extractor, the vocabulary."""
         checkpoint.check_compatible({"data": self.data}, store)
         theirs_record = extractor.check(store.manifest.get("extractor"), f"the store at {store.path}")
         if not (theirs_record is None or self.extractor is None or extractor.same(theirs_record, self.extractor)):
@@ -282,9 +297,6 @@ class Predictor:
             warn(f"{self.checkpoint or 'the model'} was trained on {self.dataset}; these queries are of {theirs}")
         if queries:
             check_vocabulary(self.vocab, [q.query for q in queries], self.checkpoint or "the model", self.tokenizer)
-        features = torch.from_numpy(np.array(store.features, dtype=np.float32)).to(self.device)
-        durations = np.array([q.duration for q in queries], np.float64)
-        return self.answer(features, video_rows(store, list(queries)), durations, [q.query for q in queries], top_k)
 
     def answer(self, features: torch.Tensor, video: np.ndarray, durations: np.ndarray,
                texts: Sequence[str], top_k: int, maps: bool = False,

@@ -1,0 +1,362 @@
+"""Videos of any length: a video longer than the durations the model was trained on is read in
+overlapping windows at the model's own resolution, and the windows' answers are merged.
+
+A model sees N_v clips of a video of the duration range it was trained on (the checkpoint's
+data.durations, core/checkpoint.durations_of). Pooling a 20-minute video into the same N_v clips
+makes each clip 15 s instead of 2 s, and the answers fall apart (DESIGN.md, "Any length"). So:
+
+- `Windowing.of(data)`: the trained range; None for a checkpoint that records none (an older
+  fsan): every video takes today's path.
+- A video within the range (duration <= the longest training video) is answered exactly as
+  before: `answer`/`ground` hand it to the Predictor unchanged (bit-identical).
+- A longer video is cut into windows of the train split's 90th-percentile duration, a stride of
+  half a window (the last window ends at the video's end), so any moment up to half a window
+  lies whole inside one. Each window's raw rows are pooled to N_v exactly as a short video's
+  (Predictor.video_clips). Every (query, window) pair goes through the Predictor's batched
+  forward at once; within a window the segments rank as a short video's (SC, plus the span prior
+  where PRIOR_IN_WINDOWS), and the windows rank by the matching score S(V, S) of eq. 7, which
+  L^t trains to compare a sentence across videos (the segment score SC is centred per window and
+  does not compare; measured in docs/method.md, "Long videos").
+- `merge`: the windows' candidates in seconds, best window first (its own ranking inside), NMS
+  across windows at the Predictor's threshold, top-k. A moment's score is its window's S(V, S).
+
+The row of a windowed answer says which window answered ("window", and "windows" per moment).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fsan_cli.core.output import warn
+from fsan_cli.data.features import video_clips
+from fsan_cli.data.store import video_rows
+from fsan_cli.predict.answers import Answers, Grounding, Predictions
+from fsan_cli.predict.predictor import Predictor
+from models.segments import segments_to_seconds
+
+WINDOW_PERCENTILE = "p90"  # a window spans the train split's 90th-percentile duration
+STRIDE = 0.5  # windows start half a window apart
+PRIOR_IN_WINDOWS = True  # the span prior ranks segments within a window (measured: docs/method.md)
+
+
+@dataclass(frozen=True)
+class Windowing:
+    window_s: float  # seconds a window spans
+    longest_s: float  # the longest training video: longer videos are windowed
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> Windowing | None:
+        """The checkpoint's trained range (data.durations), or None where it records none or a
+        damaged one (no windowing: today's answers)."""
+        d = data.get("durations")
+        try:
+            window, longest = float(d[WINDOW_PERCENTILE]), float(d["max"])
+        except (TypeError, KeyError, ValueError):
+            return None
+        if not (math.isfinite(window) and math.isfinite(longest) and 0 < window <= longest):
+            return None
+        return cls(window, longest)
+
+    def spans(self, rows: int, duration: float) -> np.ndarray | None:
+        """(W, 2) row ranges [a, b) of the windows over a video of `rows` feature rows and
+        `duration` seconds, or None where the video is within the trained range."""
+        if not duration > self.longest_s or rows < 2:
+            return None
+        size = int(min(rows, max(1, round(self.window_s * rows / duration))))
+        stride = max(1, int(round(size * STRIDE)))
+        starts = np.arange(0, rows - size + 1, stride, dtype=np.int64)
+        if starts[-1] + size < rows:
+            starts = np.append(starts, rows - size)
+        return np.stack([starts, starts + size], 1)
+
+
+@dataclass
+class Long:
+    """The windows of the long videos asked about: clips (W, N_v, D), each window's video (a
+    key into the caller's videos) and its [start, end) seconds."""
+
+    clips: np.ndarray
+    video: np.ndarray  # (W,) index of the window's video
+    seconds: np.ndarray  # (W, 2)
+
+
+def cut(predictor: Predictor, rows: Sequence[np.ndarray], durations: Sequence[float],
+        names: Sequence[str], windowing: Windowing) -> tuple[list[bool], Long | None]:
+    """Which videos are long, and their windows pooled to N_v (a loop over videos and their
+    windows is the pooling's own, as `fsan prepare` pools video by video)."""
+    clips, owner, seconds, long = [], [], [], []
+    for v, (x, d, name) in enumerate(zip(rows, durations, names, strict=True)):
+        spans = windowing.spans(len(x), float(d))
+        long.append(spans is not None)
+        if spans is None:
+            continue
+        clips += [predictor.video_clips(x[a:b], name) for a, b in spans]
+        owner.append(np.full(len(spans), v, np.int64))
+        seconds.append(spans * (float(d) / len(x)))
+    if not clips:
+        return long, None
+    return long, Long(np.stack(clips), np.concatenate(owner), np.concatenate(seconds))
+
+
+def pairs(window_video: np.ndarray, video: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query, window of its video) pair: (P,) query, (P,) window, (P,) slot of the window
+    among its video's (in the order of `window_video`)."""
+    count = np.bincount(window_video, minlength=int(video.max(initial=0)) + 1)
+    first = np.concatenate([[0], np.cumsum(count)[:-1]])
+    n = count[video]
+    query = np.repeat(np.arange(len(video)), n)
+    slot = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    return query, np.argsort(window_video, kind="stable")[first[video][query] + slot], slot
+
+
+def merge(seconds: np.ndarray, window_score: np.ndarray, valid: np.ndarray, k: int,
+          nms: float, cut: np.ndarray | None = None, begin: np.ndarray | None = None) -> np.ndarray:
+    """(Q, W, c, 2) candidates in seconds (each window's own top-c, best first), (Q, W) the
+    windows' scores, (Q, W) which windows exist -> (Q, k) flat indices into W * c: the best
+    window's candidates first, in its own order, greedy NMS across windows in seconds (a
+    suppressed candidate is used only where fewer than k survive). Windows whose top answer
+    touches a cut (`cut`, (Q, W): an edge of the window that is not the video's) come after
+    those whose top answer does not: that moment is seen whole in the next window, a stride of
+    half a window on. Windows of equal score rank by `begin` (Q, W), their start: the answer
+    does not depend on the windows' order. Vectorised over queries; k rounds."""
+    q, w, c, _ = seconds.shape
+    rank = np.broadcast_to(np.arange(c), (q, w, c)).reshape(q, -1)
+    score = np.where(valid, window_score, -np.inf)[:, :, None].repeat(c, 2).reshape(q, -1)
+    edge = np.zeros((q, w * c), bool) if cut is None else cut[:, :, None].repeat(c, 2).reshape(q, -1)
+    begin = np.zeros((q, w * c)) if begin is None else begin[:, :, None].repeat(c, 2).reshape(q, -1)
+    order = np.lexsort((rank, begin, -score, edge), axis=-1)  # best window first, its own ranks inside
+    ok = np.take_along_axis(np.isfinite(score), order, 1)
+    flat = seconds.reshape(q, -1, 2)
+    start = np.take_along_axis(flat[..., 0], order, 1)
+    end = np.take_along_axis(flat[..., 1], order, 1)
+    taken = np.zeros_like(ok)
+    suppressed = np.zeros_like(ok)
+    picks = []
+    for _ in range(min(k, w * c)):
+        free = ok & ~taken & ~suppressed
+        fallback = ok & ~taken
+        best = np.where(free.any(1), free.argmax(1), fallback.argmax(1))  # first in order
+        picks.append(best)
+        taken[np.arange(q), best] = True
+        bs, be = start[np.arange(q), best][:, None], end[np.arange(q), best][:, None]
+        inter = (np.minimum(be, end) - np.maximum(bs, start)).clip(0)
+        union = np.maximum(be, end) - np.minimum(bs, start)
+        suppressed |= inter / np.where(union > 0, union, 1) > nms
+    return np.take_along_axis(order, np.stack(picks, 1), 1)
+
+
+def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequence[str], top_k: int,
+                prior: bool = PRIOR_IN_WINDOWS,
+                progress: Callable[[int], None] | None = None) -> tuple[Answers, np.ndarray]:
+    """Answers of queries about long videos (video (Q,) indexes the videos `long` cut) and (Q,)
+    the window each top answer came from."""
+    ids = predictor.encode(texts)
+    query, window, slot = pairs(long.video, video)
+    features = torch.from_numpy(np.ascontiguousarray(long.clips, np.float32)).to(predictor.device)
+    k = min(top_k, predictor.clips * (predictor.clips + 1) // 2)
+    out = predictor.predict(features, window, ids[query], k, predictor.nms, plain=True, match=True)
+    span = long.seconds[window]
+    length = torch.from_numpy(span[:, 1] - span[:, 0])
+    used = predictor.span_prior is not None and prior
+    ranked = [out if out.plain is None else (out if used else out.plain)]
+    if used and out.plain is not None:
+        ranked.append(out.plain)
+    q, w = len(texts), int(slot.max()) + 1
+    ends = np.zeros(len(long.video))  # the end of each window's video
+    np.maximum.at(ends, long.video, long.seconds[:, 1])
+    ends = ends[long.video]
+    valid = np.zeros((q, w), bool)
+    valid[query, slot] = True
+    match = np.full((q, w), -np.inf, np.float32)
+    match[query, slot] = out.match
+    begin = np.zeros((q, w))
+    begin[query, slot] = long.seconds[window, 0]
+    results = []
+    for r in ranked:  # the answers, and without the prior the model's own
+        sec = segments_to_seconds(torch.from_numpy(r.segments), length, predictor.clips) + span[:, 0, None, None]
+        grid = np.zeros((q, w, k, 2))
+        grid[query, slot] = sec
+        first = r.segments[:, 0]  # each pair's top answer, clips of its window
+        at_cut = np.zeros((q, w), bool)
+        at_cut[query, slot] = (((first[:, 0] == 0) & (span[:, 0] > 0))
+                               | ((first[:, 1] == predictor.clips - 1) & (span[:, 1] < ends[window])))
+        pick = merge(grid, match, valid, top_k, predictor.nms, at_cut, begin)
+        at_w, at_c = pick // k, pick % k
+        rows = np.arange(q)[:, None]
+        pair_of = np.full((q, w), -1, np.int64)
+        pair_of[query, slot] = np.arange(len(query))
+        pair = pair_of[rows, at_w]
+        results.append((grid[rows, at_w, at_c], match[rows, at_w], r.segments[pair, at_c], window[pair]))
+    (seconds, scores, segments, windows), plain = results[0], (results[1] if len(results) > 1 else None)
+    if progress is not None:
+        progress(q)
+    changed = None
+    if plain is not None:
+        changed = ~np.isclose(plain[0][:, 0], seconds[:, 0]).all(1)
+    predictions = Predictions(segments, scores.astype(np.float32), None, None, changed,
+                              None if plain is None else Predictions(plain[2], plain[1].astype(np.float32), None))
+    answers = Answers(predictions, seconds, False, predictor.nms, None if plain is None else plain[0],
+                      predictor.span_prior.weight if plain is not None else None, long.seconds[windows])
+    return answers, windows[:, 0]
+
+
+def combine(short: Answers | None, long: Answers | None, is_long: np.ndarray) -> Answers:
+    """One Answers for Q queries from the short videos' (in order) and the long ones' (in order)."""
+    if long is None:
+        return short
+    if short is None:
+        return long
+    q = len(is_long)
+    sp, lp = short.predictions, long.predictions
+    k = max(sp.segments.shape[1], lp.segments.shape[1])
+    segs = _stack(sp.segments, lp.segments, is_long, k, 0)
+    scores = _stack(sp.scores, lp.scores, is_long, k, -np.inf)
+    seconds = _stack(short.seconds, long.seconds, is_long, k, np.nan)
+    changed = None
+    if sp.changed is not None or lp.changed is not None:
+        changed = np.zeros(q, bool)
+        changed[~is_long] = sp.changed if sp.changed is not None else False
+        changed[is_long] = lp.changed if lp.changed is not None else False
+    plain = plain_seconds = None
+    if short.plain_seconds is not None or long.plain_seconds is not None:
+        own_s = sp.plain or Predictions(sp.segments, sp.scores, None)
+        own_l = lp.plain or Predictions(lp.segments, lp.scores, None)
+        plain = Predictions(_stack(own_s.segments, own_l.segments, is_long, k, 0),
+                            _stack(own_s.scores, own_l.scores, is_long, k, -np.inf), None)
+        plain_seconds = _stack(short.plain_seconds if short.plain_seconds is not None else short.seconds,
+                               long.plain_seconds if long.plain_seconds is not None else long.seconds,
+                               is_long, k, np.nan)
+    windows = np.full((q, k, 2), np.nan)
+    windows[is_long] = _fit(long.windows, (k, 2), np.nan)
+    weight = short.prior_weight if short.prior_weight is not None else long.prior_weight
+    maps = None
+    if sp.maps is not None:
+        maps = [None] * q
+        for i, m in zip(np.flatnonzero(~is_long), sp.maps, strict=True):
+            maps[i] = m
+    predictions = Predictions(segs, scores, maps, None, changed, plain)
+    return Answers(predictions, seconds, short.ranked, short.nms, plain_seconds, weight, windows)
+
+
+def _fit(x: np.ndarray, shape: tuple, fill) -> np.ndarray:
+    """`x` (n, k', ...) cut or padded (with `fill`) to (n, *shape)."""
+    out = np.full((len(x), *shape), fill, np.result_type(x.dtype, type(fill)) if x.dtype.kind == "f" else x.dtype)
+    n = min(shape[0], x.shape[1])
+    out[:, :n] = x[:, :n]
+    return out
+
+
+def _stack(a: np.ndarray, b: np.ndarray, is_long: np.ndarray, k: int, fill) -> np.ndarray:
+    out = np.full((len(is_long), k, *a.shape[2:]), fill,
+                  np.result_type(a.dtype, b.dtype) if a.dtype.kind == "f" else a.dtype)
+    out[~is_long] = _fit(a, (k, *a.shape[2:]), fill)
+    out[is_long] = _fit(b, (k, *b.shape[2:]), fill)
+    return out
+
+
+# ----------------------------------------------------------------------------- the paths
+
+
+def answer(predictor: Predictor, clips: np.ndarray, long: Long | None, is_long: np.ndarray,
+           video: np.ndarray, durations: np.ndarray, texts: Sequence[str], top_k: int,
+           progress: Callable[[int], None] | None = None) -> Answers:
+    """Every query's answers: clips (V, N_v, D) the pooled videos (a long one's row unused),
+    `long` the long videos' windows, is_long (V,). Without a long video asked about, exactly
+    Predictor.answer."""
+    features = torch.from_numpy(np.ascontiguousarray(clips, np.float32)).to(predictor.device)
+    asks_long = is_long[video]
+    if long is None or not asks_long.any():
+        return predictor.answer(features, video, durations, texts, top_k, progress=progress)
+    texts = list(texts)
+    short = None
+    if (~asks_long).any():
+        short = predictor.answer(features, video[~asks_long], durations[~asks_long],
+                                 [t for t, x in zip(texts, asks_long, strict=True) if not x], top_k, progress=progress)
+    windowed, _ = answer_long(predictor, long, video[asks_long],
+                              [t for t, x in zip(texts, asks_long, strict=True) if x], top_k, progress=progress)
+    return combine(short, windowed, asks_long)
+
+
+def ground(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequence[str], seconds: Sequence[float],
+           video: np.ndarray, durations: np.ndarray, texts: Sequence[str], top_k: int,
+           progress: Callable[[int], None] | None = None) -> tuple[Answers, list[Grounding]]:
+    """Predictor.ground for videos of any length: rows (T, D_in) of each video, its name and
+    seconds; a long video's alignment map is its answering window's (a Grounding's segments
+    are clips of that window, its moments the video's seconds)."""
+    windowing = Windowing.of(predictor.data)
+    is_long, long = cut(predictor, rows, seconds, names, windowing) if windowing else ([False] * len(rows), None)
+    is_long = np.array(is_long, bool)
+    shape = None
+    pooled = []
+    for x, name, far in zip(rows, names, is_long, strict=True):
+        pooled.append(None if far else predictor.video_clips(x, name))
+        shape = shape or (None if far else pooled[-1].shape)
+    shape = shape or (predictor.clips, long.clips.shape[2])
+    clips = np.stack([p if p is not None else np.zeros(shape, np.float32) for p in pooled])
+    asks_long = is_long[video]
+    if long is None or not asks_long.any():
+        return predictor.ground(clips, video, durations, texts, top_k, progress)
+    texts = list(texts)
+    near = [t for t, x in zip(texts, asks_long, strict=True) if not x]
+    far = [t for t, x in zip(texts, asks_long, strict=True) if x]
+    short, found = None, []
+    if near:
+        short, found = predictor.ground(clips, video[~asks_long], durations[~asks_long], near, top_k, progress)
+    windowed, top = answer_long(predictor, long, video[asks_long], far, top_k, progress=progress)
+    span = long.seconds[top]
+    _, maps = predictor.ground(long.clips, top, span[:, 1] - span[:, 0], far, top_k)
+    for i, g in enumerate(maps):  # the window's map, the video's answers
+        g.segments = windowed.predictions.segments[i][:top_k]
+        g.moments = windowed.seconds[i][:top_k]
+        g.scores = windowed.predictions.scores[i][:top_k]
+        if windowed.plain_seconds is not None and windowed.predictions.plain is not None:
+            g.prior_changed = bool(windowed.predictions.changed[i])
+            own = windowed.predictions.plain
+            g.model_top = (own.segments[i][0], windowed.plain_seconds[i][0], float(own.scores[i][0]))
+    order = iter(found), iter(maps)
+    results = [next(order[int(x)]) for x in asks_long]
+    return combine(short, windowed, asks_long), results
+
+
+def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k: int) -> Answers:
+    """Predictor.answer_split for a store that keeps the raw rows of its long videos
+    (data.store: rows.npy, "raw_at"); a long video whose rows the store does not keep is
+    answered from its pooled clips, as before, and said."""
+    windowing = Windowing.of(predictor.data)
+    raw = getattr(store, "raw", None)
+    if windowing is None or not queries:
+        return predictor.answer_split(store, queries, top_k)
+    index = store.video_index
+    asked = sorted({index[q.video] for q in queries if q.video in index})
+    far = [v for v in asked if windowing.spans(int(store.videos[v].get("rows", 0)),
+                                               float(store.videos[v]["duration"])) is not None]
+    kept = [v for v in far if raw is not None and "raw_at" in store.videos[v]]
+    if len(kept) < len(far):
+        warn(f"{len(far) - len(kept)} videos are longer than {predictor.checkpoint or 'the model'} was trained on "
+             f"({windowing.longest_s:g} s), and the store at {store.path} keeps only their pooled clips: answered "
+             "from those (prepare the store again with this fsan to keep their rows)")
+    if not kept:
+        return predictor.answer_split(store, queries, top_k)
+    predictor.check_split(store, queries)
+    clips = np.array(store.features, dtype=np.float32)
+    normalize = bool(store.manifest.get("normalize", True))
+    parts, owner, seconds = [], [], []
+    for v in kept:  # the store's rows are already projected by its PCA
+        meta = store.videos[v]
+        x = np.asarray(raw[int(meta["raw_at"]): int(meta["raw_at"]) + int(meta["rows"])], np.float32)
+        spans = windowing.spans(len(x), float(meta["duration"]))
+        parts += [video_clips(x[a:b], predictor.clips, pca=None, normalize=normalize) for a, b in spans]
+        owner.append(np.full(len(spans), v, np.int64))
+        seconds.append(spans * (float(meta["duration"]) / len(x)))
+    long = Long(np.stack(parts), np.concatenate(owner), np.concatenate(seconds))
+    is_long = np.zeros(len(store.videos), bool)
+    is_long[kept] = True
+    durations = np.array([q.duration for q in queries], np.float64)
+    return answer(predictor, clips, long, is_long, video_rows(store, list(queries)), durations,
+                  [q.query for q in queries], top_k)
