@@ -153,9 +153,12 @@ def merge(seconds: np.ndarray, window_score: np.ndarray, valid: np.ndarray, k: i
 
 def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequence[str], top_k: int,
                 prior: bool = PRIOR_IN_WINDOWS,
-                progress: Callable[[int], None] | None = None) -> tuple[Answers, np.ndarray]:
+                progress: Callable[[int], None] | None = None, rank_by: str = "match",
+                cuts: bool = True) -> tuple[Answers, np.ndarray]:
     """Answers of queries about long videos (video (Q,) indexes the videos `long` cut) and (Q,)
-    the window each top answer came from."""
+    the window each top answer came from. `rank_by` "sc" ranks windows by their top answer's
+    score instead of S(V, S), and `cuts=False` ignores where top answers touch a cut: the
+    alternatives benchmarks/quality/long_videos.py measures."""
     ids = predictor.encode(texts)
     query, window, slot = pairs(long.video, video)
     features = torch.from_numpy(np.ascontiguousarray(long.clips, np.float32)).to(predictor.device)
@@ -174,7 +177,7 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
     valid = np.zeros((q, w), bool)
     valid[query, slot] = True
     match = np.full((q, w), -np.inf, np.float32)
-    match[query, slot] = out.match
+    match[query, slot] = out.match if rank_by == "match" else ranked[0].scores[:, 0]
     begin = np.zeros((q, w))
     begin[query, slot] = long.seconds[window, 0]
     results = []
@@ -186,7 +189,7 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
         at_cut = np.zeros((q, w), bool)
         at_cut[query, slot] = (((first[:, 0] == 0) & (span[:, 0] > 0))
                                | ((first[:, 1] == predictor.clips - 1) & (span[:, 1] < ends[window])))
-        pick = merge(grid, match, valid, top_k, predictor.nms, at_cut, begin)
+        pick = merge(grid, match, valid, top_k, predictor.nms, at_cut if cuts else None, begin)
         at_w, at_c = pick // k, pick % k
         rows = np.arange(q)[:, None]
         pair_of = np.full((q, w), -1, np.int64)

@@ -1,0 +1,173 @@
+"""Does grounding hold on a long video? Issue 31's benchmark: the semi-real ActivityNet-like test
+videos (fsan_cli/data/semisynthetic.py, built by benchmarks/quality/sizes.py) laid end to end, K
+per long video, every sentence asked of the long video it is in (its times shifted by the videos
+before it). R@1 and R@5 at IoU 0.1/0.3/0.5 and mIoU by K, four ways:
+
+- pooled: the whole long video pooled into the model's N_v clips (today's path without windows);
+- windows: fsan_cli/predict/windows.py (windows of the trained range ranked by S(V, S)), with the
+  span prior inside each window, and without it (the model's own SC);
+- "part": how often the top answer's middle lies in the right part (the sentence's own video).
+
+K = 1 is the single-video figure (no test video is longer than the longest train video, so it is
+today's path). The raw rows come from the benchmark's own feature file.
+
+    python -m benchmarks.quality.long_videos --work /tmp/sem31/activitynet \
+        --checkpoint /tmp/sem31/activitynet/runs/small-seed0/best.pt --ks 1,2,5,10,20
+    ... --speed   # a 2-hour video (14,400 rows) with 100 queries: queries/s and peak memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from benchmarks.record import header, record
+from fsan_cli.data.store import load_store
+from fsan_cli.predict import windows
+from fsan_cli.predict.predictor import Predictor
+
+IOUS = (0.1, 0.3, 0.5)
+
+
+def scores(seconds: np.ndarray, truth: np.ndarray) -> dict:
+    """seconds (Q, k, 2) ranked answers, truth (Q, 2) -> R@1, R@5 at IOUS and mIoU (percent)."""
+    inter = (np.minimum(seconds[..., 1], truth[:, None, 1]) - np.maximum(seconds[..., 0], truth[:, None, 0])).clip(0)
+    union = np.maximum(seconds[..., 1], truth[:, None, 1]) - np.minimum(seconds[..., 0], truth[:, None, 0])
+    iou = inter / np.where(union > 0, union, 1)
+    out = {f"r@{k},iou={t}": round(100 * float((iou[:, :k] >= t).any(1).mean()), 1) for k in (1, 5) for t in IOUS}
+    out["miou"] = round(100 * float(iou[:, 0].mean()), 1)
+    return out
+
+
+def long_videos(store, h5: Path, k: int, seed: int):
+    """Test videos in a seeded order, K to a long video: [(rows, duration)], and per query its
+    long video, text, shifted truth and its part's [start, end)."""
+    test = store.split("test")
+    names = sorted({q.video for q in test})
+    np.random.default_rng(seed).shuffle(names)
+    index = store.video_index
+    by_video: dict[str, list] = {}
+    for q in test:
+        by_video.setdefault(q.video, []).append(q)
+    videos, video, texts, truth, part = [], [], [], [], []
+    with h5py.File(h5, "r") as fh:
+        for g in range(0, len(names) - len(names) % k if len(names) >= k else 0, k):
+            rows, offset = [], 0.0
+            for v in names[g: g + k]:
+                rows.append(fh[v]["c3d_features"][()])
+                d = float(store.videos[index[v]]["duration"])
+                for q in by_video[v]:
+                    video.append(len(videos))
+                    texts.append(q.query)
+                    truth.append([q.times[0][0] + offset, q.times[0][1] + offset])
+                    part.append([offset, offset + d])
+                offset += d
+            videos.append((np.concatenate(rows), offset))
+    return videos, np.array(video), texts, np.array(truth), np.array(part)
+
+
+def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int = 5) -> dict:
+    videos, video, texts, truth, part = long_videos(store, h5, k, seed)
+    rows = [r for r, _ in videos]
+    seconds = [d for _, d in videos]
+    names = [f"long{i}" for i in range(len(videos))]
+    durations = np.array([seconds[v] for v in video])
+    pooled = np.stack([predictor.video_clips(r, n) for r, n in zip(rows, names)])
+    t0 = time.perf_counter()
+    whole = predictor.answer(torch.from_numpy(pooled), video, durations, texts, top_k)
+    t_pooled = time.perf_counter() - t0
+    out = {"k": k, "long_videos": len(videos), "queries": len(texts),
+           "minutes": round(float(np.mean(seconds)) / 60, 1)}
+    ways = {"pooled": whole.seconds}
+    if whole.plain_seconds is not None:
+        ways["pooled, no span prior"] = whole.plain_seconds
+    windowing = windows.Windowing.of(predictor.data)
+    is_long, long = windows.cut(predictor, rows, seconds, names, windowing)
+    out["windowed_videos"] = int(np.sum(is_long))
+    t0 = time.perf_counter()
+    if long is not None and np.all(is_long):
+        win, _ = windows.answer_long(predictor, long, video, texts, top_k, prior=True)
+        ways["windows"] = win.seconds
+        if win.plain_seconds is not None:
+            ways["windows, no span prior"] = win.plain_seconds
+        out["windows_s"] = round(time.perf_counter() - t0, 1)
+        by_sc, _ = windows.answer_long(predictor, long, video, texts, top_k, prior=True, rank_by="sc")
+        ways["windows ranked by SC"] = by_sc.seconds
+        no_cut, _ = windows.answer_long(predictor, long, video, texts, top_k, prior=True, cuts=False)
+        ways["windows, cuts ignored"] = no_cut.seconds
+    out["pooled_s"] = round(t_pooled, 1)
+    for way, sec in ways.items():
+        mid = sec[:, 0].mean(1)
+        out[way] = {**scores(sec, truth), "part": round(100 * float(((mid >= part[:, 0]) & (mid < part[:, 1])).mean()), 1)}
+    return out
+
+
+def speed(predictor: Predictor, store, h5: Path, queries: int = 100, rows: int = 14_400,
+          seconds: float = 7_200.0) -> dict:
+    """One 2-hour video (test videos' rows repeated to `rows`) and `queries` test sentences."""
+    test = store.split("test")
+    with h5py.File(h5, "r") as fh:
+        parts, n = [], 0
+        for v in sorted({q.video for q in test}):
+            parts.append(fh[v]["c3d_features"][()])
+            n += len(parts[-1])
+            if n >= rows:
+                break
+    x = np.concatenate(parts)[:rows]
+    texts = [q.query for q in test[:queries]]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    answers, _ = windows.ground(predictor, [x], ["two-hours"], [seconds], np.zeros(len(texts), np.int64),
+                                np.full(len(texts), seconds), texts, 5)
+    took = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    spans = windows.Windowing.of(predictor.data).spans(len(x), seconds)
+    return {"rows": rows, "seconds": seconds, "queries": len(texts), "windows": len(spans),
+            "pairs": len(spans) * len(texts), "wall_s": round(took, 1),
+            "queries_per_s": round(len(texts) / took, 2), "peak_rss_mb": round(peak / 1024, 0),
+            "rss_growth_mb": round((peak - before) / 1024, 0), "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="the sizes benchmark's WORK/activitynet")
+    ap.add_argument("--checkpoint", type=Path, action="append", required=True, help="repeatable: one per seed")
+    ap.add_argument("--ks", default="1,2,5,10,20")
+    ap.add_argument("--seed", type=int, default=0, help="the order in which test videos are laid end to end")
+    ap.add_argument("--speed", action="store_true", help="only the 2-hour video's queries/s and memory")
+    ap.add_argument("--out", type=Path, help="append the rows (JSON lines) here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    store = load_store(args.work / "data" / "activitynet")
+    h5 = args.work / "activitynet-small" / "sub_activitynet_v1-3.c3d.hdf5"
+    made = record(__spec__.name)
+    print(header(__spec__.name))
+    rows = []
+    for ckpt in args.checkpoint:
+        predictor = Predictor.load(ckpt, torch.device("cpu"))
+        if args.speed:
+            rows.append({"checkpoint": str(ckpt), "speed": speed(predictor, store, h5), "record": made})
+            print(json.dumps(rows[-1]["speed"]), flush=True)
+            continue
+        for k in (int(x) for x in args.ks.split(",")):
+            row = {"checkpoint": str(ckpt), **run_k(predictor, store, h5, k, args.seed), "record": made}
+            rows.append(row)
+            print(json.dumps({x: y for x, y in row.items() if x != "record"}), flush=True)
+    if args.out:
+        with args.out.open("a") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+        print(f"(rows appended to {args.out})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
