@@ -194,7 +194,7 @@ def test_didemo_gets_no_prior(tmp_path):
     assert span_prior_fit.fit_checkpoint(tmp_path / "missing.pt", store, torch.device("cpu")) is None
 
 
-def test_a_val_split_without_times_selects_nothing_and_fits_no_prior(tmp_path):
+def test_a_val_split_without_times_selects_by_matching_and_fits_no_prior(tmp_path):
     import shutil
 
     src = tiny_synthetic(tmp_path / "a")
@@ -208,7 +208,10 @@ def test_a_val_split_without_times_selects_nothing_and_fits_no_prior(tmp_path):
     out = tmp_path / "run"
     summary = training.train(load_settings("synthetic", overrides=TINY), store, out, torch.device("cpu"),
                              progress=False)
-    assert summary["best_epoch"] == 2  # no val scores: the last epoch
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_match" in r and "val_miou" not in r for r in records)  # no times: by matching
+    top = max(r["val_match"] for r in records)
+    assert summary["best_epoch"] == next(r["epoch"] for r in records if r["val_match"] == top)
     assert "span_prior" not in checkpoint.load(out / "best.pt")
 
 

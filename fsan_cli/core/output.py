@@ -46,6 +46,12 @@ def log(message: str) -> None:
         stderr_console().print(message, highlight=False)
 
 
+def detail(message: str) -> None:
+    """A line on stderr only with -v: what went as it should, for whoever wants to see it."""
+    if STATE.verbose > 0 and not STATE.quiet:
+        stderr_console().print(message, highlight=False)
+
+
 def warn(message: str) -> None:
     stderr_console().print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
 
@@ -132,12 +138,17 @@ class _Bar(_LiveBar):
     def epoch_done(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        parts = [f"epoch {record['epoch']}", f"loss {record['loss']:.4f}"]
+        loss = record["loss"]
+        parts = [f"epoch {record['epoch']}", f"loss {loss:.4f}" if abs(loss) >= 1e-3 or loss == 0 else f"loss {loss:.2e}"]
         if "val_miou" in record:
             parts.append(f"val mIoU {record['val_miou']:.2f}")
             parts.append(f"R@1,IoU=0.5 {record['val_r1_iou0.5']:.2f}")
-        if record.get("best"):
+        elif "val_match" in record:  # sentence-only data (fsan_cli/train/matching.py)
+            parts.append(f"val match {record['val_match']:.1f}% (chance {record['val_match_chance']:.0f}%)")
+        if record.get("best") and ("val_miou" in record or "val_match" in record):
             parts.append("(best so far, saved)")
+        elif record.get("best"):  # nothing to choose by: every epoch replaces the last
+            parts.append("(saved as best.pt: no val split, the last epoch is kept)")
         target = self.progress.console if self.progress else stderr_console()
         target.print("  ".join(parts), highlight=False)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fsan_cli.core.errors import FsanError
-from fsan_cli.core.output import log, warn
+from fsan_cli.core.output import detail, warn
 
 PAD, UNK = "<pad>", "<unk>"
 DEFAULT_VECTORS = "glove-6b-50d"
@@ -334,7 +334,8 @@ class WordSource:
         if self.found.keys() & set(new):
             fresh = [w for w in new if w in self.found]
             shown = ", ".join(fresh[:10]) + (f" and {len(fresh) - 10} more" if len(fresh) > 10 else "")
-            log(f"Words outside the vocabulary of {self.owner}, embedded from {self.spec}: {shown}")
+            # as fsan prepare would have embedded them: said with -v only, nothing is amiss
+            detail(f"Words outside the vocabulary of {self.owner}, embedded from {self.spec}: {shown}")
 
 
 def encode(text: str, word_to_id: dict[str, int], max_tokens: int,

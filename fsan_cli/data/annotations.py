@@ -191,13 +191,32 @@ def drop_missing(ann: Annotations, absent: set[str]) -> None:
         ann.splits[name] = kept
 
 
+MIN_MATCH_VIDEOS = 6  # sentence-only data: fewer videos are all trained on, none held out
+
+
+def has_times(ann: Annotations) -> bool:
+    """Whether any query carries annotated times (sentence-only data, the weakly supervised
+    case, has none)."""
+    return any(q.times for queries in ann.splits.values() for q in queries)
+
+
 def carve_val(ann: Annotations, share: float) -> None:
     """Hold out `share` of the train videos (all their queries) as a val split for model
     selection, drawn by a fixed seed from the sorted video ids, so the same files give the
-    same split. Benchmarks without a val split (Charades-STA) otherwise invite selecting on test."""
+    same split. Benchmarks without a val split (Charades-STA) otherwise invite selecting on test.
+
+    Sentence-only data keep a val split only where it can measure something: at least two videos
+    held out, whose sentences choose the epoch by matching (fsan train); with fewer than
+    MIN_MATCH_VIDEOS videos every one is trained on."""
     train = ann.splits["train"]
     videos = sorted({q.video for q in train})
-    n = min(len(videos) - 1, max(1, round(share * len(videos))))
+    timed = has_times(ann)
+    if not timed and len(videos) < MIN_MATCH_VIDEOS:
+        ann.notes.append(f"no times in the files and {len(videos)} videos: all are trained on, none held "
+                         "out (the last epoch is kept; at least "
+                         f"{MIN_MATCH_VIDEOS} videos let a held-out val split choose it by matching)")
+        return
+    n = min(len(videos) - 1, max(1 if timed else 2, round(share * len(videos))))
     if n < 1:
         return
     held_ids = {videos[i] for i in np.random.default_rng(0).permutation(len(videos))[:n]}
@@ -209,8 +228,11 @@ def carve_val(ann: Annotations, share: float) -> None:
     ann.splits = {k: ann.splits[k] for k in [*order[:at], "val", *order[at:]]}
     read = ann.read.get("train", len(train))
     ann.read["val"], ann.read["train"] = len(val), read - len(val)
+    why = ("for model selection" if timed else
+           "to choose the epoch by matching (does the model rank a sentence's own video first?), "
+           "which needs no times")
     ann.notes.append(
         f"no val split in the files: {n} of {len(videos)} train videos ({len(val)} queries, "
-        f"{100 * n / len(videos):.0f}%) held out as val for model selection (--val-share {share:g}; "
+        f"{100 * n / len(videos):.0f}%) held out as val {why} (--val-share {share:g}; "
         "0 keeps train whole)"
     )

@@ -37,6 +37,7 @@ from fsan_cli.data.annotations import (
     annotated_videos,
     apply_limit,
     carve_val,
+    has_times,
     drop_missing,
     md5sum,
     overlap_warnings,
@@ -118,7 +119,7 @@ def _vocabulary(
     ann: Annotations, glove: str | None
 ) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     texts = [q.query for q in ann.splits.get("train", [])]
-    if not texts:  # a custom dataset without a train split: the vocabulary of all its queries
+    if not texts or not has_times(ann):  # without a train split or times: all its sentences' words
         texts = [q.query for qs in ann.splits.values() for q in qs]
     needed = {w for t in texts for w in tokenize(t, TOKENIZER)}
     vectors = load_word_vectors(glove, needed=needed)

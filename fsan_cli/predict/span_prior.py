@@ -76,7 +76,9 @@ class SpanPrior:
         learns one but holds none (last.pt: fsan train stores the prior in best.pt)."""
         entry = ckpt.get("span_prior")
         if entry is None:
-            if settings_of(ckpt).eval.span_prior and ckpt["data"].get("dataset") != "didemo":
+            chosen_on = ckpt.get("val")  # best.pt's val record: no val_miou, no times to learn a prior by
+            timed = not isinstance(chosen_on, dict) or "val_miou" in chosen_on
+            if settings_of(ckpt).eval.span_prior and ckpt["data"].get("dataset") != "didemo" and timed:
                 log(f"{path} holds no span prior (fsan train stores it in best.pt at the end of a run); "
                     "answers are the model's own")
             return None

@@ -36,10 +36,20 @@ def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compi
             distributed.shutdown()
     if not dist.main:
         return None
-    chosen = "on val" if store.splits.get("val") else "as the last (the data has no val split)"
-    log(f"Trained in {time.perf_counter() - t0:.0f} s; best epoch {summary['best_epoch']} {chosen}; "
-        f"run folder {out}")
+    log(f"Trained in {time.perf_counter() - t0:.0f} s; best epoch {summary['best_epoch']} "
+        f"{chosen_by(store)}; run folder {out}")
     return {**summary, "device": device}
+
+
+def chosen_by(store: Store) -> str:
+    """What chose the best epoch, as the loop did (train/loop.py end_epoch)."""
+    val = store.splits.get("val") or []
+    if any(q.times for q in val):
+        return "on val (mIoU of the annotated val queries)"
+    if len({q.video for q in val}) >= 2:
+        return ("by val matching (a sentence's own video scored above other val videos; "
+                "the data has no times, so no grounding metric chose it)")
+    return "as the last (the data has no val split to choose by)"
 
 
 def scoring_interrupted(out: Path) -> Interrupted:

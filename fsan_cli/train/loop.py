@@ -27,6 +27,7 @@ from fsan_cli.predict.predictor import Predictor
 from fsan_cli.train import span_prior_fit
 from fsan_cli.train.cuda_graph import CapturedStep, use_cuda_graph
 from fsan_cli.train.distributed import Dist
+from fsan_cli.train.matching import validate_matching
 from fsan_cli.train.resident import TrainingData, training_data
 from fsan_cli.train.resume import LoopState, restore_run, save_last
 from fsan_cli.train.runs import remove_run_files, start_run_folder, write_failure
@@ -179,7 +180,11 @@ def fit_span_prior(run: Run, progress: bool) -> None:
     if not progress:
         return
     if prior is None:
-        log("Span prior: not used (it needs a val split to choose its weight; never for DiDeMo)")
+        annotated = any(q.times for q in run.store.splits.get("val") or [])
+        why = ("it is never used for DiDeMo" if run.store.manifest.get("dataset") == "didemo" else
+               "its weight is chosen on val times, and this data has none" if not annotated else
+               "the train split has no times to learn it from")
+        log(f"Span prior: not used ({why})")
         return
     own, best = prior.choices[0][1], dict(prior.choices)[prior.weight]
     if prior.weight > 0:
@@ -306,6 +311,10 @@ def end_epoch(run: Run, state: LoopState, steps_per_epoch: int) -> dict[str, Any
         if run.data.val_queries:
             record.update(validate(run))
             score = record["val_miou"]
+        elif run.data.match_queries:  # val without times: by matching (train/matching.py)
+            record.update(validate_matching(val_predictor(run), run.data.features, run.store,
+                                            run.data.match_queries))
+            score = record["val_match"]
         else:  # no val split: the last epoch (the loss is no guide: the SAP terms join late)
             score = float(state.epoch)
         record["best"] = score > state.best["score"]
@@ -328,13 +337,19 @@ def checkpoint_last(run: Run, state: LoopState) -> None:
         run.out_dir, run.promote = run.promote(), None
 
 
+def val_predictor(run: Run) -> Predictor:
+    """The model being trained, answering as `fsan evaluate` will with its checkpoint."""
+    store = run.store
+    data = {"clips": run.model.cfg.clips, "feature_dim": store.feature_dim, "dataset": store.manifest.get("dataset")}
+    return Predictor(run.model, store.vocab, data, run.cfg.eval.nms, run.device, words=run.data.words,
+                     tokenizer=checkpoint.tokenizer_of_store(store))
+
+
 def validate(run: Run) -> dict[str, float]:
     """Top-1 mIoU and R@1 at IoU 0.3/0.5 on the validation split (selection uses val only),
     predicted by the same Predictor as `fsan evaluate`."""
     store, queries, nv = run.store, run.data.val_queries, run.model.cfg.clips
-    data = {"clips": nv, "feature_dim": store.feature_dim, "dataset": store.manifest.get("dataset")}
-    predictor = Predictor(run.model, store.vocab, data, run.cfg.eval.nms, run.device, words=run.data.words,
-                          tokenizer=checkpoint.tokenizer_of_store(store))
+    predictor = val_predictor(run)
     ids = predictor.encode([q.query for q in queries])
     out = predictor.predict(run.data.features, video_rows(store, queries), ids, 1)
     durations = torch.tensor([q.duration for q in queries], dtype=torch.float64)

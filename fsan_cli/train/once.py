@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fsan_cli.core.device import resolve_device
+from fsan_cli.core.output import log
 from fsan_cli.core.settings import Settings
 from fsan_cli.data.datasets import open_store
 from fsan_cli.evaluate import evaluation
@@ -38,6 +39,10 @@ def train_once(dataset: str, data_dir: Path, out: Path, cfg: Settings | None, re
     started = time.perf_counter()
     summary = fit.fit(cfg, store, out, device, resume is not None, compile_, overwrite)
     if summary is None or not test:  # another rank's process, or no test wanted
+        return Trained(out, summary, None, started)
+    if not any(q.times for q in store.splits.get("test") or []):  # sentence-only data
+        log(f"No test table: the data at {store.path} has no test split with times to score. "
+            f'Ground with: fsan ground VIDEO "a sentence" --checkpoint {out / "best.pt"}')
         return Trained(out, summary, None, started)
     try:
         result = evaluation.evaluate_split(dataset, store, "test", checkpoint=out / "best.pt",

@@ -13,6 +13,7 @@ from fsan_cli.core.errors import FsanError
 from fsan_cli.core.output import warn
 from fsan_cli.core.text import TOKENIZER, WordSource, encode_texts, query_tokens, tokenize
 from fsan_cli.data.store import Query, Store, video_rows
+from fsan_cli.train.matching import sentences_to_match
 from models.config import FSANConfig
 
 
@@ -23,6 +24,9 @@ class TrainingData:
     vids: torch.Tensor  # (Q,) their feature rows
     val_queries: list[Query] = field(default_factory=list)  # chooses the best epoch
     words: WordSource | None = None  # embeds val words outside the vocabulary, as evaluate will
+    # without annotated val queries: the val sentences that choose the epoch by matching
+    # (fsan_cli/train/matching.py); empty where val has times, or fewer than two videos
+    match_queries: list[Query] = field(default_factory=list)
 
 
 def check_finite_features(store: Store, features: torch.Tensor) -> None:
@@ -49,6 +53,7 @@ def training_data(mc: FSANConfig, store: Store, device: torch.device) -> Trainin
         raise FsanError(f"the train split at {store.path} is empty", "Prepare the data again")
     vids = torch.from_numpy(video_rows(store, train_q)).to(device)
     video_rows(store, val_q)
+    match_q = [] if val_q else sentences_to_match(store)
     word_to_id = {w: i for i, w in enumerate(store.vocab)}
     version = checkpoint.tokenizer_of_store(store)  # the store's vocabulary's: 1 if of an older fsan
     if version < TOKENIZER and any(tokenize(q.query, version) != tokenize(q.query) for q in train_q):
@@ -59,7 +64,8 @@ def training_data(mc: FSANConfig, store: Store, device: torch.device) -> Trainin
     feat_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     features = torch.from_numpy(np.asarray(store.features)).to(device=device, dtype=feat_dtype)
     check_finite_features(store, features)
-    return TrainingData(features, tokens.to(device), vids, val_q, val_words(store, val_q, mc.max_tokens))
+    return TrainingData(features, tokens.to(device), vids, val_q,
+                        val_words(store, val_q or match_q, mc.max_tokens), match_q)
 
 
 def val_words(store: Store, val_q: list[Query], max_tokens: int) -> WordSource | None:
