@@ -6,8 +6,8 @@ every rank just before optimizer step STOP + 1, as Ctrl-C would give.
 
 import sys
 
-from fsan_cli.train import loop as training
 from fsan_cli.app import main
+from fsan_cli.train import loop as training
 
 stop = int(sys.argv.pop(1))
 real = training.one_step

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
+from fsan_cli.core.errors import FsanError
+from fsan_cli.data.store import Query
 from fsan_cli.evaluate.baselines import (
     didemo_frequency_prior,
     prior_predictions,
     random_predictions,
     relative_prior,
 )
-from fsan_cli.data.store import Query
-from fsan_cli.core.errors import FsanError
 from fsan_cli.evaluate.metrics import didemo_random_expectation, didemo_segments, iou
 from fsan_cli.evaluate.scoring import score
 

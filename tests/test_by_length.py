@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fsan_cli.data.store import Query
 from fsan_cli.evaluate import baselines
 from fsan_cli.evaluate.breakdown import PAPER_FIGURE4_EDGES, by_length, length_edges, matched_rows
-from fsan_cli.data.store import Query
 from fsan_cli.evaluate.metrics import metric_keys
 from fsan_cli.evaluate.scoring import score
 from tests.helpers import make_store, run_evaluate

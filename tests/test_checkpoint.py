@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.core import checkpoint
 from fsan_cli.app import app
-from fsan_cli.data.store import load_store
-from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.core import checkpoint
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.settings import load_settings
+from fsan_cli.data.store import load_store
+from fsan_cli.data.synthetic import ensure_synthetic
 from fsan_cli.train.loop import train
 
 SIZES = {"train": 40, "val": 8, "test": 8}

@@ -16,11 +16,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
+from fsan_cli.core.settings import load_settings
 from fsan_cli.data.store import Query, load_store, write_store
 from fsan_cli.data.synthetic import ensure_synthetic
-from fsan_cli.core.settings import load_settings
+from fsan_cli.train import loop as training
 
 TINY = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.align_dim=16", "train.epochs=1"]
 SIZES = {"train": 40, "val": 10, "test": 12}

@@ -7,13 +7,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsan_cli.core import memory
-
-from fsan_cli.train import step
-
-from fsan_cli.train import loop as training
 from fsan_cli.app import app
+from fsan_cli.core import memory
 from fsan_cli.core.settings import load_settings
+from fsan_cli.train import loop as training
+from fsan_cli.train import step
 from models.fsan import FSAN
 from tests.helpers import tiny_synthetic
 

@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fsan_cli.data.store import Query
 from fsan_cli.core.errors import FsanError
+from fsan_cli.data.store import Query
 from fsan_cli.evaluate.metrics import (
     PROTOCOLS,
     chunk_iou,

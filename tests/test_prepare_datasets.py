@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
+from fsan_cli.core.errors import FsanError
 from fsan_cli.data.prepare import PrepareOptions, prepare_dataset
 from fsan_cli.data.store import load_store
-from fsan_cli.core.errors import FsanError
 
 DIM = 16
 

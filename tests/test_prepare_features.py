@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fsan_cli.core.errors import FsanError
 from fsan_cli.data.features import (
     SHORT_BIN,
     FeatureLayout,
@@ -23,7 +24,6 @@ from fsan_cli.data.features import (
     scan_features,
     video_clips,
 )
-from fsan_cli.core.errors import FsanError
 
 
 def pool_reference(rows: np.ndarray, clips: int) -> np.ndarray:
