@@ -218,13 +218,22 @@ def test_plot_writes_a_png(data_dir, preds_file, tmp_path):
     assert json.loads(r.stdout)["by_length"] == BY_LENGTH  # --plot implies --by-length
 
 
-def test_plot_into_a_missing_folder_fails_before_any_work(tmp_path, preds_file):
+def test_plot_into_a_missing_folder_makes_it(data_dir, preds_file, tmp_path):
+    out = tmp_path / "figures" / "by-length" / "f.png"
+    r = run(["--predictions", str(preds_file), "--plot", str(out)], data_dir)
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_under_a_file_fails_before_any_work(tmp_path, preds_file):
     # no store under tmp_path/charades: the --plot error comes before reading it
+    (tmp_path / "notes").write_text("a file, not a folder\n")
     r = run(["--dataset", "charades", "--predictions", str(preds_file), "--by-length",
-             "--plot", str(tmp_path / "nowhere" / "f.png")], tmp_path)
+             "--plot", str(tmp_path / "notes" / "figs" / "f.png")], tmp_path)
     assert (r.exit_code, r.stdout) == (1, "")
-    assert r.stderr == (f"Error: folder {tmp_path / 'nowhere'} does not exist. "
-                        "Create it first, or fix --plot.\n")
+    assert r.stderr == (f"Error: cannot make the folder of --plot {tmp_path / 'notes' / 'figs' / 'f.png'}: "
+                        f"{tmp_path / 'notes'} is not a folder. Fix the path of --plot.\n")
+    assert not (tmp_path / "charades").exists()
 
 
 def test_plot_without_matplotlib_is_a_clear_error(data_dir, preds_file, tmp_path, monkeypatch):

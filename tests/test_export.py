@@ -139,3 +139,18 @@ def test_a_store_projected_by_pca_is_refused(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: the prepared store {tmp_path / 'didemo'} holds features projected by PCA")
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_missing_folders_of_out_are_made(trained, tmp_path):
+    root, store, _ = trained
+    out = tmp_path / "videos" / "exported" / "v.h5"
+    result = invoke("export", VIDEO, "--data-dir", root, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"{out}\n" and h5py.is_hdf5(out)
+
+
+def test_unknown_video_makes_no_folder(trained, tmp_path):
+    root, _, _ = trained
+    result = invoke("export", "nope", "--data-dir", root, "--out", tmp_path / "new" / "v.h5")
+    assert result.exit_code == 1
+    assert list(tmp_path.iterdir()) == []

@@ -95,3 +95,10 @@ def test_a_file_of_the_store_is_never_replaced(data_dir):
     assert r.exit_code == 1
     assert f"is test.jsonl of the prepared store at {data_dir / 'synthetic'}" in r.stderr
     assert test_split.read_bytes() == before
+
+
+def test_missing_folders_are_made(data_dir, tmp_path):
+    out = tmp_path / "predictions" / "prior" / "saved.jsonl"
+    r = run(["--baseline", "prior", "--save-predictions", str(out), *SCORED], data_dir)
+    assert r.exit_code == 0, r.stderr
+    assert len(out.read_text().splitlines()) == 4

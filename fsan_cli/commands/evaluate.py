@@ -133,8 +133,10 @@ def _check_options(keys, dataset, checkpoint, predictions, baseline, save, as_js
     if save is not None and str(save) == "-":
         raise UsageError("--save-predictions - would mix predictions with the results on stdout",
                         "Give a file name")
-    if save is not None and not save.parent.is_dir():  # fail before predicting, not after
-        raise FsanError(f"folder {save.parent} does not exist", "Create it first, or fix --save-predictions")
+    if save is not None:  # fail before predicting, not after; missing folders are made when it is written
+        from fsan_cli.core.atomic import check_folder_of
+
+        check_folder_of(save, "--save-predictions")
     if checkpoint is not None:  # a folder, a broken link, a FIFO: said as ground says it
         from fsan_cli.core.checkpoint import check_path
 

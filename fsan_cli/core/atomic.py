@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from fsan_cli.core.errors import out_of_space
+from fsan_cli.core.errors import FsanError, out_of_space, write_error
 
 SUFFIX = ".tmp"  # of the temporary file beside the target: .NAME.XXXXXXXX.tmp
 
@@ -22,6 +22,28 @@ def temp_files(path: str | Path) -> list[Path]:
     (`.NAME.XXXXXXXX.tmp`)."""
     path = Path(path)
     return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{SUFFIX}"))
+
+
+def check_folder_of(path: str | Path, what: str) -> None:
+    """Before any work: the folder of the output file `path` (given as `what`, e.g. "--out")
+    exists or can be made, i.e. the nearest existing path above it is a folder."""
+    path = Path(path)
+    for above in path.parents:
+        if above.is_dir():
+            return
+        if above.exists() or above.is_symlink():
+            raise FsanError(f"cannot make the folder of {what} {path}: {above} is not a folder",
+                            f"Fix the path of {what}")
+
+
+def make_folder_of(path: str | Path, what: str) -> None:
+    """Create the missing folders above the output file `path` (as `mkdir -p`), so that
+    `--out data/x.h5` works where `data/` does not exist yet; FsanError where they cannot be made."""
+    check_folder_of(path, what)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, Path(path).parent, f"pass another {what}") or exc from None
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fsan_cli.core.atomic import atomic_write
+from fsan_cli.core.atomic import atomic_write, check_folder_of, make_folder_of
 from fsan_cli.core.errors import FsanError, write_error
 from fsan_cli.core.settings import load_settings
 from fsan_cli.data.store import Store, load_store
@@ -60,6 +60,7 @@ def export_video(store: Store, video: str, out: Path | None = None, overwrite: b
     _write_h5(buffer, features, {"video": found, "duration": duration,
                                  "dataset": str(store.manifest.get("dataset", store.path.name)),
                                  "store": str(store.path)})
+    make_folder_of(out, "--out")
     try:
         atomic_write(out, lambda fh: fh.write(buffer.getvalue()), binary=True)
     except OSError as exc:  # nothing half-written is left: atomic_write removed its temporary file
@@ -79,8 +80,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
                         "Give --out the path of a plain file")
     if out.exists() and not overwrite:
         raise FsanError(f"{out} already exists", "Pass --overwrite to replace it, or choose another --out")
-    if not out.parent.is_dir():
-        raise FsanError(f"folder {out.parent} does not exist", "Create it first")
+    check_folder_of(out, "--out")
 
 
 def _write_h5(fh: io.BytesIO, features: np.ndarray, attrs: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fsan_cli.core.atomic import atomic_write
+from fsan_cli.core.atomic import atomic_write, check_folder_of, make_folder_of
 from fsan_cli.core.errors import FsanError, write_error
 from fsan_cli.core.output import log
 from fsan_cli.evaluate.metrics import metric_keys
@@ -40,10 +40,7 @@ def check_plot(path: Path, inputs: tuple[Path | None, ...] = (), overwrite: bool
             "--plot needs matplotlib, which is not installed",
             "Install the plot extra: pip install 'fsan[plot]' (or pip install matplotlib)",
         )
-    if not Path(path).parent.is_dir():
-        raise FsanError(
-            f"folder {Path(path).parent} does not exist", "Create it first, or fix --plot"
-        )
+    check_folder_of(path, "--plot")
 
 
 def pyplot():
@@ -60,6 +57,7 @@ def save_figure(fig: Any, path: Path) -> None:
     """Save and close `fig`, atomically (never a half-written image under its name); FsanError
     on a file type matplotlib cannot write, a full disk or a read-only folder."""
     kind = Path(path).suffix.lower().lstrip(".")
+    make_folder_of(path, "--plot")
     try:
         atomic_write(path, lambda fh: fig.savefig(fh, format=kind, dpi=150), binary=True)
     except ValueError as exc:  # an unknown file type

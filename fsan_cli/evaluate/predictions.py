@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fsan_cli.core.atomic import atomic_write
+from fsan_cli.core.atomic import atomic_write, check_folder_of, make_folder_of
 from fsan_cli.core.errors import FsanError, write_error
 
 FORMAT_HELP = (
@@ -141,8 +141,7 @@ def write_predictions(path: str | Path, rows: Iterable[dict], overwrite: bool = 
         return
     path = Path(path)
     check_save_path(path, overwrite)
-    if not path.parent.is_dir():
-        raise FsanError(f"folder {path.parent} does not exist", "Create it first")
+    make_folder_of(path, "--save-predictions")
     try:
         atomic_write(path, lambda fh: fh.writelines(_dumps(row) + "\n" for row in rows))
     except OSError as exc:  # nothing half-written is left: atomic_write removed its temporary file
@@ -164,6 +163,7 @@ def check_save_path(path: Path, overwrite: bool, inputs: dict[str, Path | None] 
     if path.exists() and not overwrite:
         raise FsanError(f"--save-predictions {path} already exists",
                         "Pass --overwrite to replace it, or choose another file")
+    check_folder_of(path, "--save-predictions")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 
 import h5py
 
-from fsan_cli.core.atomic import SUFFIX, temp_files
+from fsan_cli.core.atomic import SUFFIX, check_folder_of, make_folder_of, temp_files
 from fsan_cli.core.errors import FsanError, write_error
 from fsan_cli.core.lock import FileLock, acquire
 from fsan_cli.core.output import log, video_progress, warn
@@ -148,9 +148,9 @@ def extract_files(
     same --out stops at once naming the first; what a killed run left is removed first."""
 
     out = Path(out)
-    if not out.parent.is_dir():
-        raise FsanError(f"the folder of --out {out} does not exist", "Create it first")
+    check_folder_of(out, "--out")
     videos = find_videos(paths)
+    make_folder_of(out, "--out")  # `--out data/x.h5` makes data/, as `fsan train --out` makes its folder
     lock = _lock(out)
     try:
         _clear_leftovers(out)
