@@ -507,6 +507,37 @@ def test_plot_writes_a_png(trained, video, ckpt, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_is_readable_at_its_size_with_one_colour_scale_and_a_legend(trained, video, ckpt, tmp_path,
+                                                                         monkeypatch):
+    """Two queries stacked, 1440 px wide (9.6 in at 150 dpi), no text under 10 pt, one colorbar
+    for both maps, and a legend naming the boxes: the answer, and the ground truth a query line
+    brought as "times"."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+    import matplotlib.text
+
+    from fsan_cli.ground import render
+
+    figures, real = [], render.save_plot
+    monkeypatch.setattr(render, "save_plot", lambda *a: figures.append(real(*a)))
+    q = trained[2]
+    lines = [{"query": q.query, "times": q.times[0]}, {"query": "a person opens the door"}]
+    out = tmp_path / "fig.png"
+    r = run([str(video), "-", "--checkpoint", str(ckpt), "--plot", str(out)],
+            input="".join(json.dumps(line) + "\n" for line in lines))
+    assert r.exit_code == 0, r.output
+    (fig,) = figures
+    height, width, _ = matplotlib.image.imread(out).shape
+    assert (width, height) == (1440, round(fig.get_size_inches()[1] * 150))
+    assert 500 <= height <= 1100  # two short queries
+    assert [ax.get_label() for ax in fig.axes].count("<colorbar>") == 1
+    assert len([ax for ax in fig.axes if ax.images]) == 2
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[0] == "the answer (top 1)" and "ground truth (the query's times)" in labels
+    assert min(t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text()) >= 10
+
+
 @pytest.mark.parametrize("how", ["--json", "--top-k=5"])
 def test_a_closed_stdout_ends_quietly(video, ckpt, tmp_path, how):
     """`fsan ground ... --json | head -1` (and the table): no error line, exit 141 as a tool

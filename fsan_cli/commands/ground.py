@@ -79,8 +79,9 @@ def ground(
     line. Videos without a duration take it
     from the prepared store (--dataset, --data-dir). Features are pooled, normalised and
     projected as at training time. Without --checkpoint, the newest runs/*/best.pt answers.
-    The map drawn is the one the segment scores read (P centred, by default); --plot draws P
-    beside it. With the checkpoint's span prior (`fsan train` chose its weight on val), a
+    The map drawn is the one the segment scores read (P centred, by default); --plot saves it as
+    a figure, one colour scale for all queries, the answer boxed (a query line's "times" too, as
+    the ground truth). With the checkpoint's span prior (`fsan train` chose its weight on val), a
     segment's score is SC + w log p(s, e), and an answer the prior moved is marked, with the
     model's own beside it. --json prints one line per query: the predictions format plus its
     alignment_map, score_map and span_prior. Examples:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.markup import escape
@@ -172,58 +172,102 @@ def render(results: Sequence[Grounded]) -> None:
 # ----------------------------------------------------------------------------- --plot
 
 MAX_PANELS = 12
+WIDTH = 9.6  # inches: 1440 pixels at save_figure's 150 dpi
+FONT = 10  # points, every text of the figure
+MIN_MAPS = 3.0  # inches of maps at least: room for the colorbar's label beside a short query
+# what the colours of each align.sc_map mean, in words (the colorbar's label)
+SCALE_LABELS = {
+    "p": "cosine of word and clip",
+    "p_hat": "(1 + cosine of word and clip) / 2",
+    "centered": "cosine of word and clip,\nminus the word's mean over the video",
+}
+# the boxes drawn on the maps: (legend label, colour, line style, line width)
+BOXES: dict[str, tuple[str, str, Any, float]] = {
+    "answer": ("the answer (top 1)", "#e8000b", "-", 2.6),
+    "model": ("the model's own answer (the span prior moved it)", "#ff9f1c", "--", 2.2),
+    "truth": ("ground truth (the query's times)", "white", (0, (1.5, 1.2)), 2.4),
+}
 
 
-def save_plot(path: Path, results: Sequence[Grounded]) -> None:
-    """One row per query (at most MAX_PANELS): the alignment map P over time, and beside it the
-    map the segment scores read when that is another (e.g. P centred), the top-1 moment boxed
-    in red (and the model's own in dashed yellow when the span prior moved it), as in the
-    paper's Figure 3."""
+def ground_truth(row: dict) -> list[tuple[float, float]]:
+    """The (start, end) seconds a query line brought as "times" ([s, e] or [[s, e], ...]), for
+    the figure; [] when it brought none or something else."""
+    times = row.get("times")
+    if isinstance(times, list) and len(times) == 2 and all(isinstance(t, int | float) for t in times):
+        times = [times]
+    if not isinstance(times, list):
+        return []
+    return [(float(t[0]), float(t[1])) for t in times
+            if isinstance(t, list | tuple) and len(t) == 2 and all(isinstance(x, int | float) for x in t)]
+
+
+def save_plot(path: Path, results: Sequence[Grounded]):
+    """The figure of --plot, saved to `path` and returned: one panel per query (at most
+    MAX_PANELS), the map the segment scores read (paper Figure 3) on one colour scale shared by
+    all panels, with one colorbar; the answer boxed, the model's own answer when the span prior
+    moved it, and the ground truth when the query line gave "times", named in one legend."""
     import matplotlib  # the optional [plot] extra, only for --plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the Agg backend above
+    from matplotlib.lines import Line2D  # the optional [plot] extra
     from matplotlib.patches import Rectangle  # the optional [plot] extra
 
     if len(results) > MAX_PANELS:
         warn(f"--plot draws the first {MAX_PANELS} of {len(results)} queries")
     shown = results[:MAX_PANELS]
-    heights = [1.2 + 0.28 * len(r.grounding.tokens) for r in shown]
-    two = any(r.grounding.score_map is not None and r.grounding.sc_map != "p" for r in shown)
-    fig, axes = plt.subplots(
-        len(shown),
-        2 if two else 1,
-        figsize=(18 if two else 10, sum(heights)),
-        squeeze=False,
-        gridspec_kw={"height_ratios": heights},
-    )
-    for row, r in zip(axes, shown, strict=True):
-        g, duration = r.grounding, r.duration
-        n = len(g.tokens)
-        panels = [(g.alignment_map, "P", None, None)]
-        if two and g.score_map is not None:
-            values, title, lo, hi = shown_map(g)
-            panels.append((values, title.split(",")[0], lo, hi))
-        for ax, (values, name, lo, hi) in zip(row, panels, strict=False):
-            im = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
-                           extent=(0, duration, n - 0.5, -0.5), vmin=lo, vmax=hi)
-            s, e = (float(v) for v in g.moments[0])
-            ax.add_patch(Rectangle((s, -0.5), e - s, n, fill=False, edgecolor="red", linewidth=2))
-            if g.prior_changed and g.model_top is not None:
-                _, (a, b), _ = g.model_top
-                ax.add_patch(Rectangle((a, -0.5), b - a, n, fill=False, edgecolor="yellow",
-                                       linewidth=1.5, linestyle="--"))
-            ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])
-            if ax is row[0]:
-                moved = "; moved by the span prior, the model alone dashed" if g.prior_changed else ""
-                ax.set_title(f"{name}: {g.query} in {r.video}  (top 1: {s:.1f}-{e:.1f} s, score "
-                             f"{g.scores[0]:.3f}{moved})", fontsize=9, loc="left")
-            else:
-                ax.set_title(f"{name}: what the segment scores read", fontsize=9, loc="left")
-            fig.colorbar(im, ax=ax, pad=0.01)
-        for ax in row[len(panels):]:
-            ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("time (s)")
-    fig.tight_layout()
+    maps = [shown_map(r.grounding)[0] for r in shown]
+    kinds = {r.grounding.sc_map if r.grounding.score_map is not None else "p" for r in shown}
+    lo, hi = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
+    if kinds == {"centered"}:  # symmetric about 0: a word as strong over the whole video is one even shade
+        lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+    heights = [0.9 + 0.26 * len(r.grounding.tokens) for r in shown]
+    with plt.rc_context({"font.size": FONT}):
+        fig, axes = plt.subplots(len(shown), 1, figsize=(WIDTH, 1.2 + max(MIN_MAPS, sum(heights))), squeeze=False,
+                                 gridspec_kw={"height_ratios": heights}, layout="constrained")
+        used: set[str] = set()
+        for ax, r, values in zip(axes[:, 0], shown, maps, strict=True):
+            used |= _panel(ax, r, values, lo, hi, Rectangle)
+        bar = fig.colorbar(ax.images[0], ax=list(axes[:, 0]), fraction=0.03, pad=0.01, aspect=30)
+        bar.set_label(SCALE_LABELS[kinds.pop()] if len(kinds) == 1 else "each query's scoring map")
+        handles = [Line2D([], [], color=c, linestyle=ls, linewidth=w, label=label, path_effects=_outline(c))
+                   for key, (label, c, ls, w) in BOXES.items() if key in used]
+        fig.legend(handles=handles, loc="outside lower left", ncols=min(len(handles), 2), frameon=False,
+                   handlelength=3)
+        fig.suptitle("How well each word of the query matches each clip of the video (brighter: better)",
+                     x=0.01, ha="left", fontsize=FONT + 1)
     save_figure(fig, path)
+    return fig
+
+
+def _panel(ax, r: Grounded, values: np.ndarray, lo: float, hi: float, Rectangle) -> set[str]:
+    """One query's map and boxes on `ax`; the keys of BOXES it drew."""
+    g, n = r.grounding, len(r.grounding.tokens)
+    start, end = r.row.get("window") or (0.0, r.duration)  # a long video: the answering window's map
+    ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
+              extent=(start, end, n - 0.5, -0.5), vmin=lo, vmax=hi)
+    drawn = {"answer"}
+    boxes = [("answer", float(g.moments[0][0]), float(g.moments[0][1]))]
+    if g.prior_changed and g.model_top is not None:
+        _, (a, b), _ = g.model_top
+        boxes.append(("model", float(a), float(b)))
+    boxes += [("truth", s, e) for s, e in ground_truth(r.row)]
+    for key, s, e in reversed(boxes):  # the answer drawn last, on top
+        _, colour, style, width = BOXES[key]
+        ax.add_patch(Rectangle((s, -0.5), e - s, n, fill=False, edgecolor=colour, linestyle=style,
+                               linewidth=width, path_effects=_outline(colour)))
+        drawn.add(key)
+    ax.set_yticks(range(n), [t + ("*" if t in g.unknown else "") for t in g.tokens])
+    ax.set_xlim(start, end)
+    s, e = boxes[0][1:]
+    where = f"{r.video}, {start:.0f}-{end:.0f} s of {r.duration:.0f} s" if "window" in r.row else r.video
+    ax.set_title(f"\u201c{g.query}\u201d in {where}: answer {s:.1f}-{e:.1f} s", loc="left", fontsize=FONT)
+    ax.set_xlabel("time (s)" + ("   (* not in the vocabulary)" if g.unknown else ""))
+    return drawn
+
+
+def _outline(colour: str) -> list:
+    """A dark edge under white lines, which white paper and bright clips would hide."""
+    from matplotlib import patheffects  # the optional [plot] extra
+
+    return [patheffects.withStroke(linewidth=4, foreground="0.2")] if colour == "white" else []
