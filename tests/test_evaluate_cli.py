@@ -254,7 +254,7 @@ def test_checkpoint_path_uses_predict_queries(data_dir, tmp_path, monkeypatch):
                 return types.SimpleNamespace(rows=lambda queries, top_k: [dict(r) for r in PREDICTIONS],
                                              prior_weight=None, changed_share=None)
 
-            return types.SimpleNamespace(answer_split=answer_split)
+            return types.SimpleNamespace(answer_split=answer_split, data={})
 
     monkeypatch.setattr("fsan_cli.evaluate.evaluation.Predictor", FakePredictor)
     monkeypatch.setattr("fsan_cli.core.device.resolve_device", lambda spec: f"resolved {spec}")
