@@ -115,22 +115,40 @@ def pairs(window_video: np.ndarray, video: np.ndarray) -> tuple[np.ndarray, np.n
     return query, np.argsort(window_video, kind="stable")[first[video][query] + slot], slot
 
 
+def across_cuts(seconds: np.ndarray, window_score: np.ndarray, valid: np.ndarray, cut: np.ndarray,
+                span: np.ndarray) -> np.ndarray:
+    """(Q, W) window scores where a window whose top answer touches a cut (`cut`: an edge of the
+    window that is not the video's) ranks just below the best window that sees across that cut
+    (the cut strictly inside its `span`, (Q, W, 2) seconds): the moment it cuts lies whole
+    there, half a window on. Such a window keeps its rank among every other window (ranking it
+    after all of them cost R@1 on real spans, whose long moments often reach a window's edge)."""
+    top = seconds[:, :, 0, :]  # (Q, W, 2) each window's top answer
+    left = np.isclose(top[..., 0], span[..., 0])
+    point = np.where(left, span[..., 0], span[..., 1])  # (Q, W) the cut it touches
+    sees = ((span[:, None, :, 0] < point[:, :, None]) & (point[:, :, None] < span[:, None, :, 1])
+            & valid[:, None, :])  # (Q, A, B): window B sees across window A's cut
+    best = np.where(sees, window_score[:, None, :], -np.inf).max(2)  # (Q, A)
+    below = cut & np.isfinite(best) & (best <= window_score)
+    return np.where(below, np.nextafter(best.astype(window_score.dtype), -np.inf), window_score)
+
+
 def merge(seconds: np.ndarray, window_score: np.ndarray, valid: np.ndarray, k: int,
-          nms: float, cut: np.ndarray | None = None, begin: np.ndarray | None = None) -> np.ndarray:
+          nms: float, cut: np.ndarray | None = None, begin: np.ndarray | None = None,
+          span: np.ndarray | None = None) -> np.ndarray:
     """(Q, W, c, 2) candidates in seconds (each window's own top-c, best first), (Q, W) the
     windows' scores, (Q, W) which windows exist -> (Q, k) flat indices into W * c: the best
     window's candidates first, in its own order, greedy NMS across windows in seconds (a
-    suppressed candidate is used only where fewer than k survive). Windows whose top answer
-    touches a cut (`cut`, (Q, W): an edge of the window that is not the video's) come after
-    those whose top answer does not: that moment is seen whole in the next window, a stride of
-    half a window on. Windows of equal score rank by `begin` (Q, W), their start: the answer
+    suppressed candidate is used only where fewer than k survive). With `cut` and `span`, a
+    window whose top answer touches a cut ranks just below the window that sees across it
+    (`across_cuts`). Windows of equal score rank by `begin` (Q, W), their start: the answer
     does not depend on the windows' order. Vectorised over queries; k rounds."""
     q, w, c, _ = seconds.shape
+    if cut is not None and span is not None:
+        window_score = across_cuts(seconds, window_score, valid, cut, span)
     rank = np.broadcast_to(np.arange(c), (q, w, c)).reshape(q, -1)
     score = np.where(valid, window_score, -np.inf)[:, :, None].repeat(c, 2).reshape(q, -1)
-    edge = np.zeros((q, w * c), bool) if cut is None else cut[:, :, None].repeat(c, 2).reshape(q, -1)
     begin = np.zeros((q, w * c)) if begin is None else begin[:, :, None].repeat(c, 2).reshape(q, -1)
-    order = np.lexsort((rank, begin, -score, edge), axis=-1)  # best window first, its own ranks inside
+    order = np.lexsort((rank, begin, -score), axis=-1)  # best window first, its own ranks inside
     ok = np.take_along_axis(np.isfinite(score), order, 1)
     flat = seconds.reshape(q, -1, 2)
     start = np.take_along_axis(flat[..., 0], order, 1)
@@ -180,6 +198,8 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
     match[query, slot] = out.match if rank_by == "match" else ranked[0].scores[:, 0]
     begin = np.zeros((q, w))
     begin[query, slot] = long.seconds[window, 0]
+    spans = np.zeros((q, w, 2))
+    spans[query, slot] = long.seconds[window]
     results = []
     for r in ranked:  # the answers, and without the prior the model's own
         sec = segments_to_seconds(torch.from_numpy(r.segments), length, predictor.clips) + span[:, 0, None, None]
@@ -189,7 +209,7 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
         at_cut = np.zeros((q, w), bool)
         at_cut[query, slot] = (((first[:, 0] == 0) & (span[:, 0] > 0))
                                | ((first[:, 1] == predictor.clips - 1) & (span[:, 1] < ends[window])))
-        pick = merge(grid, match, valid, top_k, predictor.nms, at_cut if cuts else None, begin)
+        pick = merge(grid, match, valid, top_k, predictor.nms, at_cut if cuts else None, begin, spans)
         at_w, at_c = pick // k, pick % k
         rows = np.arange(q)[:, None]
         pair_of = np.full((q, w), -1, np.int64)
