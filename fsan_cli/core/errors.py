@@ -97,6 +97,21 @@ def write_problem(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
+# A path the user gave that the file system refuses, by errno: (what happened, what to do)
+PATH_PROBLEMS = {
+    errno.ENAMETOOLONG: ("the name is too long for the file system", "Use a shorter name"),
+    errno.ELOOP: ("it is a link loop (following its links never reaches a file)", "Pass the file itself"),
+}
+
+
+def path_problem(exc: BaseException) -> tuple[str, str] | None:
+    """(what happened, what to do) for an OSError of a path the file system refuses (a name
+    over its limit, a link loop), wherever it was opened; None for anything else."""
+    if isinstance(exc, OSError) and exc.errno in PATH_PROBLEMS:
+        return PATH_PROBLEMS[exc.errno]
+    return None
+
+
 def out_of_space(exc: BaseException, where: str | os.PathLike[str], target: object = None) -> BaseException:
     """`exc` from a write into the folder `where`, as an OSError(ENOSPC) naming `target` (else
     `where`) when it is a failed write (an OSError without an errno, or a RuntimeError of
@@ -181,8 +196,8 @@ def handle_errors(func: F) -> F:
             if SIGINTS:  # after a Ctrl-C that a library swallowed: the interrupt, not a bug
                 print(f"Error: {Interrupted()}", file=sys.stderr)
                 raise typer.Exit(INTERRUPT_EXIT) from None
-            problem = write_problem(exc)
-            if problem is not None:  # a full disk, a read-only path: the machine's, not a bug
+            problem = write_problem(exc) or path_problem(exc)
+            if problem is not None:  # a full disk, a read-only path, a bad path: not a bug
                 where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
                 print(f"Error: {where}{problem[0]}. {problem[1]}, or use another path.", file=sys.stderr)
                 raise typer.Exit(1) from None

@@ -10,6 +10,7 @@ output file (fsan_cli/video/extract.py).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,10 +56,17 @@ def acquire(path: Path, busy: Callable[[int | None], FsanError], fix: str) -> Fi
     if fcntl is None:
         return FileLock(path, None)
     for _ in range(5):  # the holder may remove the file between our open and our lock: retry
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a planted `.lock -> FILE` would have FILE truncated
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK, 0o644)
         except OSError as exc:
+            if path.is_symlink():
+                raise FsanError(f"the lock file {path} is a link, which fsan does not follow",
+                                f"Remove the link (rm {path}) and run again") from None
             raise FsanError(f"cannot create the lock file {path} ({exc.strerror or exc})", fix) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FsanError(f"the lock file {path} is not a regular file (a FIFO, socket or device)",
+                            f"Remove it (rm {path}) and run again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -81,8 +89,11 @@ def acquire(path: Path, busy: Callable[[int | None], FsanError], fix: str) -> Fi
 def holder(path: Path) -> int | None:
     """The PID of another live process that holds the lock file `path`, by the PID in it (a
     quick check before any work; acquire is the one that counts)."""
-    try:
-        pid = int(Path(path).read_text(encoding="ascii").strip())
+    path = Path(path)
+    try:  # a link or a FIFO is no lock of fsan's (acquire refuses it): never followed or read
+        if path.is_symlink() or not path.is_file():
+            return None
+        pid = int(path.read_text(encoding="ascii").strip())
     except (OSError, ValueError):
         return None
     if pid == os.getpid() or not _alive(pid):

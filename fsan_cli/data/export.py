@@ -22,6 +22,7 @@ from fsan_cli.core.errors import FsanError, write_error
 from fsan_cli.core.settings import load_settings
 from fsan_cli.data.store import Store, load_store
 from fsan_cli.data.synthetic import ensure_synthetic
+from fsan_cli.video import record as extractor
 
 SHOWN_IDS = 3  # ids named when the one asked for is not in the store
 
@@ -57,9 +58,11 @@ def export_video(store: Store, video: str, out: Path | None = None, overwrite: b
     duration = float(row["duration"])
     features = np.asarray(store.features[index[found]], dtype=np.float32)
     buffer = io.BytesIO()
+    record = extractor.check(store.manifest.get("extractor"), f"the store at {store.path}")
     _write_h5(buffer, features, {"video": found, "duration": duration,
                                  "dataset": str(store.manifest.get("dataset", store.path.name)),
-                                 "store": str(store.path)})
+                                 "store": str(store.path)},
+              extractor.to_attrs(record) if record is not None else {})
     make_folder_of(out, "--out")
     try:
         atomic_write(out, lambda fh: fh.write(buffer.getvalue()), binary=True)
@@ -83,8 +86,12 @@ def _check_out(out: Path, overwrite: bool) -> None:
     check_folder_of(out, "--out")
 
 
-def _write_h5(fh: io.BytesIO, features: np.ndarray, attrs: dict[str, Any]) -> None:
+def _write_h5(fh: io.BytesIO, features: np.ndarray, attrs: dict[str, Any], record: dict[str, Any]) -> None:
+    """The file's attributes `attrs`; the dataset's, the extractor's record (`fsan ground`
+    checks it against the checkpoint's, as for a file of `fsan extract`)."""
     with h5py.File(fh, "w") as h5:
-        h5.create_dataset("features", data=features)
+        ds = h5.create_dataset("features", data=features)
+        for key, value in record.items():
+            ds.attrs[key] = value
         for key, value in attrs.items():
             h5.attrs[key] = value

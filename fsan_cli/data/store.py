@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fsan_cli.core.atomic import _umask
 from fsan_cli.core.errors import FsanError, out_of_space, write_error
 from fsan_cli.core.output import log
 
@@ -190,6 +191,7 @@ def write_store(
         path.parent.mkdir(parents=True, exist_ok=True)
         clear_stale(path)
         tmp = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(path)}{os.getpid()}-", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would make it, not mkdtemp's 0700
     except OSError as exc:
         raise FsanError(
             f"cannot write the store at {path} ({exc.strerror or exc})",
