@@ -395,7 +395,7 @@ def multi(path: Path, rows) -> Path:
     ("no_duration", "a person opens the door", "has no duration attribute, nor does the prepared "),
     ("empty", "a person opens the door", "has no feature rows (T = 0). Extract features for at least"),
     ("text", "a person opens the door", "is not an HDF5 file. Pass an HDF5 file with a (T, D) dataset"),
-    ("missing", "a person opens the door", "does not exist. Pass the path of an HDF5 feature file."),
+    ("missing", "a person opens the door", "does not exist. Pass the path of a video file or of an HDF5 feature file."),
     ("multi", "a person opens the door", "holds 2 videos. Pass --video-id to pick one, e.g. --video-id a."),
     ("3d", "a person opens the door", "holds float32 values of shape (2, 3, 4), not a (T, D) matrix"),
 ])  # fmt: skip

@@ -9,7 +9,6 @@ import json
 
 import h5py
 import numpy as np
-import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -92,11 +91,11 @@ def test_answers_do_not_depend_on_batch_or_window_order(monkeypatch):
     texts = ["person walks", "walks", "person", "walks person", "person walks walks", "person", "walks"]
     durations = np.array([seconds[v] for v in video])
     _, long = windows.cut(p, videos, seconds, ["a", "b", "c"], windows.Windowing.of(p.data))
-    first, _ = windows.answer_long(p, long, video[video != 1], [t for t, v in zip(texts, video) if v != 1], 5)
+    first, _ = windows.answer_long(p, long, video[video != 1], [t for t, v in zip(texts, video, strict=True) if v != 1], 5)
     monkeypatch.setattr(predictor_module, "CPU_BATCH", 1)
     order = np.concatenate([np.flatnonzero(long.video == v)[::-1] for v in (2, 0)])  # windows reversed
     shuffled = windows.Long(long.clips[order], long.video[order], long.seconds[order])
-    again, _ = windows.answer_long(p, shuffled, video[video != 1], [t for t, v in zip(texts, video) if v != 1], 5)
+    again, _ = windows.answer_long(p, shuffled, video[video != 1], [t for t, v in zip(texts, video, strict=True) if v != 1], 5)
     np.testing.assert_array_equal(first.seconds, again.seconds)
     np.testing.assert_array_equal(first.windows, again.windows)
     np.testing.assert_array_equal(first.predictions.scores, again.predictions.scores)
@@ -111,12 +110,12 @@ def test_a_short_video_is_answered_exactly_as_before():
     video, texts = np.array([0, 1, 0]), ["person walks", "walks", "person"]
     durations = np.array([90.0, 64.0, 90.0])
     new, found = windows.ground(p, videos, ["a", "b"], [90.0, 64.0], video, durations, texts, 5)
-    clips = np.stack([p.video_clips(x, n) for x, n in zip(videos, "ab")])
+    clips = np.stack([p.video_clips(x, n) for x, n in zip(videos, "ab", strict=True)])
     old, before = p.ground(clips, video, durations, texts, 5)
     assert new.windows is None
     np.testing.assert_array_equal(new.seconds, old.seconds)
     np.testing.assert_array_equal(new.predictions.scores, old.predictions.scores)
-    for a, b in zip(found, before):
+    for a, b in zip(found, before, strict=True):
         np.testing.assert_array_equal(a.alignment_map, b.alignment_map)
     # a checkpoint of an older fsan records no durations: nothing is windowed
     older = oracle(durations=None)

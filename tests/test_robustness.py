@@ -170,7 +170,7 @@ CASES = [
      1, "device 'cuda:7' is not available", "Pass --device"),
     # --- ground
     ("ground-video-missing", lambda w, t: ["ground", t / "no.h5", "door", "--checkpoint", w["ckpt"]],
-     1, "does not exist", "Pass the path of an HDF5"),
+     1, "does not exist", "Pass the path of a video file or of an HDF5"),
     ("ground-video-not-hdf5", lambda w, t: ["ground", garbage(t / "v.h5"), "door", "--checkpoint", w["ckpt"]],
      1, "is not an HDF5 file", "(T, D)"),
     ("ground-wrong-layout", lambda w, t: ["ground", features_h5(t / "v.h5", (2, 3, 4)), "door",

@@ -4,13 +4,17 @@ as in memory), R@k at any IoU thresholds on request, and the NMS behind R@k stat
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fsan_cli.evaluate.metrics import asked_thresholds, metric_keys, moment_metrics, parse_thresholds
+from fsan_cli.evaluate.metrics import (
+    asked_thresholds,
+    metric_keys,
+    moment_metrics,
+    parse_thresholds,
+)
 from fsan_cli.predict.predictor import Predictor
 from tests.helpers import TINY_MODEL, make_store, run_evaluate, train_tiny
 

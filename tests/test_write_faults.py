@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from fsan_cli.app import app
 from fsan_cli.core import errors
-from fsan_cli.data import store as store_module
 from tests.helpers import TINY_MODEL, set_args
 from tests.test_prepare_cli import write_custom
 

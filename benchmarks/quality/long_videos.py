@@ -80,7 +80,7 @@ def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int =
     seconds = [d for _, d in videos]
     names = [f"long{i}" for i in range(len(videos))]
     durations = np.array([seconds[v] for v in video])
-    pooled = np.stack([predictor.video_clips(r, n) for r, n in zip(rows, names)])
+    pooled = np.stack([predictor.video_clips(r, n) for r, n in zip(rows, names, strict=True)])
     t0 = time.perf_counter()
     whole = predictor.answer(torch.from_numpy(pooled), video, durations, texts, top_k)
     t_pooled = time.perf_counter() - t0

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fsan_cli.commands.options import DataDirOpt, DatasetOpt
-from fsan_cli.core.errors import handle_errors
+from fsan_cli.core.errors import UsageError, handle_errors
 
 SHOWN_QUERIES = 3  # annotated queries said on stderr (--json: all of them)
 
@@ -37,6 +37,8 @@ def export(
     from fsan_cli.core.output import log, print_json
     from fsan_cli.data.export import export_video, open_for_export
 
+    if out is not None and str(out) == "-":
+        raise UsageError("--out - would write HDF5 onto stdout, which carries the path", "Give a file name")
     done = export_video(open_for_export(dataset, data_dir), video, out, overwrite)
     if as_json:
         print_json(done)

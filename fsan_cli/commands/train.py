@@ -94,7 +94,6 @@ def train(
 def _train_seeds(dataset, data_dir, out, config, set_, epochs, batch_size, micro_batch, size, overwrite,
                  resume, compile_, no_test, seeds, json_) -> None:
     from fsan_cli.core.device import resolve_device
-    from fsan_cli.core.errors import FsanError
     from fsan_cli.core.state import STATE
     from fsan_cli.data.datasets import open_store
     from fsan_cli.train import runs

@@ -15,11 +15,8 @@ and in last.pt `resume` (fsan_cli/train/resume.py).
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import re
-import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ import torch
 import torch.nn.init as init
 
 from fsan_cli.core.atomic import atomic_write
-from fsan_cli.core.errors import FsanError
+from fsan_cli.core.errors import FsanError, regular_file
 from fsan_cli.core.settings import RENAMED, Settings
 from fsan_cli.core.text import source_spec, tokenizer_of, vectors_checksum
 from models.config import FSANConfig
@@ -152,25 +149,9 @@ def load(path: Path) -> dict[str, Any]:
 def check_path(path: Path) -> None:
     """What --checkpoint names must be a regular file (links followed): a folder, a broken link,
     a link loop, a FIFO or a missing path is an Error saying which, before any work."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise FsanError(f"checkpoint {path} is a link loop (following its links never reaches a file)",
-                            "Pass the .pt file itself, e.g. runs/x/best.pt") from None
-        if path.is_symlink():
-            raise FsanError(f"checkpoint {path} is a broken link (to {os.readlink(path)}, which does not exist)",
-                            "Pass the .pt file itself, e.g. runs/x/best.pt") from None
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # e.g. a folder on the way not readable
-            raise FsanError(f"checkpoint {path} cannot be reached ({exc.strerror})",
-                            "Check the path and its folders' permissions") from None
-        raise FsanError(f"checkpoint {path} does not exist", "Check the path (e.g. runs/x/best.pt)") from None
-    if stat.S_ISDIR(mode):
-        raise FsanError(f"checkpoint {path} is a folder", "Pass the .pt file inside it, e.g. best.pt")
-    if not stat.S_ISREG(mode):
-        raise FsanError(f"checkpoint {path} is not a regular file (a FIFO, socket or device)",
-                        "Pass a .pt file from `fsan train`, e.g. runs/x/best.pt")
+    regular_file(path, "checkpoint", "Pass the .pt file itself, e.g. runs/x/best.pt",
+                 missing="Check the path (e.g. runs/x/best.pt)", folder="Pass the .pt file inside it, e.g. best.pt",
+                 other="Pass a .pt file from `fsan train`, e.g. runs/x/best.pt")
 
 
 def _int(x: Any) -> bool:

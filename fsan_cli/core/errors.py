@@ -7,19 +7,23 @@ import errno
 import functools
 import os
 import signal
+import stat
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
 try:  # typer (0.2x) runs on its own copy of click: its usage errors are that copy's
-    from typer._click.exceptions import ClickException, UsageError as ClickUsageError
+    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import UsageError as ClickUsageError
     from typer._click.globals import get_current_context
 except ImportError:  # an older typer, on click itself
     from click import get_current_context
-    from click.exceptions import ClickException, UsageError as ClickUsageError
+    from click.exceptions import ClickException
+    from click.exceptions import UsageError as ClickUsageError
 
 from fsan_cli.core.state import STATE
 
@@ -162,6 +166,31 @@ def note_interrupts() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt)
+
+
+def regular_file(path: Path, what: str, fix: str, missing: str | None = None, folder: str | None = None,
+                 other: str | None = None) -> None:
+    """An input `path` must be a regular file (links followed): a missing path, a folder, a
+    broken link, a link loop, a FIFO or an unreachable one is one Error saying which, before any
+    work. `fix` is the advice, `missing`, `folder` and `other` (a FIFO, socket or device) where
+    those need their own."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FsanError(f"{what} {path} is a link loop (following its links never reaches a file)", fix) from None
+        if path.is_symlink():
+            raise FsanError(f"{what} {path} is a broken link (to {os.readlink(path)}, which does not exist)",
+                            fix) from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # e.g. a folder on the way not readable
+            raise FsanError(f"{what} {path} cannot be reached ({exc.strerror})",
+                            "Check the path and its folders' permissions") from None
+        raise FsanError(f"{what} {path} does not exist", missing or fix) from None
+    if stat.S_ISDIR(mode):
+        raise FsanError(f"{what} {path} is a folder", folder or fix)
+    if not stat.S_ISREG(mode):
+        raise FsanError(f"{what} {path} is not a regular file (a FIFO, socket or device)", other or fix)
 
 
 def verbose_level() -> int:

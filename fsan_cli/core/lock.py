@@ -87,18 +87,26 @@ def acquire(path: Path, busy: Callable[[int | None], FsanError], fix: str) -> Fi
 
 
 def holder(path: Path) -> int | None:
-    """The PID of another live process that holds the lock file `path`, by the PID in it (a
-    quick check before any work; acquire is the one that counts)."""
+    """The PID of another process that holds the lock file `path` (a quick check before any
+    work; acquire is the one that counts): the file is probed with flock, so a PID left in it by
+    a killed process, or reused since by another program, is not taken for a holder."""
     path = Path(path)
     try:  # a link or a FIFO is no lock of fsan's (acquire refuses it): never followed or read
-        if path.is_symlink() or not path.is_file():
+        if path.is_symlink() or not path.is_file() or fcntl is None:
             return None
-        pid = int(path.read_text(encoding="ascii").strip())
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError:
         return None
-    if pid == os.getpid() or not _alive(pid):
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held: by the process the file names
+            pid = _read_pid(fd)
+            return pid if pid is not None and pid != os.getpid() and _alive(pid) else None
+        fcntl.flock(fd, fcntl.LOCK_UN)  # nobody holds it: whatever PID it names is gone
         return None
-    return pid
+    finally:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:

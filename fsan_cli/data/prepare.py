@@ -37,8 +37,8 @@ from fsan_cli.data.annotations import (
     annotated_videos,
     apply_limit,
     carve_val,
-    has_times,
     drop_missing,
+    has_times,
     md5sum,
     overlap_warnings,
 )

@@ -82,6 +82,11 @@ def evaluate_split(dataset: str, store: Store, split: str, *, checkpoint: Path |
     never replaces a file it reads, nor an existing file unless `overwrite`. span_prior=False
     answers with the checkpoint's model alone, without its span prior. `thresholds` replaces the
     protocol's IoU thresholds; `nms` the checkpoint's eval.nms for its top-k (1: none)."""
+    if split not in store.splits and not any(q.times or q.extra.get("chunks")
+                                             for qs in store.splits.values() for q in qs):
+        raise FsanError(f"the data at {store.path} has no times to score: its sentences carry none "
+                        "(the weakly supervised case)", 'Add "times" and "split": "test" to the lines to '
+                        "score and prepare again, or ground the videos with fsan ground")
     queries = store.split(split)
     check_annotated(dataset, queries)  # before predicting, which can take a while
     if save_predictions is not None:

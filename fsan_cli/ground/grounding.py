@@ -27,15 +27,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fsan_cli.core.errors import FsanError
+from fsan_cli.core.errors import FsanError, regular_file
 from fsan_cli.core.memory import check_fits
 from fsan_cli.core.output import count_progress, log, warn
 from fsan_cli.core.text import TOKENIZER, UNK, tokenize
 from fsan_cli.data.features import feature_matrix, video_keys
 from fsan_cli.data.store import load_store, store_exists
 from fsan_cli.ground.requests import Request
-from fsan_cli.predict.answers import Grounding
 from fsan_cli.predict import windows
+from fsan_cli.predict.answers import Grounding
 from fsan_cli.predict.predictor import Predictor
 from fsan_cli.video import record as extractor
 from fsan_cli.video.h5file import LAYOUT_ATTR, PER_VIDEO
@@ -66,10 +66,7 @@ def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video
     opening of the file; errors name the layout that was expected."""
 
     path = Path(path)
-    if path.is_dir():
-        raise FsanError(f"video file {path} is a folder", "Pass the path of an HDF5 feature file")
-    if not path.is_file():
-        raise FsanError(f"video file {path} does not exist", "Pass the path of an HDF5 feature file")
+    regular_file(path, "video file", "Pass the path of a video file or of an HDF5 feature file")
     if not h5py.is_hdf5(path):
         raise FsanError(f"{path} is not an HDF5 file", LAYOUT_HELP)
     try:

@@ -39,6 +39,8 @@ KEYS = ("library", "model", "sha256", "image_size", "mean", "std", "dim")
 # what makes two extractors give the same features (the model's name or path does not)
 IDENTITY = ("kind", "sha256", "image_size", "mean", "std", "fps")
 
+FPS_RANGE = (0.01, 120.0)  # frames per second `fsan extract --fps` accepts
+
 
 def to_attrs(record: Mapping[str, Any]) -> dict[str, Any]:
     """The HDF5 attributes of a record."""
@@ -87,9 +89,9 @@ def check(record: Any, where: str) -> dict[str, Any] | None:
         out[key] = value
     fps = record.get("fps")
     if isinstance(fps, bool) or not isinstance(fps, int | float | np.number) or not (
-        np.isfinite(fps) and fps > 0
-    ):
-        problems.append(f"fps is {fps!r}, not a positive number of frames per second")
+        np.isfinite(fps) and FPS_RANGE[0] <= fps <= FPS_RANGE[1]
+    ):  # fsan extract samples at most this often: 1e9 frames per second would never end
+        problems.append(f"fps is {fps!r}, not frames per second in [{FPS_RANGE[0]:g}, {FPS_RANGE[1]:g}]")
     else:
         fps = float(fps)
     out["fps"] = fps
