@@ -268,7 +268,7 @@ def _nms_of(rows: list[dict]) -> float | None:
 def _row_nms(rows: list[dict], default: str) -> str:
     """The NMS threshold the rows name in an optional "nms" key, else `default`."""
     value = _nms_of(rows)
-    return default if value is None else "none (--nms 1)" if value >= 1 else f"IoU {value:g}"
+    return default if value is None else "none" if value >= 1 else f"IoU {value:g}"
 
 
 def _prior_nms(dataset: str) -> str:
