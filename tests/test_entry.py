@@ -83,6 +83,38 @@ def test_ctrl_c_at_early_moments(tmp_path, data_dir):
         pytest.skip("no SIGINT landed while fsan was running (timing not controllable here)")
 
 
+def test_ctrl_c_while_a_library_loads_is_raised_after_its_import(tmp_path, data_dir):
+    """A real SIGINT while a module loads (as torch does for ~1 s) is held until the import is
+    done: raised inside it, it can reach C++ code that aborts the process (`terminate called
+    after throwing an instance of 'pybind11::error_already_set'`, exit -6), or, as here, a
+    library's bare `except:` that swallows it, and the command then ran to its end, exit 0."""
+    (tmp_path / "swallows_ctrl_c.py").write_text(
+        "import os, signal, time\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.2)\n"
+        "except BaseException:  # a library's bare except\n"
+        "    pass\n"
+        "LOADED = True\n")
+    wrapper = ("import runpy, sys, time\n"
+               f"sys.path.insert(0, {str(tmp_path)!r})\n"
+               "from fsan_cli.evaluate import metrics\n"
+               "real = metrics.asked_thresholds\n"
+               "def asked_thresholds(*args, **kwargs):\n"
+               "    import swallows_ctrl_c\n"
+               "    time.sleep(3)  # the command's work after the import\n"
+               "    return real(*args, **kwargs)\n"
+               "metrics.asked_thresholds = asked_thresholds\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    began = time.monotonic()
+    child = start([sys.executable, "-c", wrapper, console_script(tmp_path), "--device", "cpu", "evaluate",
+                   "--data-dir", str(data_dir), "--baseline", "prior", "--metric", "miou"])
+    out, err = child.communicate(timeout=120)
+    assert (child.returncode, out, err) == (130, "", "Error: interrupted. Nothing partial was kept; run the command again.\n")
+    assert time.monotonic() - began < 3  # raised once the import was done, not at the command's end
+
+
 def test_an_error_after_a_swallowed_ctrl_c_is_the_interrupt(capsys, monkeypatch):
     """Ctrl-C cut an import short and the library swallowed the KeyboardInterrupt; the error
     that follows (numpy half-imported) is reported as the interrupt, not as a bug."""

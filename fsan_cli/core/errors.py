@@ -154,14 +154,47 @@ def write_error(exc: BaseException, target: object = None, elsewhere: str = "use
 
 
 SIGINTS: list[int] = []  # Ctrl-Cs this process got through note_interrupts' handler
+_held: list[Any] = []  # the outermost import's frame, while a Ctrl-C waits for it to return
+
+
+def outermost_import(frame: Any) -> Any:
+    """The outermost import machinery's frame that `frame` runs inside (a module's top level, a
+    C extension's init run from an import), or None outside any import."""
+    outer = None
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            outer = frame
+        frame = frame.f_back
+    return outer
 
 
 def note_interrupts() -> None:
     """From now on Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is
-    remembered: a library that swallows it (an import cut short by bare `except:`) fails next
-    with some other error, which handle_errors then reports as the interrupt it was."""
+    remembered: a library that swallows it fails next with some other error, which
+    handle_errors then reports as the interrupt it was.
+
+    A Ctrl-C that comes while a module loads (torch takes ~1 s) is raised when the outermost
+    import returns, at the `import` statement in fsan's code: raised inside torch's import it
+    can reach C++ code that cannot pass it on (`terminate called after throwing an instance of
+    'pybind11::error_already_set'`, the process aborts), or a library's bare `except:` that
+    swallows it, after which the command ran to its end as if no Ctrl-C had come. Until then
+    a profile hook watches for that return (the import runs ~1.3x slower meanwhile)."""
+    previous = sys.getprofile()
+
+    def release(frame: Any, event: str, arg: object) -> None:  # noqa: ARG001 - sys.setprofile's signature
+        if event == "return" and _held and frame is _held[0]:
+            _held.clear()
+            sys.setprofile(previous)
+            SIGINTS.append(signal.SIGINT)
+            raise KeyboardInterrupt  # from the import statement, the module fully loaded
 
     def interrupt(signum: int, frame: object) -> None:
+        outer = outermost_import(frame)
+        if outer is not None:
+            if not _held:  # a second Ctrl-C meanwhile is the same interrupt
+                _held.append(outer)
+                sys.setprofile(release)
+            return
         SIGINTS.append(signum)
         raise KeyboardInterrupt
 
