@@ -9,6 +9,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -125,13 +126,36 @@ def test_a_short_video_is_answered_exactly_as_before():
     np.testing.assert_array_equal(got.seconds, want.seconds)
 
 
+def laid_end_to_end(src, split: str, k: int) -> tuple[list[dict], dict[str, np.ndarray], list]:
+    """The first 2k videos of `split` laid end to end, k to a long video (their clips as rows):
+    the long videos' records, their rows, and the split's queries with their times shifted."""
+    from fsan_cli.data.store import Query
+
+    index, asked = src.video_index, src.split(split)
+    names = list(dict.fromkeys(q.video for q in asked))
+    videos, rows, queries = [], {}, []
+    for n, part in enumerate((names[:k], names[k: 2 * k])):
+        name, offset, pieces, mine = f"{split}-long{n}", 0.0, [], []
+        for v in part:
+            pieces.append(np.asarray(src.features[index[v]]))
+            mine += [Query(name, q.query, 0.0, [[a + offset, b + offset] for a, b in q.times])
+                     for q in asked if q.video == v]
+            offset += float(src.videos[index[v]]["duration"])
+        for q in mine:
+            q.duration = offset
+        queries += mine
+        rows[name] = np.concatenate(pieces)
+        videos.append({"video": name, "duration": offset, "rows": len(rows[name])})
+    return videos, rows, queries
+
+
 def test_a_long_video_through_ground_into_evaluate_scores_as_evaluate_checkpoint(tmp_path, monkeypatch):
     """Synthetic test videos laid end to end (five per long video, longer than any train video),
     prepared into a store that keeps their rows: `fsan ground --queries ... --json | fsan evaluate
     --predictions -` scores exactly as `fsan evaluate --checkpoint`, and the rows name windows."""
     from fsan_cli.core.checkpoint import load as load_checkpoint
     from fsan_cli.core.settings import load_settings
-    from fsan_cli.data.store import Query, load_store, long_videos, write_store
+    from fsan_cli.data.store import load_store, long_videos, write_store
     from fsan_cli.data.synthetic import ensure_synthetic
     from fsan_cli.train import loop as training
 
@@ -141,28 +165,14 @@ def test_a_long_video_through_ground_into_evaluate_scores_as_evaluate_checkpoint
                    progress=False)
     ckpt = tmp_path / "run" / "best.pt"
     assert load_checkpoint(ckpt)["data"]["durations"]["max"] > 0
-    index, test = src.video_index, src.split("test")
-    names = list(dict.fromkeys(q.video for q in test))
-    videos, rows, queries, raw = [], {}, [], {}
-    for n, part in enumerate((names[:5], names[5:10])):
-        name, offset, pieces = f"long{n}", 0.0, []
-        for v in part:
-            meta = src.videos[index[v]]
-            pieces.append(np.asarray(src.features[index[v]]))  # its clips as rows
-            queries += [Query(name, q.query, 0.0, [[a + offset, b + offset] for a, b in q.times])
-                        for q in test if q.video == v]
-            offset += float(meta["duration"])
-        rows[name] = raw[name] = np.concatenate(pieces)
-        videos.append({"video": name, "duration": offset, "rows": len(rows[name])})
-        for q in queries:
-            q.duration = offset if q.video == name else q.duration
+    videos, rows, queries = laid_end_to_end(src, "test", 5)
     durations = {v["video"]: v["duration"] for v in videos}
     assert long_videos({"test": queries}, durations, list(durations)) == set(durations)
     assert min(durations.values()) > load_checkpoint(ckpt)["data"]["durations"]["max"]
     from fsan_cli.data.features import video_clips
     features = np.stack([video_clips(rows[v["video"]], src.clips) for v in videos])
     write_store(tmp_path / "long" / "custom", {**src.manifest, "dataset": "custom"}, features, videos,
-                src.vocab, np.asarray(src.vectors), {"test": queries}, raw=raw)
+                src.vocab, np.asarray(src.vectors), {"test": queries}, raw=rows)
     with h5py.File(tmp_path / "long.h5", "w") as h5:
         for name, x in rows.items():
             h5.create_group(name).create_dataset("c3d_features", data=x)
@@ -183,3 +193,135 @@ def test_a_long_video_through_ground_into_evaluate_scores_as_evaluate_checkpoint
     direct = fsan("evaluate", "--dataset", "custom", "--split", "test", "--checkpoint", str(ckpt), "--json")
     assert piped.exit_code == direct.exit_code == 0, piped.stderr + direct.stderr
     assert json.loads(piped.stdout) == json.loads(direct.stdout)
+
+
+def merge_loop(seconds, window_score, valid, k, nms, begin, interleave):
+    """windows.merge, one query and one candidate at a time (no cuts)."""
+    q, w, c, _ = seconds.shape
+    out = []
+    for i in range(q):
+        cands = [(a * c + r, a, r) for a in range(w) for r in range(c)]
+        if interleave:
+            key = [(r, -window_score[i, a] if valid[i, a] else np.inf, begin[i, a]) for _, a, r in cands]
+        else:
+            key = [(-window_score[i, a] if valid[i, a] else np.inf, begin[i, a], r) for _, a, r in cands]
+        order = sorted(range(len(cands)), key=lambda j: key[j])  # stable: ties keep index order
+        taken, suppressed, picks = set(), set(), []
+        for _ in range(min(k, w * c)):
+            ok = [j for j in order if valid[i, cands[j][1]] and j not in taken]
+            free = [j for j in ok if j not in suppressed]
+            j = free[0] if free else ok[0] if ok else order[0]
+            picks.append(j)
+            taken.add(j)
+            s0, e0 = seconds[i, cands[j][1], cands[j][2]]
+            for m, (_, a, r) in enumerate(cands):
+                s1, e1 = seconds[i, a, r]
+                inter = max(0.0, min(e0, e1) - max(s0, s1))
+                union = max(e0, e1) - min(s0, s1)
+                if (inter / union if union > 0 else 0.0) > nms:
+                    suppressed.add(m)
+        out.append(picks)
+    return np.array(out)
+
+
+def test_merge_against_a_plain_loop_on_random_candidates():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        q, w, c, k = 4, int(rng.integers(1, 6)), int(rng.integers(1, 5)), int(rng.integers(1, 8))
+        start = rng.uniform(0, 100, (q, w, c))
+        seconds = np.stack([start, start + rng.uniform(1, 30, (q, w, c))], -1).round(0)  # ties in IoU
+        score = rng.integers(0, 3, (q, w)).astype(np.float32)  # ties between windows
+        valid = rng.random((q, w)) < 0.8
+        begin = rng.integers(0, 4, (q, w)).astype(np.float64)
+        for interleave in (False, True):
+            got = windows.merge(seconds, score, valid, k, 0.5, begin=begin, interleave=interleave)
+            want = merge_loop(seconds, score, valid, k, 0.5, begin, interleave)
+            np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}, interleave {interleave}")
+
+
+def test_interleaved_top_k_takes_each_windows_first_in_turn():
+    # two windows' candidates, none overlapping: window 1 scores higher
+    seconds = np.array([[[[0, 10], [20, 30], [40, 50]], [[100, 110], [120, 130], [140, 150]]]], float)
+    score, valid = np.array([[1.0, 2.0]]), np.ones((1, 2), bool)
+    assert windows.merge(seconds, score, valid, 4, 0.5).tolist() == [[3, 4, 5, 0]]
+    assert windows.merge(seconds, score, valid, 4, 0.5, interleave=True).tolist() == [[3, 0, 4, 1]]
+
+
+def long_store(root, minutes: float, moment_s: float, videos: int = 8):
+    """A prepared custom store of `videos` videos of `minutes` each, one moment of `moment_s` seconds."""
+    from fsan_cli.data.store import load_store
+
+    rng = np.random.default_rng(1)
+    features, annotations = root / "feats.h5", root / "mine.jsonl"
+    lines = []
+    with h5py.File(features, "w") as h5:
+        for v in range(videos):
+            rows = int(minutes * 60 / 2)
+            h5.create_dataset(f"v{v}", data=rng.normal(size=(rows, 8)).astype("f4"))
+            s = float(rng.uniform(0, minutes * 60 - moment_s))
+            lines.append(json.dumps({"video": f"v{v}", "duration": minutes * 60.0, "query": "person walks",
+                                     "times": [[s, s + moment_s]]}))
+    annotations.write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(app, ["--device", "cpu", "prepare", "-d", "custom", "--annotations", str(annotations),
+                                 "--features", str(features), "--clips", "16"],
+                           env={"FSAN_DATA_DIR": str(root / "data"), "NO_COLOR": "1"})
+    assert r.exit_code == 0, r.output
+    return load_store(root / "data" / "custom")
+
+
+def test_train_warns_where_moments_are_shorter_than_a_clip(tmp_path):
+    from fsan_cli.train.fit import too_coarse
+
+    # 20-minute videos read as 16 clips (75 s a clip), 10-second moments: none spans a clip
+    (tmp_path / "long").mkdir()
+    message = too_coarse(long_store(tmp_path / "long", 20, 10))
+    assert message == ("100% of the annotated moments are shorter than one clip of their video: each video is read "
+                       "as 16 clips (median 75.0 s a clip), and a moment shorter than a clip cannot be told from its "
+                       "neighbours, so the model cannot learn to place it. Prepare the data with more clips (fsan "
+                       "prepare --clips 128) or cut the videos into parts")
+    from tests.helpers import TINY_MODEL, set_args
+
+    r = CliRunner().invoke(app, ["--device", "cpu", "train", "-d", "custom", "--out", str(tmp_path / "run"),
+                                 "--epochs", "1", *set_args(TINY_MODEL), "--set", "data.clips=16"],
+                           env={"FSAN_DATA_DIR": str(tmp_path / "long" / "data"), "NO_COLOR": "1", "COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert f"Warning: {message}" in r.stderr.replace("\n", " ")
+    # 2-minute videos (7.5 s a clip), 20-second moments: every moment spans clips
+    (tmp_path / "short").mkdir()
+    assert too_coarse(long_store(tmp_path / "short", 2, 20)) is None
+
+
+def test_train_validates_long_val_videos_in_windows_as_evaluate_does(tmp_path, monkeypatch):
+    """Val videos longer than every train video, whose rows the store keeps, are read in windows
+    by the validation inside `fsan train`: the epoch's val mIoU is what `fsan evaluate --split val`
+    of its checkpoint says."""
+    from fsan_cli.core.settings import load_settings
+    from fsan_cli.data.features import video_clips
+    from fsan_cli.data.store import load_store, write_store
+    from fsan_cli.data.synthetic import ensure_synthetic
+    from fsan_cli.train import loop as training
+
+    src = load_store(ensure_synthetic(tmp_path / "data", sizes={"train": 40, "val": 10, "test": 10}))
+    long, rows, val = laid_end_to_end(src, "val", 5)
+    index = src.video_index
+    train = src.split("train")
+    short = list(dict.fromkeys(q.video for q in train))
+    videos = [dict(src.videos[index[v]]) for v in short] + long
+    features = np.stack([np.asarray(src.features[index[v]]) for v in short]
+                        + [video_clips(rows[v["video"]], src.clips) for v in long])
+    write_store(tmp_path / "long" / "custom", {**src.manifest, "dataset": "custom"}, features, videos,
+                src.vocab, np.asarray(src.vectors), {"train": train, "val": val}, raw=rows)
+    store = load_store(tmp_path / "long" / "custom")
+    called = []
+    real = windows.answer_split
+    monkeypatch.setattr(windows, "answer_split", lambda *a, **k: called.append(1) or real(*a, **k))
+    tiny = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.align_dim=16", "train.epochs=1"]
+    training.train(load_settings("custom", overrides=tiny), store, tmp_path / "run", torch.device("cpu"),
+                   progress=False)
+    assert called
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    r = CliRunner().invoke(app, ["--device", "cpu", "evaluate", "--dataset", "custom", "--split", "val",
+                                 "--checkpoint", str(tmp_path / "run" / "best.pt"), "--json", "--no-span-prior"],
+                           env={"FSAN_DATA_DIR": str(tmp_path / "long")})
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["miou"] == pytest.approx(record["val_miou"], abs=0.01)

@@ -8,6 +8,7 @@ import pytest
 
 from fsan_cli.data import semisynthetic
 from fsan_cli.data.store import load_store
+from fsan_cli.train.fit import too_coarse
 
 
 def _signal(x: np.ndarray, duration: float, span: tuple[float, float]) -> np.ndarray:
@@ -42,6 +43,7 @@ def test_official_layouts_through_prepare(shared_data, tmp_path, monkeypatch, da
     data_dir = semisynthetic.build_and_prepare(dataset, shared_data / dataset, tmp_path, "tiny", dim=16)
     store = load_store(data_dir / dataset)
     assert store.feature_dim == 16
+    assert too_coarse(store) is None  # the benchmarks' real spans span clips: fsan train does not warn
     splits = {k: len({q.video for q in v}) for k, v in store.splits.items()}
     if dataset == "activitynet":
         assert (splits["train"], splits["val"], splits["test"]) == (20, 5, 5)

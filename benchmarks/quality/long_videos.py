@@ -47,10 +47,10 @@ def scores(seconds: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
-def long_videos(store, h5: Path, k: int, seed: int):
+def long_videos(store, h5: Path, k: int, seed: int, split: str = "test"):
     """Test videos in a seeded order, K to a long video: [(rows, duration)], and per query its
     long video, text, shifted truth and its part's [start, end)."""
-    test = store.split("test")
+    test = store.split(split)
     names = sorted({q.video for q in test})
     np.random.default_rng(seed).shuffle(names)
     index = store.video_index
@@ -74,8 +74,43 @@ def long_videos(store, h5: Path, k: int, seed: int):
     return videos, np.array(video), texts, np.array(truth), np.array(part)
 
 
-def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int = 5) -> dict:
-    videos, video, texts, truth, part = long_videos(store, h5, k, seed)
+def pair_match(predictor: Predictor, long, video: np.ndarray, texts) -> tuple[np.ndarray, ...]:
+    """S(V, S) of every (query, window) pair, in windows.pairs order: (P,) query, window, score."""
+    query, window, _ = windows.pairs(long.video, video)
+    ids = predictor.encode(texts)
+    features = torch.from_numpy(np.ascontiguousarray(long.clips, np.float32))
+    out = predictor.predict(features, window, ids[query], 1, predictor.nms, match=True)
+    return query, window, out.match.astype(np.float64)
+
+
+def rankings(query: np.ndarray, window: np.ndarray, match: np.ndarray, long, video: np.ndarray,
+             coarse: np.ndarray) -> dict[str, np.ndarray]:
+    """Window scores to try beside S(V, S) itself ((P,) each, in pairs order):
+    - "hub": S z-scored per window over the queries asked of its video (is a window that matches
+      every sentence, a hub, what misleads? diagnosis only: `fsan ground` may ask one sentence);
+    - "coarse L": S z-scored over the query's windows, plus L where the window holds the middle
+      of the pooled whole video's top answer (a coarse pass that picks windows for a fine one)."""
+    out = {}
+    w = int(window.max()) + 1
+    n = np.bincount(window, minlength=w).clip(1)
+    mean = np.bincount(window, match, w) / n
+    sd = np.sqrt(np.bincount(window, (match - mean[window]) ** 2, w) / n).clip(1e-6)
+    out["hub"] = (match - mean[window]) / sd[window]
+    q = int(query.max()) + 1
+    m = np.bincount(query, minlength=q).clip(1)
+    qmean = np.bincount(query, match, q) / m
+    qsd = np.sqrt(np.bincount(query, (match - qmean[query]) ** 2, q) / m).clip(1e-6)
+    z = (match - qmean[query]) / qsd[query]
+    mid = coarse[query, 0].mean(1)
+    inside = (long.seconds[window, 0] <= mid) & (mid < long.seconds[window, 1])
+    for lam in (0.5, 1.0, 2.0):
+        out[f"coarse {lam:g}"] = z + lam * inside
+    return out
+
+
+def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int = 5,
+          split: str = "test") -> dict:
+    videos, video, texts, truth, part = long_videos(store, h5, k, seed, split)
     rows = [r for r, _ in videos]
     seconds = [d for _, d in videos]
     names = [f"long{i}" for i in range(len(videos))]
@@ -84,7 +119,7 @@ def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int =
     t0 = time.perf_counter()
     whole = predictor.answer(torch.from_numpy(pooled), video, durations, texts, top_k)
     t_pooled = time.perf_counter() - t0
-    out = {"k": k, "long_videos": len(videos), "queries": len(texts),
+    out = {"k": k, "split": split, "long_videos": len(videos), "queries": len(texts),
            "minutes": round(float(np.mean(seconds)) / 60, 1)}
     ways = {"pooled": whole.seconds}
     if whole.plain_seconds is not None:
@@ -103,6 +138,13 @@ def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int =
         ways["windows ranked by SC"] = by_sc.seconds
         no_cut, _ = windows.answer_long(predictor, long, video, texts, top_k, prior=True, cuts=False)
         ways["windows, cuts ignored"] = no_cut.seconds
+        turns, _ = windows.answer_long(predictor, long, video, texts, top_k, prior=True, interleave=True)
+        ways["windows, interleaved top-k"] = turns.seconds
+        query, window, match = pair_match(predictor, long, video, texts)
+        for name, score in rankings(query, window, match, long, video, whole.seconds).items():
+            alt, _ = windows.answer_long(predictor, long, video, texts, top_k, prior=True,
+                                         rank_by=score.astype(np.float32))
+            ways[f"windows ranked by {name}"] = alt.seconds
     out["pooled_s"] = round(t_pooled, 1)
     for way, sec in ways.items():
         mid = sec[:, 0].mean(1)
@@ -143,6 +185,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, action="append", required=True, help="repeatable: one per seed")
     ap.add_argument("--ks", default="1,2,5,10,20")
     ap.add_argument("--seed", type=int, default=0, help="the order in which test videos are laid end to end")
+    ap.add_argument("--split", choices=["val", "test"], default="test",
+                    help="whose videos are laid end to end (choose settings on val, report test)")
     ap.add_argument("--speed", action="store_true", help="only the 2-hour video's queries/s and memory")
     ap.add_argument("--out", type=Path, help="append the rows (JSON lines) here")
     args = ap.parse_args()
@@ -159,7 +203,8 @@ def main() -> None:
             print(json.dumps(rows[-1]["speed"]), flush=True)
             continue
         for k in (int(x) for x in args.ks.split(",")):
-            row = {"checkpoint": str(ckpt), **run_k(predictor, store, h5, k, args.seed), "record": made}
+            row = {"checkpoint": str(ckpt), **run_k(predictor, store, h5, k, args.seed, split=args.split),
+                   "record": made}
             rows.append(row)
             print(json.dumps({x: y for x, y in row.items() if x != "record"}), flush=True)
     if args.out:

@@ -43,6 +43,7 @@ from models.segments import segments_to_seconds
 WINDOW_PERCENTILE = "p90"  # a window spans the train split's 90th-percentile duration
 STRIDE = 0.5  # windows start half a window apart
 PRIOR_IN_WINDOWS = True  # the span prior ranks segments within a window (measured: docs/method.md)
+INTERLEAVE = False  # the merged top-k take the windows' candidates in turns (measured: docs/method.md)
 
 
 @dataclass(frozen=True)
@@ -134,21 +135,26 @@ def across_cuts(seconds: np.ndarray, window_score: np.ndarray, valid: np.ndarray
 
 def merge(seconds: np.ndarray, window_score: np.ndarray, valid: np.ndarray, k: int,
           nms: float, cut: np.ndarray | None = None, begin: np.ndarray | None = None,
-          span: np.ndarray | None = None) -> np.ndarray:
+          span: np.ndarray | None = None, interleave: bool = INTERLEAVE) -> np.ndarray:
     """(Q, W, c, 2) candidates in seconds (each window's own top-c, best first), (Q, W) the
     windows' scores, (Q, W) which windows exist -> (Q, k) flat indices into W * c: the best
     window's candidates first, in its own order, greedy NMS across windows in seconds (a
     suppressed candidate is used only where fewer than k survive). With `cut` and `span`, a
     window whose top answer touches a cut ranks just below the window that sees across it
     (`across_cuts`). Windows of equal score rank by `begin` (Q, W), their start: the answer
-    does not depend on the windows' order. Vectorised over queries; k rounds."""
+    does not depend on the windows' order. With `interleave`, the windows' candidates take
+    turns instead: every window's first (best window first), then every window's second, ...
+    Vectorised over queries; k rounds."""
     q, w, c, _ = seconds.shape
     if cut is not None and span is not None:
         window_score = across_cuts(seconds, window_score, valid, cut, span)
     rank = np.broadcast_to(np.arange(c), (q, w, c)).reshape(q, -1)
     score = np.where(valid, window_score, -np.inf)[:, :, None].repeat(c, 2).reshape(q, -1)
     begin = np.zeros((q, w * c)) if begin is None else begin[:, :, None].repeat(c, 2).reshape(q, -1)
-    order = np.lexsort((rank, begin, -score), axis=-1)  # best window first, its own ranks inside
+    if interleave:
+        order = np.lexsort((begin, -score, rank), axis=-1)  # each window's first, then each's second
+    else:
+        order = np.lexsort((rank, begin, -score), axis=-1)  # best window first, its own ranks inside
     ok = np.take_along_axis(np.isfinite(score), order, 1)
     flat = seconds.reshape(q, -1, 2)
     start = np.take_along_axis(flat[..., 0], order, 1)
@@ -171,11 +177,12 @@ def merge(seconds: np.ndarray, window_score: np.ndarray, valid: np.ndarray, k: i
 
 def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequence[str], top_k: int,
                 prior: bool = PRIOR_IN_WINDOWS,
-                progress: Callable[[int], None] | None = None, rank_by: str = "match",
-                cuts: bool = True) -> tuple[Answers, np.ndarray]:
+                progress: Callable[[int], None] | None = None, rank_by: str | np.ndarray = "match",
+                cuts: bool = True, interleave: bool = INTERLEAVE) -> tuple[Answers, np.ndarray]:
     """Answers of queries about long videos (video (Q,) indexes the videos `long` cut) and (Q,)
     the window each top answer came from. `rank_by` "sc" ranks windows by their top answer's
-    score instead of S(V, S), and `cuts=False` ignores where top answers touch a cut: the
+    score instead of S(V, S), a (P,) array ranks them by that score of each (query, window)
+    pair (in `pairs` order), and `cuts=False` ignores where top answers touch a cut: the
     alternatives benchmarks/quality/long_videos.py measures."""
     ids = predictor.encode(texts)
     query, window, slot = pairs(long.video, video)
@@ -189,13 +196,14 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
     if used and out.plain is not None:
         ranked.append(out.plain)
     q, w = len(texts), int(slot.max()) + 1
-    ends = np.zeros(len(long.video))  # the end of each window's video
+    ends = np.zeros(int(long.video.max()) + 1)  # the end of each window's video (by video index)
     np.maximum.at(ends, long.video, long.seconds[:, 1])
     ends = ends[long.video]
     valid = np.zeros((q, w), bool)
     valid[query, slot] = True
     match = np.full((q, w), -np.inf, np.float32)
-    match[query, slot] = out.match if rank_by == "match" else ranked[0].scores[:, 0]
+    match[query, slot] = (rank_by if isinstance(rank_by, np.ndarray)
+                          else out.match if rank_by == "match" else ranked[0].scores[:, 0])
     begin = np.zeros((q, w))
     begin[query, slot] = long.seconds[window, 0]
     spans = np.zeros((q, w, 2))
@@ -209,7 +217,7 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
         at_cut = np.zeros((q, w), bool)
         at_cut[query, slot] = (((first[:, 0] == 0) & (span[:, 0] > 0))
                                | ((first[:, 1] == predictor.clips - 1) & (span[:, 1] < ends[window])))
-        pick = merge(grid, match, valid, top_k, predictor.nms, at_cut if cuts else None, begin, spans)
+        pick = merge(grid, match, valid, top_k, predictor.nms, at_cut if cuts else None, begin, spans, interleave)
         at_w, at_c = pick // k, pick % k
         rows = np.arange(q)[:, None]
         pair_of = np.full((q, w), -1, np.int64)
@@ -347,19 +355,27 @@ def ground(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequence[str
     return combine(short, windowed, asks_long), results
 
 
+def long_in_store(windowing: Windowing | None, store: Any, queries: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """The store's videos asked about that are longer than the trained range, and those of them
+    whose rows the store keeps (windowed; the others are answered from their pooled clips)."""
+    if windowing is None:
+        return [], []
+    index, raw = store.video_index, getattr(store, "raw", None)
+    asked = sorted({index[q.video] for q in queries if q.video in index})
+    far = [v for v in asked if windowing.spans(int(store.videos[v].get("rows", 0)),
+                                               float(store.videos[v]["duration"])) is not None]
+    return far, [v for v in far if raw is not None and "raw_at" in store.videos[v]]
+
+
 def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k: int) -> Answers:
     """Predictor.answer_split for a store that keeps the raw rows of its long videos
     (data.store: rows.npy, "raw_at"); a long video whose rows the store does not keep is
     answered from its pooled clips, as before, and said."""
     windowing = Windowing.of(predictor.data)
-    raw = getattr(store, "raw", None)
     if windowing is None or not queries:
         return predictor.answer_split(store, queries, top_k)
-    index = store.video_index
-    asked = sorted({index[q.video] for q in queries if q.video in index})
-    far = [v for v in asked if windowing.spans(int(store.videos[v].get("rows", 0)),
-                                               float(store.videos[v]["duration"])) is not None]
-    kept = [v for v in far if raw is not None and "raw_at" in store.videos[v]]
+    far, kept = long_in_store(windowing, store, queries)
+    raw = getattr(store, "raw", None)
     if len(kept) < len(far):
         warn(f"{len(far) - len(kept)} videos are longer than {predictor.checkpoint or 'the model'} was trained on "
              f"({windowing.longest_s:g} s), and the store at {store.path} keeps only their pooled clips: answered "

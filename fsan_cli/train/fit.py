@@ -3,6 +3,7 @@ ended like Ctrl-C, and what an interrupted run kept said with the command that c
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from contextlib import contextmanager, suppress
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fsan_cli.core.errors import Interrupted
-from fsan_cli.core.output import log
+from fsan_cli.core.output import log, warn
 from fsan_cli.core.settings import Settings
 from fsan_cli.data.store import Store
 from fsan_cli.train import distributed, loop
@@ -25,6 +26,8 @@ def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compi
 
     with run_folder(out, resume, overwrite) as folder:
         dist, device = distributed.init(device)
+        if dist.main and not resume and (coarse := too_coarse(store)):
+            warn(coarse)
         t0 = time.perf_counter()
         try:
             with _sigterm_as_interrupt():
@@ -39,6 +42,31 @@ def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compi
     log(f"Trained in {time.perf_counter() - t0:.0f} s; best epoch {summary['best_epoch']} "
         f"{chosen_by(store)}; run folder {out}")
     return {**summary, "device": device}
+
+
+TOO_COARSE = 0.25  # warn where this share of the annotated moments is shorter than one clip
+
+
+def too_coarse(store: Store) -> str | None:
+    """A warning where the videos are so long for N_v clips that many annotated moments (any
+    split with times) are shorter than one clip of their video: every video, however long, is
+    read as N_v clips, and a moment shorter than a clip cannot be told from its neighbours.
+    None where too few are (or the data has no times)."""
+    clips = store.clips
+    ratio = sorted(q.duration / (e - s) for split in store.splits.values() for q in split
+                   for s, e in q.times[:1] if e > s and q.duration > 0)
+    if not ratio:
+        return None
+    short = sum(r > clips for r in ratio) / len(ratio)
+    if short < TOO_COARSE:
+        return None
+    need = ratio[int(0.75 * (len(ratio) - 1))]  # clips for three moments in four to span one
+    minutes = sorted(q.duration for split in store.splits.values() for q in split)
+    clip_s = minutes[len(minutes) // 2] / clips
+    return (f"{100 * short:.0f}% of the annotated moments are shorter than one clip of their video: each "
+            f"video is read as {clips} clips (median {clip_s:.1f} s a clip), and a moment shorter than a clip "
+            f"cannot be told from its neighbours, so the model cannot learn to place it. Prepare the data "
+            f"with more clips (fsan prepare --clips {16 * math.ceil(need / 16)}) or cut the videos into parts")
 
 
 def chosen_by(store: Store) -> str:

@@ -23,6 +23,7 @@ from fsan_cli.core.output import log, training_progress
 from fsan_cli.core.settings import Settings
 from fsan_cli.data.store import Store, video_rows
 from fsan_cli.evaluate.metrics import top1_iou
+from fsan_cli.predict import windows
 from fsan_cli.predict.predictor import Predictor
 from fsan_cli.train import span_prior_fit
 from fsan_cli.train.cuda_graph import CapturedStep, use_cuda_graph
@@ -340,22 +341,28 @@ def checkpoint_last(run: Run, state: LoopState) -> None:
 def val_predictor(run: Run) -> Predictor:
     """The model being trained, answering as `fsan evaluate` will with its checkpoint."""
     store = run.store
-    data = {"clips": run.model.cfg.clips, "feature_dim": store.feature_dim, "dataset": store.manifest.get("dataset")}
+    data = {"clips": run.model.cfg.clips, "feature_dim": store.feature_dim, "dataset": store.manifest.get("dataset"),
+            "durations": checkpoint.durations_of(store)}
     return Predictor(run.model, store.vocab, data, run.cfg.eval.nms, run.device, words=run.data.words,
                      tokenizer=checkpoint.tokenizer_of_store(store))
 
 
 def validate(run: Run) -> dict[str, float]:
     """Top-1 mIoU and R@1 at IoU 0.3/0.5 on the validation split (selection uses val only),
-    predicted by the same Predictor as `fsan evaluate`."""
+    predicted by the same Predictor as `fsan evaluate`: val videos longer than every train video
+    are read in windows where the store keeps their rows (predict/windows.py), as there."""
     store, queries, nv = run.store, run.data.val_queries, run.model.cfg.clips
     predictor = val_predictor(run)
-    ids = predictor.encode([q.query for q in queries])
-    out = predictor.predict(run.data.features, video_rows(store, queries), ids, 1)
-    durations = torch.tensor([q.duration for q in queries], dtype=torch.float64)
-    sec = segments_to_seconds(torch.from_numpy(out.segments), durations, nv)[:, 0]
+    if windows.long_in_store(windows.Windowing.of(predictor.data), store, queries)[1]:
+        answers = windows.answer_split(predictor, store, queries, 1)
+        sec, top = answers.seconds[:, 0], answers.predictions.segments[:, 0]
+    else:
+        ids = predictor.encode([q.query for q in queries])
+        out = predictor.predict(run.data.features, video_rows(store, queries), ids, 1)
+        durations = torch.tensor([q.duration for q in queries], dtype=torch.float64)
+        sec = segments_to_seconds(torch.from_numpy(out.segments), durations, nv)[:, 0]
+        top = out.segments[:, 0]
     ious = top1_iou(sec, [q.times for q in queries])
-    top = out.segments[:, 0]
     return {
         "val_miou": float(100 * ious.clip(0).mean()),
         "val_r1_iou0.3": float(100 * (ious >= 0.3).mean()),
