@@ -48,6 +48,14 @@ def segment_inner_mean(p: Tensor, token_mask: Tensor) -> Tensor:
     return segment_sums(col) / (tm.sum(1).clamp_min(1)[:, None, None] * length.clamp_min(1))
 
 
+def word_coverage(p: Tensor, token_mask: Tensor) -> Tensor:
+    """(B,): each real token's highest response over the clips, averaged over the tokens: how
+    well every word of the sentence finds some clip of the video. It ranks the windows of a long
+    video (fsan_cli/predict/windows.py; measured against S(V, S) in docs/method.md)."""
+    tm = token_mask.to(p.dtype)
+    return (p.amax(-1) * tm).sum(1) / tm.sum(1).clamp_min(1)
+
+
 def segment_scores(p: Tensor, token_mask: Tensor) -> Tensor:
     """SC_{s,e} of eq. 8 for all segments at once: (B, Ns, Nv) -> (B, Nv, Nv).
 

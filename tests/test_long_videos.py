@@ -243,7 +243,7 @@ def test_interleaved_top_k_takes_each_windows_first_in_turn():
     # two windows' candidates, none overlapping: window 1 scores higher
     seconds = np.array([[[[0, 10], [20, 30], [40, 50]], [[100, 110], [120, 130], [140, 150]]]], float)
     score, valid = np.array([[1.0, 2.0]]), np.ones((1, 2), bool)
-    assert windows.merge(seconds, score, valid, 4, 0.5).tolist() == [[3, 4, 5, 0]]
+    assert windows.merge(seconds, score, valid, 4, 0.5, interleave=False).tolist() == [[3, 4, 5, 0]]
     assert windows.merge(seconds, score, valid, 4, 0.5, interleave=True).tolist() == [[3, 0, 4, 1]]
 
 
@@ -325,3 +325,17 @@ def test_train_validates_long_val_videos_in_windows_as_evaluate_does(tmp_path, m
                            env={"FSAN_DATA_DIR": str(tmp_path / "long")})
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["miou"] == pytest.approx(record["val_miou"], abs=0.01)
+
+
+def test_word_coverage_against_a_plain_loop():
+    from models.segments import word_coverage
+
+    rng = np.random.default_rng(3)
+    p = torch.from_numpy(rng.normal(size=(6, 5, 9)).astype(np.float32))
+    mask = torch.from_numpy(rng.random((6, 5)) < 0.7)
+    mask[0] = False  # a query of no real token scores 0
+    want = []
+    for b in range(6):
+        best = [max(float(p[b, t, c]) for c in range(9)) for t in range(5) if mask[b, t]]
+        want.append(sum(best) / len(best) if best else 0.0)
+    np.testing.assert_allclose(word_coverage(p, mask).numpy(), want, rtol=1e-6, atol=1e-7)

@@ -25,6 +25,7 @@ class Predictions:
     changed: np.ndarray | None = None  # (Q,) the span prior changed the top-1 answer
     plain: Predictions | None = None  # the model's own answers, without the span prior
     match: np.ndarray | None = None  # (Q,) matching score S(V, S) of eq. 7, when asked
+    coverage: np.ndarray | None = None  # (Q,) models.segments.word_coverage of P, when asked
 
 
 @dataclass

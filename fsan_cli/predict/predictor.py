@@ -37,7 +37,7 @@ from fsan_cli.predict.span_prior import SpanPrior, valid_cells
 from fsan_cli.video import record as extractor
 from models.fsan import FSAN
 from models.losses import matching_score
-from models.segments import segments_to_seconds, top_k_segments
+from models.segments import segments_to_seconds, top_k_segments, word_coverage
 
 GPU_BATCH = 64  # queries per model call on a GPU
 CPU_BATCH = 32  # on a CPU, per worker thread (measured best of 16, 32 and 64 with 2 workers)
@@ -179,14 +179,16 @@ class Predictor:
     def predict(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray, k: int,
                 nms: float | None = None, maps: bool = False,
                 progress: Callable[[int], None] | None = None, plain: bool = False,
-                match: bool = False) -> Predictions:
+                match: bool = False, coverage: bool = False) -> Predictions:
         """Top-k segments of every query: features (V, N_v, D) of the videos, video (Q,) the row
         of each query's video, ids (Q, Ns) its tokens. `progress(n)` hears of each batch done.
 
         With a span prior in use the segments rank by SC + w log p; `changed` flags the
         queries whose top-1 it moved, and with `plain` the model's own top-k come too; with
         `match`, each query's matching score S(V, S) (eq. 7, the training's L^t reads it), which
-        compares across videos and windows where SC does not (Predictions.match)."""
+        compares across videos and windows where SC does not (Predictions.match); with
+        `coverage`, how well every word finds a clip (models.segments.word_coverage), which
+        ranks a long video's windows (Predictions.coverage)."""
         nms = self.nms if nms is None else nms
         q = len(ids)
         k = min(k, self.clips * (self.clips + 1) // 2)
@@ -198,6 +200,7 @@ class Predictor:
         found: list[np.ndarray | None] = [None] * q
         score_maps: list[np.ndarray | None] = [None] * q
         matched = np.zeros(q, np.float32) if match else None
+        covered = np.zeros(q, np.float32) if coverage else None
         lengths = (ids != 0).sum(1).clip(1)
         self.model.eval()
 
@@ -215,16 +218,20 @@ class Predictor:
                     amap = out.alignment_map[:n].float().cpu().numpy()
                     smap = self.model.sc_input(out.alignment_map[:n], out.token_mask[:n]).float().cpu().numpy()
                 m = matching_score(out, self.model.cfg)[:n].float().cpu().numpy() if match else None
+                c = (word_coverage(out.alignment_map[:n], out.token_mask[:n]).float().cpu().numpy()
+                     if coverage else None)
                 return (rows, [t[0].cpu().numpy() for t in tops], [t[1].float().cpu().numpy() for t in tops],
-                        moved, amap, smap, m)
+                        moved, amap, smap, m, c)
 
-        for rows, seg, score, moved, amap, smap, m in self._batches(lengths, run):
+        for rows, seg, score, moved, amap, smap, m, c in self._batches(lengths, run):
             for i in range(len(seg)):
                 segments[i, rows], scores[i, rows] = seg[i], score[i]
             if moved is not None:
                 changed[rows] = moved
             if matched is not None:
                 matched[rows] = m
+            if covered is not None:
+                covered[rows] = c
             if progress is not None:
                 progress(len(rows))
             if amap is not None:
@@ -233,7 +240,7 @@ class Predictor:
                     score_maps[r] = smap[j, : int(lengths[r])]
         own = Predictions(segments[-1], scores[-1], None) if both else None
         return Predictions(segments[0], scores[0], found if maps else None, score_maps if maps else None,
-                           changed if prior is not None else None, own, matched)
+                           changed if prior is not None else None, own, matched, covered)
 
     def segment_grid(self, features: torch.Tensor, video: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """(Q, S) every query's SC of the S = N_v (N_v + 1) / 2 valid segments (row-major

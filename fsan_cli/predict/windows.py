@@ -14,11 +14,14 @@ makes each clip 15 s instead of 2 s, and the answers fall apart (DESIGN.md, "Any
   lies whole inside one. Each window's raw rows are pooled to N_v exactly as a short video's
   (Predictor.video_clips). Every (query, window) pair goes through the Predictor's batched
   forward at once; within a window the segments rank as a short video's (SC, plus the span prior
-  where PRIOR_IN_WINDOWS), and the windows rank by the matching score S(V, S) of eq. 7, which
-  L^t trains to compare a sentence across videos (the segment score SC is centred per window and
-  does not compare; measured in docs/method.md, "Long videos").
-- `merge`: the windows' candidates in seconds, best window first (its own ranking inside), NMS
-  across windows at the Predictor's threshold, top-k. A moment's score is its window's S(V, S).
+  where PRIOR_IN_WINDOWS), and the windows rank by word coverage: each word's highest response
+  in the alignment map P over the window's clips, averaged over the words
+  (models.segments.word_coverage). It picked the right part of a long video more often than the
+  matching score S(V, S) of eq. 7, and far more than the segment score SC, which is centred per
+  window and does not compare (measured in docs/method.md, "Long videos").
+- `merge`: the windows' candidates in seconds, the windows taking turns (every window's first
+  answer, best window first, then every window's second, ...), NMS across windows at the
+  Predictor's threshold, top-k. A moment's score is its window's coverage.
 
 The row of a windowed answer says which window answered ("window", and "windows" per moment).
 """
@@ -43,7 +46,8 @@ from models.segments import segments_to_seconds
 WINDOW_PERCENTILE = "p90"  # a window spans the train split's 90th-percentile duration
 STRIDE = 0.5  # windows start half a window apart
 PRIOR_IN_WINDOWS = True  # the span prior ranks segments within a window (measured: docs/method.md)
-INTERLEAVE = False  # the merged top-k take the windows' candidates in turns (measured: docs/method.md)
+INTERLEAVE = True  # the merged top-k take the windows' candidates in turns (measured: docs/method.md)
+RANK_BY = "coverage"  # windows rank by word coverage (models.segments.word_coverage), not S(V, S)
 
 
 @dataclass(frozen=True)
@@ -177,18 +181,20 @@ def merge(seconds: np.ndarray, window_score: np.ndarray, valid: np.ndarray, k: i
 
 def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequence[str], top_k: int,
                 prior: bool = PRIOR_IN_WINDOWS,
-                progress: Callable[[int], None] | None = None, rank_by: str | np.ndarray = "match",
+                progress: Callable[[int], None] | None = None, rank_by: str | np.ndarray = RANK_BY,
                 cuts: bool = True, interleave: bool = INTERLEAVE) -> tuple[Answers, np.ndarray]:
     """Answers of queries about long videos (video (Q,) indexes the videos `long` cut) and (Q,)
-    the window each top answer came from. `rank_by` "sc" ranks windows by their top answer's
-    score instead of S(V, S), a (P,) array ranks them by that score of each (query, window)
+    the window each top answer came from. `rank_by` "match" ranks windows by S(V, S) instead
+    of word coverage, "sc" by their top answer's score, a (P,) array by that score of each (query, window)
     pair (in `pairs` order), and `cuts=False` ignores where top answers touch a cut: the
     alternatives benchmarks/quality/long_videos.py measures."""
     ids = predictor.encode(texts)
     query, window, slot = pairs(long.video, video)
     features = torch.from_numpy(np.ascontiguousarray(long.clips, np.float32)).to(predictor.device)
     k = min(top_k, predictor.clips * (predictor.clips + 1) // 2)
-    out = predictor.predict(features, window, ids[query], k, predictor.nms, plain=True, match=True)
+    named = rank_by if isinstance(rank_by, str) else ""
+    out = predictor.predict(features, window, ids[query], k, predictor.nms, plain=True,
+                            match=named == "match", coverage=named == "coverage")
     span = long.seconds[window]
     length = torch.from_numpy(span[:, 1] - span[:, 0])
     used = predictor.span_prior is not None and prior
@@ -202,8 +208,8 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
     valid = np.zeros((q, w), bool)
     valid[query, slot] = True
     match = np.full((q, w), -np.inf, np.float32)
-    match[query, slot] = (rank_by if isinstance(rank_by, np.ndarray)
-                          else out.match if rank_by == "match" else ranked[0].scores[:, 0])
+    by = {"match": out.match, "coverage": out.coverage}
+    match[query, slot] = rank_by if isinstance(rank_by, np.ndarray) else by.get(rank_by, ranked[0].scores[:, 0])
     begin = np.zeros((q, w))
     begin[query, slot] = long.seconds[window, 0]
     spans = np.zeros((q, w, 2))
