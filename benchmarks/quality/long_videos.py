@@ -156,18 +156,41 @@ def speed(predictor: Predictor, store, h5: Path, queries: int = 100, rows: int =
             "rss_growth_mb": round((peak - before) / 1024, 0), "threads": torch.get_num_threads()}
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown of benchmark rows: by K and way, each metric's mean +- sample sd over the checkpoints."""
+    from fsan_cli.evaluate.metrics import mean_sd
+
+    metrics = ["r@1,iou=0.1", "r@1,iou=0.3", "r@1,iou=0.5", "r@5,iou=0.1", "r@5,iou=0.3", "r@5,iou=0.5", "miou", "part"]
+    lines = [f"| K | minutes | way | runs | {' | '.join(metrics)} |", "|" + "---|" * (len(metrics) + 4)]
+    for k in sorted({r["k"] for r in rows}):
+        at = [r for r in rows if r["k"] == k]
+        ways = [w for w in at[0] if isinstance(at[0][w], dict) and w != "record"]
+        for way in ways:
+            cells = []
+            for m in metrics:
+                mean, sd = mean_sd(r[way][m] for r in at if way in r)
+                cells.append(f"{mean:.1f}" + (f" ± {sd:.1f}" if sd is not None else ""))
+            lines.append(f"| {k} | {at[0]['minutes']} | {way} | {sum(way in r for r in at)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="the sizes benchmark's WORK/activitynet")
-    ap.add_argument("--checkpoint", type=Path, action="append", required=True, help="repeatable: one per seed")
+    ap.add_argument("--checkpoint", type=Path, action="append", default=[], help="repeatable: one per seed")
     ap.add_argument("--ks", default="1,2,5,10,20")
     ap.add_argument("--seed", type=int, default=0, help="the order in which test videos are laid end to end")
     ap.add_argument("--split", choices=["val", "test"], default="test",
                     help="whose videos are laid end to end (choose settings on val, report test)")
     ap.add_argument("--speed", action="store_true", help="only the 2-hour video's queries/s and memory")
     ap.add_argument("--out", type=Path, help="append the rows (JSON lines) here")
+    ap.add_argument("--table", type=Path, metavar="JSONL",
+                    help="measure nothing: a markdown table (mean +- sd over checkpoints) of these rows")
     args = ap.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return
     torch.set_num_threads(1)
     store = load_store(args.work / "data" / "activitynet")
     h5 = args.work / "activitynet-small" / "sub_activitynet_v1-3.c3d.hdf5"
