@@ -185,9 +185,15 @@ def main() -> None:
                     help="whose videos are laid end to end (choose settings on val, report test)")
     ap.add_argument("--speed", action="store_true", help="only the 2-hour video's queries/s and memory")
     ap.add_argument("--out", type=Path, help="append the rows (JSON lines) here")
+    ap.add_argument("--window", choices=["p50", "p90", "max"], help="windows of this train duration (default p90)")
+    ap.add_argument("--stride", type=float, help="windows this fraction of a window apart (default 0.5)")
     ap.add_argument("--table", type=Path, metavar="JSONL",
                     help="measure nothing: a markdown table (mean +- sd over checkpoints) of these rows")
     args = ap.parse_args()
+    if args.window:
+        windows.WINDOW_PERCENTILE = args.window
+    if args.stride:
+        windows.STRIDE = args.stride
     if args.table:
         print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
         return

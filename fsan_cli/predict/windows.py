@@ -9,7 +9,7 @@ makes each clip 15 s instead of 2 s, and the answers fall apart (DESIGN.md, "Any
   fsan): every video takes today's path.
 - A video within the range (duration <= the longest training video) is answered exactly as
   before: `answer`/`ground` hand it to the Predictor unchanged (bit-identical).
-- A longer video is cut into windows of the train split's 90th-percentile duration, a stride of
+- A longer video is cut into windows of the train split's median duration, a stride of
   half a window (the last window ends at the video's end), so any moment up to half a window
   lies whole inside one. Each window's raw rows are pooled to N_v exactly as a short video's
   (Predictor.video_clips). Every (query, window) pair goes through the Predictor's batched
@@ -43,7 +43,7 @@ from fsan_cli.predict.answers import Answers, Grounding, Predictions
 from fsan_cli.predict.predictor import Predictor
 from models.segments import segments_to_seconds
 
-WINDOW_PERCENTILE = "p90"  # a window spans the train split's 90th-percentile duration
+WINDOW_PERCENTILE = "p50"  # a window spans the train split's median duration (measured: docs/method.md)
 STRIDE = 0.5  # windows start half a window apart
 PRIOR_IN_WINDOWS = True  # the span prior ranks segments within a window (measured: docs/method.md)
 INTERLEAVE = True  # the merged top-k take the windows' candidates in turns (measured: docs/method.md)
