@@ -339,3 +339,27 @@ def test_word_coverage_against_a_plain_loop():
         best = [max(float(p[b, t, c]) for c in range(9)) for t in range(5) if mask[b, t]]
         want.append(sum(best) / len(best) if best else 0.0)
     np.testing.assert_allclose(word_coverage(p, mask).numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_the_terminal_map_of_a_long_video_reads_its_window_and_shows_the_whole_video():
+    from rich.console import Console
+
+    from fsan_cli.ground.render import heatmap
+    from fsan_cli.predict.answers import Grounding
+
+    g = Grounding("person walks", ["person", "walks"], [], np.array([[20, 30], [0, 5]]),
+                  np.array([[1300.0, 1400.0], [200.0, 300.0]]), np.array([1.0, 0.5]),
+                  np.linspace(0, 1, 128).reshape(2, 64))
+    console = Console(width=100, color_system=None, record=True)
+    console.print(heatmap(g, 7200.0, False, 100, [1200.0, 1440.0], [[1300.0, 1400.0], [200.0, 300.0], [5000, 5100]]))
+    lines = console.export_text().splitlines()
+    assert lines[0].startswith("Alignment map P, words x 64 clips of 3.75 s of the window 20:00-24:00 that answered")
+    assert lines[-4].split() == ["20:00", "20:49", "21:38", "22:22", "23:11", "24:00"]  # the window's times
+    assert lines[-3] == " video |--2-------==1-------------------------------3-------------------|"
+    assert lines[-2].split() == ["0:00", "2:00:00"]
+    assert lines[-1].strip() == "the whole video: === the window above, 1-3 the top moments"
+    # a video within the trained range: no strip, times from 0
+    console = Console(width=100, color_system=None, record=True)
+    console.print(heatmap(g, 240.0, False, 100))
+    lines = console.export_text().splitlines()
+    assert lines[-1].split()[0] == "0:00" and "video |" not in console.export_text()

@@ -89,10 +89,15 @@ def shown_map(g: Grounding) -> tuple[np.ndarray, str, float, float]:
     return values, title, float(values.min()), float(values.max())
 
 
-def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
+def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80,
+            window: Sequence[float] | None = None, moments: Sequence[Sequence[float]] = ()):
     """The token-by-clip map the segment scores read (P, or P centred: paper Figure 3) as rich
     Text, the top-1 moment marked under it (and the model's own, when the span prior moved
-    it), and a time axis. Without colour: ASCII shades from PLAIN_RAMP."""
+    it), and a time axis. Without colour: ASCII shades from PLAIN_RAMP.
+
+    A long video's map is its answering `window`'s ([start, end] seconds, predict/windows.py):
+    the axis reads the video's times inside it, and a strip under it shows the whole video,
+    the window and where each of the top-k `moments` lies."""
 
     values, title, lo, hi = shown_map(g)
     nv = values.shape[1]
@@ -105,7 +110,9 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
         if colour
         else f"shades '{PLAIN_RAMP}' from {lo:.2f} to {hi:.2f}"
     )
-    out = Text(f"{title}, words x {nv} clips of {duration / nv:.2f} s; {shades}\n")
+    start, end = (float(window[0]), float(window[1])) if window is not None else (0.0, duration)
+    where = f" of the window {clock(start)}-{clock(end)} that answered" if window is not None else ""
+    out = Text(f"{title}, words x {nv} clips of {(end - start) / nv:.2f} s{where}; {shades}\n")
     for t, name in enumerate(names):
         out.append(_fit(name, label).rjust(label) + " |")
         for j in range(nv):
@@ -124,8 +131,13 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80):
         out.append("model".rjust(label) + "  " + " " * (ms * cw))
         out.append(_marker((me - ms + 1) * cw), style="yellow" if colour else "")
         out.append("  (without the span prior)\n")
-    axis, labels = _time_axis(nv, cw, duration)
+    axis, labels = _time_axis(nv, cw, end - start, start)
     out.append(" " * (label + 2) + axis + "\n" + " " * (label + 2) + labels)
+    if window is not None:
+        strip, ends = _whole_video(nv * cw, duration, (start, end), moments)
+        out.append("\n" + "video".rjust(label) + " |" + strip + "|\n" + " " * (label + 2) + ends)
+        out.append(f"\n{'':>{label}}  the whole video: === the window above, 1-{min(len(moments), 9)} the "
+                   "top moments")
     if g.unknown:
         out.append(f"\n{'*'.rjust(label)}  not in the vocabulary, read as {UNK}")
     return out
@@ -139,8 +151,22 @@ def _marker(n: int) -> str:
     return "^" if n == 1 else "[" + "=" * (n - 2) + "]"
 
 
-def _time_axis(nv: int, cw: int, duration: float) -> tuple[str, str]:
-    """A tick line and a label line over the nv * cw map columns (clip j starts at j * cw)."""
+def _whole_video(width: int, duration: float, window: tuple[float, float],
+                 moments: Sequence[Sequence[float]]) -> tuple[str, str]:
+    """A strip of `width` characters for the whole video: the window as ===, each of the first
+    nine moments as its rank at its middle; and the line of its two ends' times."""
+    at = lambda t: min(width - 1, max(0, int(t / duration * width))) if duration > 0 else 0  # noqa: E731
+    line = ["-"] * width
+    line[at(window[0]): at(window[1]) + 1] = "=" * (at(window[1]) + 1 - at(window[0]))
+    for rank, (s, e) in reversed(list(enumerate(moments[:9], 1))):
+        line[at((float(s) + float(e)) / 2)] = str(rank)
+    ends = clock(0) + clock(duration).rjust(width + 2 - len(clock(0)))
+    return "".join(line), ends
+
+
+def _time_axis(nv: int, cw: int, duration: float, offset: float = 0.0) -> tuple[str, str]:
+    """A tick line and a label line over the nv * cw map columns (clip j starts at j * cw),
+    the times counted from `offset`."""
     width = nv * cw
     ticks = max(2, min(nv + 1, width // 12 + 1))
     bounds = sorted({round(i * nv / (ticks - 1)) for i in range(ticks)})
@@ -150,7 +176,7 @@ def _time_axis(nv: int, cw: int, duration: float) -> tuple[str, str]:
     for j in bounds:
         pos = j * cw
         line[pos] = "+"
-        text = clock(j * duration / nv)
+        text = clock(offset + j * duration / nv)
         start = pos - len(text) + 1 if j == nv else pos
         if start >= end:
             labels[start : start + len(text)] = text
@@ -166,7 +192,8 @@ def render(results: Sequence[Grounded]) -> None:
         if n:
             console.print()
         console.print(moments_table(r.video, r.duration, r.grounding))
-        console.print(heatmap(r.grounding, r.duration, colour, console.width), highlight=False)
+        console.print(heatmap(r.grounding, r.duration, colour, console.width, r.row.get("window"),
+                              [m[:2] for m in r.row.get("moments", [])]), highlight=False)
 
 
 # ----------------------------------------------------------------------------- --plot
