@@ -363,3 +363,47 @@ def test_two_processes_with_a_static_graph_follow_one_process(tmp_path):
             for key in LOSSES:
                 assert x[key] == pytest.approx(y[key], abs=1e-2), (name, key, a, b)
         assert a[0]["loss"] == pytest.approx(b[0]["loss"], abs=1e-3)
+
+
+def composed_loop(features, vids, idx, neg, share, normalize):
+    """step.composed, one sample at a time."""
+    import torch.nn.functional as F
+
+    from fsan_cli.train.step import HASH
+
+    a, b, m = HASH
+    out = []
+    nv = features.shape[1]
+    for i in range(len(idx)):
+        own, other = int(vids[idx[i]]), int(vids[neg[(i - 1) % len(idx)]])
+        h = (int(idx[i]) * a + int(neg[i]) * b) % m
+        video = features[own].float()
+        if h < share * m and other != own and other != int(vids[neg[i]]):
+            first = F.adaptive_avg_pool1d(video.T[None], nv // 2)[0].T
+            second = F.adaptive_avg_pool1d(features[other].float().T[None], nv - nv // 2)[0].T
+            video = torch.cat([second, first]) if h % 2 == 1 else torch.cat([first, second])
+            video = F.normalize(video, dim=-1) if normalize else video
+        out.append(video)
+    return torch.stack(out)
+
+
+def test_composed_videos_against_a_plain_loop():
+    from fsan_cli.train.step import composed
+
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(7, 8, 5, generator=gen)
+    vids = torch.randint(0, 7, (30,), generator=gen)
+    idx, neg = torch.randint(0, 30, (16,), generator=gen), torch.randint(0, 30, (16,), generator=gen)
+    for share, normalize in ((0.5, True), (1.0, False), (0.0, True)):
+        got = composed(features, vids, idx, neg, share, normalize)
+        torch.testing.assert_close(got, composed_loop(features, vids, idx, neg, share, normalize))
+    assert torch.equal(composed(features, vids, idx, neg, 0.0, True), features[vids[idx]])
+    # about the share asked (200 videos: few draws meet their own video), in both orders
+    features, vids = torch.randn(200, 8, 5, generator=gen), torch.arange(200)
+    idx, neg = torch.randint(0, 200, (4000,), generator=gen), torch.randint(0, 200, (4000,), generator=gen)
+    got = composed(features, vids, idx, neg, 0.5, False)
+    changed = (got != features[idx]).flatten(1).any(1)
+    assert 0.46 < float(changed.float().mean()) < 0.52
+    own_first = (got[:, :4] == torch.nn.functional.adaptive_avg_pool1d(features[idx].transpose(1, 2), 4)
+                 .transpose(1, 2)).flatten(1).all(1)
+    assert 0.4 < float(own_first[changed].float().mean()) < 0.6

@@ -70,6 +70,9 @@ class TrainSettings:
     sap_start: float = field(default=0.0, metadata=between(0, 1))  # share of steps before eq. 9-12
     sap_warmup: float = field(default=0.0, metadata=between(0, 1))  # share of steps they ramp in
     threads: int = field(default=0, metadata=at_least(0))  # CPU threads (0: PyTorch's default)
+    # share of the training videos laid beside another training video (each pooled to half the
+    # clips, in a drawn order): grounding inside a window of mixed videos (step.composed)
+    compose: float = field(default=0.0, metadata=between(0, 1))
     # torch.compile's mode under --compile ("reduce-overhead" adds CUDA graphs)
     compile_mode: CompileMode = "default"
     # capture the whole step (passes, backward, Adam) as one CUDA graph after 3 eager steps and

@@ -27,6 +27,7 @@ class TrainingData:
     # without annotated val queries: the val sentences that choose the epoch by matching
     # (fsan_cli/train/matching.py); empty where val has times, or fewer than two videos
     match_queries: list[Query] = field(default_factory=list)
+    normalized: bool = True  # the store's clips are L2-normalised (train.compose keeps them so)
 
 
 def check_finite_features(store: Store, features: torch.Tensor) -> None:
@@ -65,7 +66,8 @@ def training_data(mc: FSANConfig, store: Store, device: torch.device) -> Trainin
     features = torch.from_numpy(np.asarray(store.features)).to(device=device, dtype=feat_dtype)
     check_finite_features(store, features)
     return TrainingData(features, tokens.to(device), vids, val_q,
-                        val_words(store, val_q or match_q, mc.max_tokens), match_q)
+                        val_words(store, val_q or match_q, mc.max_tokens), match_q,
+                        bool(store.manifest.get("normalize", True)))
 
 
 def val_words(store: Store, val_q: list[Query], max_tokens: int) -> WordSource | None:

@@ -33,20 +33,56 @@ class TrainingPass(torch.nn.Module):
         return fsan_losses(self.model, pos, neg_out, neg_ok, neg_video, sap_scale)
 
 
+HASH = (1_103_515_245, 12_345, 10_007)  # composed's draws: (a * idx + b * neg) mod m
+
+
+def composed(features: torch.Tensor, vids: torch.Tensor, idx: torch.Tensor, neg: torch.Tensor,
+             share: float, normalize: bool) -> torch.Tensor:
+    """(B, Nv, D) each sample's video; for about a `share` of them, laid beside another
+    training video: each pooled to half the clips (adaptive average pooling, as `fsan prepare`
+    pools rows) and joined in an order drawn too, so the sentence's moment lies in one part of
+    a video of mixed content, as in a window of a long video (predict/windows.py). The other
+    video is the next sample's negative caption's, never the sample's own nor its own
+    negative's (whose sentence must stay absent). The draws hash the batch's rows: no new
+    random numbers, so a run with share 0 is unchanged and a resumed run draws the same."""
+    own, other = vids[idx], vids[neg.roll(1)]
+    video = features[own].float()
+    a, b, m = HASH
+    h = (idx * a + neg * b) % m
+    on = (h < share * m) & (other != own) & (other != vids[neg])
+    nv = video.shape[1]
+    pool = torch.nn.functional.adaptive_avg_pool1d
+    first = pool(video.transpose(1, 2), nv // 2).transpose(1, 2)
+    second = pool(features[other].float().transpose(1, 2), nv - nv // 2).transpose(1, 2)
+    swap = (h % 2 == 1)[:, None, None]
+    if nv // 2 != nv - nv // 2:  # an odd N_v: the parts keep their sizes whichever comes first
+        joined = torch.cat([first, second], 1)
+    else:
+        joined = torch.where(swap, torch.cat([second, first], 1), torch.cat([first, second], 1))
+    if normalize:
+        joined = torch.nn.functional.normalize(joined, dim=-1)
+    return torch.where(on[:, None, None], joined, video)
+
+
 def training_step(
     model, features, tokens, vids, idx, neg, device, autocast: bool | None = None,
     sap_scale: float | torch.Tensor = 1.0, runner: torch.nn.Module | None = None,
+    compose: float = 0.0, normalize: bool = True,
 ):
     """Positive pass (V, S) and negative pass (V, S^-) of one batch, and the losses (eq. 13).
 
     idx, neg (B,): query rows of the batch and of its negative captions, drawn on the device;
     a negative that happens to describe the same video is left out of L^t. `runner` is the
     TrainingPass to call (wrapped by DDP or torch.compile); by default one around `model`.
+    `compose` > 0: that share of the videos laid beside another (`composed`).
     """
     core = model.module if hasattr(model, "module") else model
     if runner is None:
         runner = TrainingPass(core, device.type == "cuda" if autocast is None else autocast)
-    video = features[vids[idx]].float()  # (B, Nv, D)
+    if compose > 0:
+        video = composed(features, vids, idx, neg, compose, normalize)
+    else:
+        video = features[vids[idx]].float()  # (B, Nv, D)
     neg_feats = features[vids[neg]].float() if core.cfg.negative_video else None
     if not torch.is_tensor(sap_scale):
         sap_scale = torch.tensor(float(sap_scale), device=video.device)
@@ -64,7 +100,7 @@ def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
 
 def accumulate(
     runner: torch.nn.Module, model: FSAN, data: TrainingData, idx: torch.Tensor, neg: torch.Tensor,
-    device: torch.device, sap_scale: float, scale: float, micro_batch: int,
+    device: torch.device, sap_scale: float, scale: float, micro_batch: int, compose: float = 0.0,
 ) -> torch.Tensor:
     """Backward of the losses of rows `idx` (negatives `neg`), times `scale`, into the
     parameters' .grad; returns the detached (total, matching, inner, outer) losses.
@@ -83,7 +119,8 @@ def accumulate(
         quiet = no_sync() if no_sync is not None and i < len(pieces) - 1 else contextlib.nullcontext()
         with quiet:
             losses = training_step(model, data.features, data.tokens, data.vids, rows, negs, device,
-                                   sap_scale=sap_scale, runner=runner)
+                                   sap_scale=sap_scale, runner=runner, compose=compose,
+                                   normalize=data.normalized)
             (losses.total * (scale * share)).backward()
         parts += torch.stack([losses.total, losses.matching, losses.inner, losses.outer]).detach() * share
     return parts
