@@ -90,7 +90,7 @@ def test_train_splits_batches_that_would_not_fit(tmp_path, monkeypatch):
     pieces: list[int] = []
     real = step.accumulate
     # the name the training loop calls (training imports it from fsan_cli.train.step)
-    monkeypatch.setattr(training, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
+    monkeypatch.setattr(training, "accumulate", lambda *a, **k: pieces.append(a[-1]) or real(*a, **k))
     args = ["--device", "cpu", "train", "--data-dir", str(tmp_path), "--no-test", "--batch-size", "16",
             *(f"--set={s}" for s in ("model.hidden=16", "model.layers=1", "model.heads=2",
                                      "model.align_dim=8", "train.epochs=1"))]

@@ -161,7 +161,7 @@ def test_out_of_memory_mid_run_then_resume_in_smaller_pieces(data_dir, reference
     pieces: list[int] = []
     real = accumulate
     # the name the training loop calls (training imports it from fsan_cli.train.step)
-    monkeypatch.setattr(training, "accumulate", lambda *a: pieces.append(a[-1]) or real(*a))
+    monkeypatch.setattr(training, "accumulate", lambda *a, **k: pieces.append(a[-1]) or real(*a, **k))
     result = CliRunner().invoke(app, ["--device", "cpu", "train", "--resume", str(out), "--no-test",
                                       "--micro-batch", "8"])
     assert result.exit_code == 0, result.stderr

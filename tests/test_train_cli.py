@@ -171,7 +171,7 @@ def test_negative_micro_batch_is_refused(data_dir, tmp_path):
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
 ], ids=["cpu", "cuda"])
 def test_out_of_memory_says_how_to_split_batches(data_dir, tmp_path, monkeypatch, error):
-    def full(*args):
+    def full(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(training, "accumulate", full)

@@ -255,7 +255,7 @@ def step_body(run: Run, idx: torch.Tensor, neg: torch.Tensor, sap_scale: float |
     run.opt.zero_grad(set_to_none=True)
     # DDP averages gradients over ranks; weighted so they are the global batch's mean
     parts = accumulate(run.runner, run.model, run.data, mine, neg_mine, run.device, sap_scale,
-                       weight * run.dist.world, int(tc.micro_batch), float(tc.compose))
+                       weight * run.dist.world, int(tc.micro_batch), compose=float(tc.compose))
     if run.masters is not None:
         run.masters.grads_to_masters()
     if tc.grad_clip > 0:
