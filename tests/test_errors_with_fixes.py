@@ -9,6 +9,7 @@ import errno
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -206,8 +207,10 @@ CTRL_C_AT = textwrap.dedent("""
 
 @pytest.mark.parametrize("module", ["typer", "fsan_cli.commands.train", "fsan_cli.core.output"])
 def test_ctrl_c_while_the_modules_load_is_one_line(module):
+    # SIGINT as a terminal leaves it, even where the tests run as a background job (SIGINT ignored)
     proc = subprocess.run([sys.executable, "-c", CTRL_C_AT, module, "train", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", INTERRUPTED)
 
 
