@@ -67,11 +67,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="the sizes benchmark's WORK/activitynet")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="fsan train's seed")
+    ap.add_argument("--clips", type=int, help="fsan prepare --clips (default: the custom preset's N_v)")
     ap.add_argument("--out", type=Path, help="append the row (JSON) here")
     args = ap.parse_args()
     store = load_store(args.work / "data" / "activitynet")
     h5 = args.work / "activitynet-small" / "sub_activitynet_v1-3.c3d.hdf5"
-    out = args.work / f"long-training-k{args.k}"
+    out = args.work / (f"long-training-k{args.k}" + (f"-clips{args.clips}" if args.clips else ""))
     out.mkdir(parents=True, exist_ok=True)
     made = record(__spec__.name)
     print(header(__spec__.name))
@@ -79,12 +80,13 @@ def main() -> None:
     if not (run / "best.pt").is_file():
         annotations, features = write_long(store, h5, args.k, 0, out)
         fsan("prepare", "-d", "custom", "--data-dir", str(out / "data"), "--annotations", str(annotations),
-             "--features", str(features), "--overwrite")
+             "--features", str(features), "--overwrite", *(["--clips", str(args.clips)] if args.clips else []))
         fsan("train", "-d", "custom", "--data-dir", str(out / "data"), "--size", "small", "--out", str(run),
-             "--overwrite", "--no-test", "--set", f"train.seed={args.seed}", "--set", "train.threads=1")
+             "--overwrite", "--no-test", "--set", f"train.seed={args.seed}", "--set", "train.threads=1",
+             *(["--set", f"data.clips={args.clips}"] if args.clips else []))
     torch.set_num_threads(1)
     predictor = Predictor.load(run / "best.pt", torch.device("cpu"))
-    row = {"k": args.k, "seed": args.seed, "trained_on": f"{args.k} videos end to end",
+    row = {"k": args.k, "seed": args.seed, "trained_on": f"{args.k} videos end to end", "clips": predictor.clips,
            "durations": predictor.data.get("durations"),
            **lv.run_k(predictor, store, h5, args.k, 0), "record": made}
     print(json.dumps({x: y for x, y in row.items() if x != "record"}), flush=True)
