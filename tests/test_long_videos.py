@@ -277,8 +277,9 @@ def test_train_warns_where_moments_are_shorter_than_a_clip(tmp_path):
     message = too_coarse(long_store(tmp_path / "long", 20, 10))
     assert message == ("100% of the annotated moments are shorter than one clip of their video: each video is read "
                        "as 16 clips (median 75.0 s a clip), and a moment shorter than a clip cannot be told from its "
-                       "neighbours, so the model cannot learn to place it. Prepare the data with more clips (fsan "
-                       "prepare --clips 128) or cut the videos into parts")
+                       "neighbours, so the model cannot learn to place it. Cut the videos into parts of a few minutes "
+                       "(fsan ground and evaluate read longer videos in windows), or prepare the data with more clips "
+                       "(fsan prepare --clips 128)")
     from tests.helpers import TINY_MODEL, set_args
 
     r = CliRunner().invoke(app, ["--device", "cpu", "train", "-d", "custom", "--out", str(tmp_path / "run"),

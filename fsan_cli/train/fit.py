@@ -65,8 +65,9 @@ def too_coarse(store: Store) -> str | None:
     clip_s = minutes[len(minutes) // 2] / clips
     return (f"{100 * short:.0f}% of the annotated moments are shorter than one clip of their video: each "
             f"video is read as {clips} clips (median {clip_s:.1f} s a clip), and a moment shorter than a clip "
-            f"cannot be told from its neighbours, so the model cannot learn to place it. Prepare the data "
-            f"with more clips (fsan prepare --clips {16 * math.ceil(need / 16)}) or cut the videos into parts")
+            f"cannot be told from its neighbours, so the model cannot learn to place it. Cut the videos into "
+            f"parts of a few minutes (fsan ground and evaluate read longer videos in windows), or prepare the "
+            f"data with more clips (fsan prepare --clips {16 * math.ceil(need / 16)})")
 
 
 def chosen_by(store: Store) -> str:
