@@ -364,3 +364,36 @@ def test_the_terminal_map_of_a_long_video_reads_its_window_and_shows_the_whole_v
     console.print(heatmap(g, 240.0, False, 100))
     lines = console.export_text().splitlines()
     assert lines[-1].split()[0] == "0:00" and "video |" not in console.export_text()
+
+
+def test_the_plot_of_a_long_video_shows_the_whole_video_above_its_windows_map(tmp_path):
+    import matplotlib
+
+    from fsan_cli.ground import render
+    from fsan_cli.ground.grounding import Grounded
+    from fsan_cli.predict.answers import Grounding
+
+    rng = np.random.default_rng(0)
+    long = Grounding("person walks", ["person", "walks"], [], np.array([[20, 30], [0, 5]]),
+                     np.array([[1300.0, 1400.0], [200.0, 300.0]]), np.array([1.0, 0.5]), rng.random((2, 64)))
+    row = {"video": "lecture", "duration": 7200.0, "window": [1200.0, 1440.0],
+           "moments": [[1300.0, 1400.0, 1.0], [200.0, 300.0, 0.5], [5000.0, 5100.0, 0.4]]}
+    short = Grounding("walks", ["walks"], [], np.array([[3, 10]]), np.array([[30.0, 60.0]]), np.array([1.0]),
+                      rng.random((1, 64)))
+    fig = render.save_plot(tmp_path / "f.png", [Grounded("short", 240.0, short, {"moments": [[30.0, 60.0, 1.0]]}),
+                                                Grounded("lecture", 7200.0, long, row)])
+    axes = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert [bool(a.images) for a in axes] == [True, False, True]  # short map, the long one's strip, its map
+    strip, window_map = axes[1], axes[2]
+    assert strip.get_xlim() == (0.0, 7200.0) and window_map.get_xlim() == (1200.0, 1440.0)
+    assert strip.get_title(loc="left").startswith("\u201cperson walks\u201d in lecture, 1200-1440 s of 7200 s")
+    (shade,) = strip.patches
+    assert (shade.get_x(), shade.get_width()) == (1200.0, 240.0)
+    assert [t.get_text() for t in strip.texts] == ["1", "2", "3"]
+    fig.canvas.draw()
+    labels = [t.get_text() for t in strip.get_xticklabels() if t.get_visible()]
+    assert {"0:00", "15:00", "1:00:00", "2:00:00"} <= set(labels)  # whole minutes and hours
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()][-1].startswith("the window the map below shows")
+    assert [a.get_label() for a in fig.axes].count("<colorbar>") == 1
+    matplotlib.pyplot.close(fig)

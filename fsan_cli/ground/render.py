@@ -238,7 +238,7 @@ def save_plot(path: Path, results: Sequence[Grounded]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the Agg backend above
     from matplotlib.lines import Line2D  # the optional [plot] extra
-    from matplotlib.patches import Rectangle  # the optional [plot] extra
+    from matplotlib.patches import Patch, Rectangle  # the optional [plot] extra
 
     if len(results) > MAX_PANELS:
         warn(f"--plot draws the first {MAX_PANELS} of {len(results)} queries")
@@ -248,17 +248,28 @@ def save_plot(path: Path, results: Sequence[Grounded]):
     lo, hi = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
     if kinds == {"centered"}:  # symmetric about 0: a word as strong over the whole video is one even shade
         lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
-    heights = [0.9 + 0.26 * len(r.grounding.tokens) for r in shown]
+    # a long video's panel has a row above its map: the whole video (_whole_strip)
+    rows = [(kind, i) for i, r in enumerate(shown) for kind in (("strip",) if "window" in r.row else ()) + ("map",)]
+    heights = [STRIP_INCHES if kind == "strip" else 0.9 + 0.26 * len(shown[i].grounding.tokens) for kind, i in rows]
     with plt.rc_context({"font.size": FONT}):
-        fig, axes = plt.subplots(len(shown), 1, figsize=(WIDTH, 1.2 + max(MIN_MAPS, sum(heights))), squeeze=False,
+        fig, axes = plt.subplots(len(rows), 1, figsize=(WIDTH, 1.2 + max(MIN_MAPS, sum(heights))), squeeze=False,
                                  gridspec_kw={"height_ratios": heights}, layout="constrained")
         used: set[str] = set()
-        for ax, r, values in zip(axes[:, 0], shown, maps, strict=True):
-            used |= _panel(ax, r, values, lo, hi, Rectangle)
-        bar = fig.colorbar(ax.images[0], ax=list(axes[:, 0]), fraction=0.03, pad=0.01, aspect=30)
+        panels = []
+        for ax, (kind, i) in zip(axes[:, 0], rows, strict=True):
+            if kind == "strip":
+                _whole_strip(ax, shown[i], Rectangle)
+                continue
+            used |= _panel(ax, shown[i], maps[i], lo, hi, Rectangle, strip=rows.index(("strip", i)) if
+                           ("strip", i) in rows else None, axes=axes[:, 0])
+            panels.append(ax)
+        bar = fig.colorbar(panels[0].images[0], ax=panels, fraction=0.03, pad=0.01, aspect=30)
         bar.set_label(SCALE_LABELS[kinds.pop()] if len(kinds) == 1 else "each query's scoring map")
         handles = [Line2D([], [], color=c, linestyle=ls, linewidth=w, label=label, path_effects=_outline(c))
                    for key, (label, c, ls, w) in BOXES.items() if key in used]
+        if any("window" in r.row for r in shown):
+            handles.append(Patch(color=BOXES["answer"][1], alpha=0.25,
+                                 label="the window the map below shows (a long video is read in windows)"))
         fig.legend(handles=handles, loc="outside lower left", ncols=min(len(handles), 2), frameon=False,
                    handlelength=3)
         fig.suptitle("How well each word of the query matches each clip of the video (brighter: better)",
@@ -267,8 +278,10 @@ def save_plot(path: Path, results: Sequence[Grounded]):
     return fig
 
 
-def _panel(ax, r: Grounded, values: np.ndarray, lo: float, hi: float, Rectangle) -> set[str]:
-    """One query's map and boxes on `ax`; the keys of BOXES it drew."""
+def _panel(ax, r: Grounded, values: np.ndarray, lo: float, hi: float, Rectangle, strip: int | None = None,
+           axes: Any = None) -> set[str]:
+    """One query's map and boxes on `ax`; the keys of BOXES it drew. A long video's title goes
+    on its whole-video strip, axes[strip], above the map."""
     g, n = r.grounding, len(r.grounding.tokens)
     start, end = r.row.get("window") or (0.0, r.duration)  # a long video: the answering window's map
     ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
@@ -288,9 +301,34 @@ def _panel(ax, r: Grounded, values: np.ndarray, lo: float, hi: float, Rectangle)
     ax.set_xlim(start, end)
     s, e = boxes[0][1:]
     where = f"{r.video}, {start:.0f}-{end:.0f} s of {r.duration:.0f} s" if "window" in r.row else r.video
-    ax.set_title(f"\u201c{g.query}\u201d in {where}: answer {s:.1f}-{e:.1f} s", loc="left", fontsize=FONT)
+    title = f"\u201c{g.query}\u201d in {where}: answer {s:.1f}-{e:.1f} s"
+    (axes[strip] if strip is not None else ax).set_title(title, loc="left", fontsize=FONT)
     ax.set_xlabel("time (s)" + ("   (* not in the vocabulary)" if g.unknown else ""))
     return drawn
+
+
+STRIP_INCHES = 0.45  # the whole-video strip above a long video's map
+
+
+def _whole_strip(strip, r: Grounded, Rectangle) -> None:
+    """Above a long video's map, the whole video on `strip`: the window the map is of (shaded)
+    and each top moment, numbered by rank (they come from any window)."""
+    window = r.row["window"]
+    strip.set_xlim(0, r.duration)
+    strip.set_ylim(0, 1)
+    strip.add_patch(Rectangle((window[0], 0), window[1] - window[0], 1, color=BOXES["answer"][1], alpha=0.25))
+    for rank, m in enumerate(r.row.get("moments", [])[:9], 1):
+        mid = (float(m[0]) + float(m[1])) / 2
+        strip.plot([m[0], m[1]], [0.5, 0.5], color="0.15", linewidth=2)
+        strip.text(mid, 0.85, str(rank), ha="center", va="top", fontsize=FONT - 2)
+    strip.set_yticks([])
+    from matplotlib.ticker import MultipleLocator  # the optional [plot] extra
+
+    step = next((x for x in (60, 120, 300, 600, 900, 1800, 3600, 7200) if r.duration / x <= 8), 3600 * 4)
+    strip.xaxis.set_major_locator(MultipleLocator(step))  # whole minutes and hours
+    strip.xaxis.set_major_formatter(lambda t, _: clock(t))  # h:mm:ss, unlike the map's seconds
+    strip.tick_params(axis="x", labelsize=FONT - 2, pad=1)
+    strip.set_ylabel("whole\nvideo", rotation=0, ha="right", va="center", fontsize=FONT - 2)
 
 
 def _outline(colour: str) -> list:
