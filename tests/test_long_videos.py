@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from fsan_cli.app import app
+from fsan_cli.ground import render
 from fsan_cli.predict import predictor as predictor_module
 from fsan_cli.predict import windows
 from fsan_cli.predict.predictor import Predictor
@@ -79,6 +80,10 @@ def test_a_moment_straddling_two_windows_is_found():
     row = answers.row(0, "long", "person walks", 600.0, 5)
     assert row["window"] == [float(x) for x in answers.windows[0][0]] and len(row["windows"]) == 5
     assert found[0].moments[0].tolist() == top.tolist()
+    # ranked best first: the scores never rise down the list, though windows take turns in it
+    assert (np.diff(answers.predictions.scores[0]) <= 0).all()
+    assert found[0].windowed and render.prior_note(found[0]).startswith(
+        "Scores: the word coverage of each moment's window (a long video is read in windows, which take turns")
     # pooled whole into 16 clips (37.5 s each), the same video's answer is coarse
     whole = p.ground(p.video_clips(rows, "long")[None], np.array([0]), np.array([600.0]), ["person walks"], 5)[0]
     assert iou(whole.seconds[0][0], (70, 95)) < iou(top, (70, 95))
@@ -275,7 +280,8 @@ def test_train_warns_where_moments_are_shorter_than_a_clip(tmp_path):
     # 20-minute videos read as 16 clips (75 s a clip), 10-second moments: none spans a clip
     (tmp_path / "long").mkdir()
     message = too_coarse(long_store(tmp_path / "long", 20, 10))
-    assert message == ("100% of the annotated moments are shorter than one clip of their video: each video is read "
+    assert message == ("100% of the annotated moments (all splits) are shorter than one clip of their video: each "
+                       "video is read "
                        "as 16 clips (median 75.0 s a clip), and a moment shorter than a clip cannot be told from its "
                        "neighbours, so the model cannot learn to place it. Cut the videos into parts of a few minutes "
                        "(fsan ground and evaluate read longer videos in windows), or prepare the data with more clips "
@@ -287,6 +293,10 @@ def test_train_warns_where_moments_are_shorter_than_a_clip(tmp_path):
                            env={"FSAN_DATA_DIR": str(tmp_path / "long" / "data"), "NO_COLOR": "1", "COLUMNS": "400"})
     assert r.exit_code == 0, r.output
     assert f"Warning: {message}" in r.stderr.replace("\n", " ")
+    # 20-minute videos and 2-second moments: more clips than can be trained would be needed; not suggested
+    (tmp_path / "tiny").mkdir()
+    message = too_coarse(long_store(tmp_path / "tiny", 20, 2))
+    assert "--clips" not in message and message.endswith("(fsan ground and evaluate read longer videos in windows)")
     # 2-minute videos (7.5 s a clip), 20-second moments: every moment spans clips
     (tmp_path / "short").mkdir()
     assert too_coarse(long_store(tmp_path / "short", 2, 20)) is None
@@ -394,6 +404,27 @@ def test_the_plot_of_a_long_video_shows_the_whole_video_above_its_windows_map(tm
     labels = [t.get_text() for t in strip.get_xticklabels() if t.get_visible()]
     assert {"0:00", "15:00", "1:00:00", "2:00:00"} <= set(labels)  # whole minutes and hours
     (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()][-1].startswith("the window the map below shows")
+    assert [t.get_text() for t in legend.get_texts()][-1].startswith("the window shown below")
     assert [a.get_label() for a in fig.axes].count("<colorbar>") == 1
     matplotlib.pyplot.close(fig)
+
+
+def test_scores_never_rise_down_a_long_videos_list():
+    """Four windows take turns in a top-8: raw, the scores would go 0.90, 0.75, -0.90, 0.90, ..."""
+    p = oracle()
+    x = marked(150, (70, 85))
+    x[10:20, 0] = 0.5
+    answers, _ = windows.ground(p, [x], ["long"], [150.0], np.array([0]), np.array([150.0]), ["person walks"], 8)
+    scores = answers.predictions.scores[0]
+    assert (np.diff(scores) <= 0).all() and scores[0] > 0.9 and iou(answers.seconds[0][0], (70, 85)) > 0.7
+
+
+def test_a_duration_far_from_the_rows_is_said(capsys):
+    p = oracle()  # trained on 1 row a second
+    x = marked(5, (1, 3))
+    windows.ground(p, [x], ["few"], [100000.0], np.array([0]), np.array([100000.0]), ["walks"], 1)
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("Warning: few has 5 feature rows for 100000 s (5e-05 a second), and the model was trained on 1 rows a "
+            "second: check its duration") in err
+    windows.ground(p, [marked(90, (10, 20))], ["fine"], [100.0], np.array([0]), np.array([100.0]), ["walks"], 1)
+    assert "Warning" not in capsys.readouterr().err

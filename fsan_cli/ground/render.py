@@ -42,7 +42,18 @@ def moments_table(video: str, duration: float, g: Grounding):
 
 
 def prior_note(g: Grounding) -> str:
-    """One line on the span prior behind the answer, or "" when none was used."""
+    """One line on what the scores are and the span prior behind the answer, or "" for a short
+    video's plain SC."""
+    if g.windowed:  # a long video's answers come from its windows
+        text = ("Scores: the word coverage of each moment's window (a long video is read in windows, which "
+                "take turns in this list), never rising down it. ")
+        if g.prior_weight is None:
+            return text.rstrip()
+        text += f"Inside a window, segments rank by SC + {g.prior_weight:g} log p(s, e), the span prior. "
+        if g.prior_changed and g.model_top is not None:
+            _, (s, e), _ = g.model_top
+            return text + f"It moved the top answer: the model alone answers {s:.2f}-{e:.2f} s."
+        return text + "The top answer is the model's own."
     if g.prior_weight is None:
         return ""
     text = f"Scores: SC + {g.prior_weight:g} log p(s, e), the span prior learned on train. "
@@ -206,7 +217,7 @@ MIN_MAPS = 3.0  # inches of maps at least: room for the colorbar's label beside 
 SCALE_LABELS = {
     "p": "cosine of word and clip",
     "p_hat": "(1 + cosine of word and clip) / 2",
-    "centered": "cosine of word and clip,\nminus the word's mean over the video",
+    "centered": "cosine of word and clip,\nminus the word's mean over the clips",
 }
 # the boxes drawn on the maps: (legend label, colour, line style, line width)
 BOXES: dict[str, tuple[str, str, Any, float]] = {
@@ -269,7 +280,7 @@ def save_plot(path: Path, results: Sequence[Grounded]):
                    for key, (label, c, ls, w) in BOXES.items() if key in used]
         if any("window" in r.row for r in shown):
             handles.append(Patch(color=BOXES["answer"][1], alpha=0.25,
-                                 label="the window the map below shows (a long video is read in windows)"))
+                                 label="the window shown below (a long video is read in windows)"))
         fig.legend(handles=handles, loc="outside lower left", ncols=min(len(handles), 2), frameon=False,
                    handlelength=3)
         fig.suptitle("How well each word of the query matches each clip of the video (brighter: better)",
@@ -319,8 +330,9 @@ def _whole_strip(strip, r: Grounded, Rectangle) -> None:
     strip.add_patch(Rectangle((window[0], 0), window[1] - window[0], 1, color=BOXES["answer"][1], alpha=0.25))
     for rank, m in enumerate(r.row.get("moments", [])[:9], 1):
         mid = (float(m[0]) + float(m[1])) / 2
-        strip.plot([m[0], m[1]], [0.5, 0.5], color="0.15", linewidth=2)
-        strip.text(mid, 0.85, str(rank), ha="center", va="top", fontsize=FONT - 2)
+        strip.plot([m[0], m[1]], [0.15, 0.15], color="0.15", linewidth=2)
+        strip.text(mid, (0.95, 0.68, 0.41)[(rank - 1) % 3], str(rank), ha="center", va="top",
+                   fontsize=FONT - 2)  # three heights: neighbouring ranks do not print on each other
     strip.set_yticks([])
     from matplotlib.ticker import MultipleLocator  # the optional [plot] extra
 

@@ -86,6 +86,7 @@ class Grounding:
     prior_weight: float | None = None  # w of the span prior in use, else None
     prior_changed: bool = False  # the span prior moved the top-1 answer
     model_top: tuple[np.ndarray, np.ndarray, float] | None = None  # the model's own top-1 (clips, seconds, SC)
+    windowed: bool = False  # a long video's: scores are its windows' word coverage (predict/windows.py)
 
 
 def row_of(video: str, query: str, duration: float, seconds: np.ndarray, scores: np.ndarray,

@@ -21,7 +21,8 @@ makes each clip 15 s instead of 2 s, and the answers fall apart (DESIGN.md, "Any
   window and does not compare (measured in docs/method.md, "Long videos").
 - `merge`: the windows' candidates in seconds, the windows taking turns (every window's first
   answer, best window first, then every window's second, ...), NMS across windows at the
-  Predictor's threshold, top-k. A moment's score is its window's coverage.
+  Predictor's threshold, top-k. A moment's score is its window's coverage, capped by the scores
+  ranked above it (never rising down the list).
 
 The row of a windowed answer says which window answered ("window", and "windows" per moment).
 """
@@ -229,7 +230,10 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
         pair_of = np.full((q, w), -1, np.int64)
         pair_of[query, slot] = np.arange(len(query))
         pair = pair_of[rows, at_w]
-        results.append((grid[rows, at_w, at_c], match[rows, at_w], r.segments[pair, at_c], window[pair]))
+        # a moment's score: its window's, capped by those ranked above it (windows take turns and
+        # the cut rule reorders them, and the scores must not rise down a list ranked best first)
+        results.append((grid[rows, at_w, at_c], np.minimum.accumulate(match[rows, at_w], axis=1),
+                        r.segments[pair, at_c], window[pair]))
     (seconds, scores, segments, windows), plain = results[0], (results[1] if len(results) > 1 else None)
     if progress is not None:
         progress(q)
@@ -327,6 +331,7 @@ def ground(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequence[str
     seconds; a long video's alignment map is its answering window's (a Grounding's segments
     are clips of that window, its moments the video's seconds)."""
     windowing = Windowing.of(predictor.data)
+    check_rates(predictor, rows, names, seconds)
     is_long, long = cut(predictor, rows, seconds, names, windowing) if windowing else ([False] * len(rows), None)
     is_long = np.array(is_long, bool)
     shape = None
@@ -349,6 +354,7 @@ def ground(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequence[str
     span = long.seconds[top]
     _, maps = predictor.ground(long.clips, top, span[:, 1] - span[:, 0], far, top_k)
     for i, g in enumerate(maps):  # the window's map, the video's answers
+        g.windowed = True
         g.segments = windowed.predictions.segments[i][:top_k]
         g.moments = windowed.seconds[i][:top_k]
         g.scores = windowed.predictions.scores[i][:top_k]
@@ -371,6 +377,22 @@ def long_in_store(windowing: Windowing | None, store: Any, queries: Sequence[Any
     far = [v for v in asked if windowing.spans(int(store.videos[v].get("rows", 0)),
                                                float(store.videos[v]["duration"])) is not None]
     return far, [v for v in far if raw is not None and "raw_at" in store.videos[v]]
+
+
+RATE_SLACK = 4.0  # a video's feature rows a second this far from the training videos' is said
+
+
+def check_rates(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequence[str],
+                seconds: Sequence[float]) -> None:
+    """Warn where a video's rows a second are far from those the model was trained on: its
+    duration is probably wrong (times are read from it, and it decides what is windowed)."""
+    trained = float((predictor.data.get("durations") or {}).get("rows_per_second") or 0)
+    for x, name, d in zip(rows, names, seconds, strict=True):
+        rate = len(x) / float(d) if float(d) > 0 else 0.0
+        if trained > 0 and rate > 0 and not 1 / RATE_SLACK <= rate / trained <= RATE_SLACK:
+            warn(f"{name} has {len(x)} feature rows for {float(d):g} s ({rate:.3g} a second), and the model was "
+                 f"trained on {trained:.3g} rows a second: check its duration (the file's 'duration' attribute or "
+                 "--duration); answers are in seconds of it")
 
 
 def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k: int) -> Answers:

@@ -45,6 +45,7 @@ def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compi
 
 
 TOO_COARSE = 0.25  # warn where this share of the annotated moments is shorter than one clip
+MOST_CLIPS = 256  # more clips than this are not suggested: 33,000 segments a video already
 
 
 def too_coarse(store: Store) -> str | None:
@@ -63,11 +64,12 @@ def too_coarse(store: Store) -> str | None:
     need = ratio[int(0.75 * (len(ratio) - 1))]  # clips for three moments in four to span one
     minutes = sorted(q.duration for split in store.splits.values() for q in split)
     clip_s = minutes[len(minutes) // 2] / clips
-    return (f"{100 * short:.0f}% of the annotated moments are shorter than one clip of their video: each "
-            f"video is read as {clips} clips (median {clip_s:.1f} s a clip), and a moment shorter than a clip "
+    more = 16 * math.ceil(need / 16)
+    return (f"{100 * short:.0f}% of the annotated moments (all splits) are shorter than one clip of their video: "
+            f"each video is read as {clips} clips (median {clip_s:.1f} s a clip), and a moment shorter than a clip "
             f"cannot be told from its neighbours, so the model cannot learn to place it. Cut the videos into "
-            f"parts of a few minutes (fsan ground and evaluate read longer videos in windows), or prepare the "
-            f"data with more clips (fsan prepare --clips {16 * math.ceil(need / 16)})")
+            f"parts of a few minutes (fsan ground and evaluate read longer videos in windows)"
+            + (f", or prepare the data with more clips (fsan prepare --clips {more})" if more <= MOST_CLIPS else ""))
 
 
 def chosen_by(store: Store) -> str:
