@@ -198,6 +198,12 @@ def test_a_long_video_through_ground_into_evaluate_scores_as_evaluate_checkpoint
     direct = fsan("evaluate", "--dataset", "custom", "--split", "test", "--checkpoint", str(ckpt), "--json")
     assert piped.exit_code == direct.exit_code == 0, piped.stderr + direct.stderr
     assert json.loads(piped.stdout) == json.loads(direct.stdout)
+    one = fsan("ground", str(tmp_path / "long.h5"), queries[0].query, "--video-id", "test-long0",
+               "--checkpoint", str(ckpt), "--json", "--precision", "fp32", "--dataset", "custom")
+    assert one.exit_code == 0, one.stderr
+    spans = windows.Windowing.of(load_checkpoint(ckpt)["data"]).spans(len(rows["test-long0"]), durations["test-long0"])
+    assert (f"read in {len(spans)} windows of " in one.stderr
+            and "clips each (longer than the model's training videos)" in one.stderr)
 
 
 def merge_loop(seconds, window_score, valid, k, nms, begin, interleave):

@@ -302,8 +302,11 @@ def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[
     what = f"{len(results)} queries ({rate:.0f}/s, {predictor.precision})"
     if len(videos) == 1:
         v = videos[0]
-        log(f"Video '{v.video}': {v.rows.shape[0]} rows of {v.rows.shape[1]}-d, {seconds[0]:g} s, "
-            f"{predictor.clips} clips; {what}")
+        windowing = windows.Windowing.of(predictor.data)
+        spans = windowing.spans(v.rows.shape[0], seconds[0]) if windowing else None
+        read = (f"{predictor.clips} clips" if spans is None else f"read in {len(spans)} windows of "
+                f"{windowing.window_s:.0f} s, {predictor.clips} clips each (longer than the model's training videos)")
+        log(f"Video '{v.video}': {v.rows.shape[0]} rows of {v.rows.shape[1]}-d, {seconds[0]:g} s, {read}; {what}")
     else:
         log(f"{len(videos)} videos, {predictor.clips} clips each; {what}")
     unknown = sorted({w for r in results for w in r.unknown})
