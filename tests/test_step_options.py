@@ -398,6 +398,8 @@ def test_composed_videos_against_a_plain_loop():
         got = composed(features, vids, idx, neg, share, normalize)
         torch.testing.assert_close(got, composed_loop(features, vids, idx, neg, share, normalize))
     assert torch.equal(composed(features, vids, idx, neg, 0.0, True), features[vids[idx]])
+    odd = torch.randn(7, 7, 5, generator=gen)  # an odd N_v: 3 clips and 4, in either order
+    torch.testing.assert_close(composed(odd, vids, idx, neg, 1.0, True), composed_loop(odd, vids, idx, neg, 1.0, True))
     # about the share asked (200 videos: few draws meet their own video), in both orders
     features, vids = torch.randn(200, 8, 5, generator=gen), torch.arange(200)
     idx, neg = torch.randint(0, 200, (4000,), generator=gen), torch.randint(0, 200, (4000,), generator=gen)

@@ -40,7 +40,7 @@ import torch
 from fsan_cli.core.output import warn
 from fsan_cli.data.features import video_clips
 from fsan_cli.data.store import video_rows
-from fsan_cli.predict.answers import Answers, Grounding, Predictions
+from fsan_cli.predict.answers import Answers, Grounding, Predictions, combine
 from fsan_cli.predict.predictor import Predictor
 from models.segments import segments_to_seconds
 
@@ -245,60 +245,6 @@ def answer_long(predictor: Predictor, long: Long, video: np.ndarray, texts: Sequ
     answers = Answers(predictions, seconds, False, predictor.nms, None if plain is None else plain[0],
                       predictor.span_prior.weight if plain is not None else None, long.seconds[windows])
     return answers, windows[:, 0]
-
-
-def combine(short: Answers | None, long: Answers | None, is_long: np.ndarray) -> Answers:
-    """One Answers for Q queries from the short videos' (in order) and the long ones' (in order)."""
-    if long is None:
-        return short
-    if short is None:
-        return long
-    q = len(is_long)
-    sp, lp = short.predictions, long.predictions
-    k = max(sp.segments.shape[1], lp.segments.shape[1])
-    segs = _stack(sp.segments, lp.segments, is_long, k, 0)
-    scores = _stack(sp.scores, lp.scores, is_long, k, -np.inf)
-    seconds = _stack(short.seconds, long.seconds, is_long, k, np.nan)
-    changed = None
-    if sp.changed is not None or lp.changed is not None:
-        changed = np.zeros(q, bool)
-        changed[~is_long] = sp.changed if sp.changed is not None else False
-        changed[is_long] = lp.changed if lp.changed is not None else False
-    plain = plain_seconds = None
-    if short.plain_seconds is not None or long.plain_seconds is not None:
-        own_s = sp.plain or Predictions(sp.segments, sp.scores, None)
-        own_l = lp.plain or Predictions(lp.segments, lp.scores, None)
-        plain = Predictions(_stack(own_s.segments, own_l.segments, is_long, k, 0),
-                            _stack(own_s.scores, own_l.scores, is_long, k, -np.inf), None)
-        plain_seconds = _stack(short.plain_seconds if short.plain_seconds is not None else short.seconds,
-                               long.plain_seconds if long.plain_seconds is not None else long.seconds,
-                               is_long, k, np.nan)
-    windows = np.full((q, k, 2), np.nan)
-    windows[is_long] = _fit(long.windows, (k, 2), np.nan)
-    weight = short.prior_weight if short.prior_weight is not None else long.prior_weight
-    maps = None
-    if sp.maps is not None:
-        maps = [None] * q
-        for i, m in zip(np.flatnonzero(~is_long), sp.maps, strict=True):
-            maps[i] = m
-    predictions = Predictions(segs, scores, maps, None, changed, plain)
-    return Answers(predictions, seconds, short.ranked, short.nms, plain_seconds, weight, windows)
-
-
-def _fit(x: np.ndarray, shape: tuple, fill) -> np.ndarray:
-    """`x` (n, k', ...) cut or padded (with `fill`) to (n, *shape)."""
-    out = np.full((len(x), *shape), fill, np.result_type(x.dtype, type(fill)) if x.dtype.kind == "f" else x.dtype)
-    n = min(shape[0], x.shape[1])
-    out[:, :n] = x[:, :n]
-    return out
-
-
-def _stack(a: np.ndarray, b: np.ndarray, is_long: np.ndarray, k: int, fill) -> np.ndarray:
-    out = np.full((len(is_long), k, *a.shape[2:]), fill,
-                  np.result_type(a.dtype, b.dtype) if a.dtype.kind == "f" else a.dtype)
-    out[~is_long] = _fit(a, (k, *a.shape[2:]), fill)
-    out[is_long] = _fit(b, (k, *b.shape[2:]), fill)
-    return out
 
 
 # ----------------------------------------------------------------------------- the paths

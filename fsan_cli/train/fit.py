@@ -62,8 +62,8 @@ def too_coarse(store: Store) -> str | None:
     if short < TOO_COARSE:
         return None
     need = ratio[int(0.75 * (len(ratio) - 1))]  # clips for three moments in four to span one
-    minutes = sorted(q.duration for split in store.splits.values() for q in split)
-    clip_s = minutes[len(minutes) // 2] / clips
+    durations = sorted(q.duration for split in store.splits.values() for q in split)
+    clip_s = durations[len(durations) // 2] / clips
     more = 16 * math.ceil(need / 16)
     return (f"{100 * short:.0f}% of the annotated moments (all splits) are shorter than one clip of their video: "
             f"each video is read as {clips} clips (median {clip_s:.1f} s a clip), and a moment shorter than a clip "

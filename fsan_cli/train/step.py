@@ -54,11 +54,8 @@ def composed(features: torch.Tensor, vids: torch.Tensor, idx: torch.Tensor, neg:
     pool = torch.nn.functional.adaptive_avg_pool1d
     first = pool(video.transpose(1, 2), nv // 2).transpose(1, 2)
     second = pool(features[other].float().transpose(1, 2), nv - nv // 2).transpose(1, 2)
-    swap = (h % 2 == 1)[:, None, None]
-    if nv // 2 != nv - nv // 2:  # an odd N_v: the parts keep their sizes whichever comes first
-        joined = torch.cat([first, second], 1)
-    else:
-        joined = torch.where(swap, torch.cat([second, first], 1), torch.cat([first, second], 1))
+    swap = (h % 2 == 1)[:, None, None]  # the other video first (either order has N_v clips)
+    joined = torch.where(swap, torch.cat([second, first], 1), torch.cat([first, second], 1))
     if normalize:
         joined = torch.nn.functional.normalize(joined, dim=-1)
     return torch.where(on[:, None, None], joined, video)
