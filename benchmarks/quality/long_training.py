@@ -36,22 +36,12 @@ def write_long(store, h5: Path, k: int, seed: int, out: Path) -> tuple[Path, Pat
     features = out / "long-features.h5"
     with h5py.File(h5, "r") as src, h5py.File(features, "w") as dst:
         for split in ("train", "val", "test"):
-            queries = store.split(split)
-            names = sorted({q.video for q in queries})
-            np.random.default_rng(seed).shuffle(names)
-            index = store.video_index
-            by_video: dict[str, list] = {}
-            for q in queries:
-                by_video.setdefault(q.video, []).append(q)
-            for n, g in enumerate(range(0, len(names) - len(names) % k, k)):
-                name, rows, offset, mine = f"{split}{n:04d}", [], 0.0, []
-                for v in names[g: g + k]:
-                    rows.append(src[v]["c3d_features"][()])
-                    mine += [(q.query, [[a + offset, b + offset] for a, b in q.times]) for q in by_video[v]]
-                    offset += float(store.videos[index[v]]["duration"])
-                dst.create_dataset(name, data=np.concatenate(rows))
-                lines += [json.dumps({"video": name, "duration": offset, "query": text, "times": times, "split": split})
-                          for text, times in mine]
+            for n, (parts, seconds) in enumerate(lv.laid(store, split, k, seed)):
+                name = f"{split}{n:04d}"
+                dst.create_dataset(name, data=np.concatenate([src[v]["c3d_features"][()] for v, *_ in parts]))
+                lines += [json.dumps({"video": name, "duration": seconds, "query": q.query,
+                                      "times": [[a + offset, b + offset] for a, b in q.times], "split": split})
+                          for _, queries, offset, _ in parts for q in queries]
     annotations = out / "long.jsonl"
     annotations.write_text("\n".join(lines) + "\n")
     return annotations, features

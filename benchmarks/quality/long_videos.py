@@ -54,30 +54,40 @@ def scores(seconds: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
-def long_videos(store, h5: Path, k: int, seed: int, split: str = "test"):
-    """Test videos in a seeded order, K to a long video: [(rows, duration)], and per query its
-    long video, text, shifted truth and its part's [start, end)."""
-    test = store.split(split)
-    names = sorted({q.video for q in test})
+def laid(store, split: str, k: int, seed: int) -> list[tuple[list[tuple], float]]:
+    """The split's videos in a seeded order, k to a long video (the last few left out): per long
+    video, its parts as (video, its queries, offset and duration in seconds), and its seconds."""
+    queries = store.split(split)
+    names = sorted({q.video for q in queries})
     np.random.default_rng(seed).shuffle(names)
     index = store.video_index
     by_video: dict[str, list] = {}
-    for q in test:
+    for q in queries:
         by_video.setdefault(q.video, []).append(q)
+    out = []
+    for g in range(0, len(names) - len(names) % k, k):
+        parts, offset = [], 0.0
+        for v in names[g: g + k]:
+            d = float(store.videos[index[v]]["duration"])
+            parts.append((v, by_video[v], offset, d))
+            offset += d
+        out.append((parts, offset))
+    return out
+
+
+def long_videos(store, h5: Path, k: int, seed: int, split: str = "test"):
+    """Test videos in a seeded order, K to a long video: [(rows, duration)], and per query its
+    long video, text, shifted truth and its part's [start, end)."""
     videos, video, texts, truth, part = [], [], [], [], []
     with h5py.File(h5, "r") as fh:
-        for g in range(0, len(names) - len(names) % k if len(names) >= k else 0, k):
-            rows, offset = [], 0.0
-            for v in names[g: g + k]:
-                rows.append(fh[v]["c3d_features"][()])
-                d = float(store.videos[index[v]]["duration"])
-                for q in by_video[v]:
+        for parts, seconds in laid(store, split, k, seed):
+            for _, queries, offset, d in parts:
+                for q in queries:
                     video.append(len(videos))
                     texts.append(q.query)
                     truth.append([q.times[0][0] + offset, q.times[0][1] + offset])
                     part.append([offset, offset + d])
-                offset += d
-            videos.append((np.concatenate(rows), offset))
+            videos.append((np.concatenate([fh[v]["c3d_features"][()] for v, *_ in parts]), seconds))
     return videos, np.array(video), texts, np.array(truth), np.array(part)
 
 
