@@ -12,16 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsan_cli.core.errors import FsanError
+from fsan_cli.data.feature_files import FeatureLayout, read_features, scan_features
 from fsan_cli.data.features import (
     SHORT_BIN,
-    FeatureLayout,
     PcaFit,
     apply_pca,
     clip_bins,
     l2_normalize_rows,
     pool_clips,
-    read_features,
-    scan_features,
     video_clips,
 )
 

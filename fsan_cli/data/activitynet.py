@@ -16,7 +16,7 @@ from typing import Any
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.text import normalize_query
 from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file
-from fsan_cli.data.features import FeatureLayout, video_keys
+from fsan_cli.data.feature_files import FeatureLayout, video_keys
 from fsan_cli.data.store import Query
 
 # 2D-TAN names val_1 / val_2 val.json / test.json: both are accepted.

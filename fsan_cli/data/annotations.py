@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fsan_cli.core.errors import FsanError
-from fsan_cli.data.features import FeatureLayout
+from fsan_cli.data.feature_files import FeatureLayout
 from fsan_cli.data.store import Query
 
 

@@ -28,7 +28,7 @@ from fsan_cli.data.annotations import (
     require_file,
     utf8_text,
 )
-from fsan_cli.data.features import FeatureLayout
+from fsan_cli.data.feature_files import FeatureLayout
 from fsan_cli.data.store import Query
 
 SPLITS = ("train", "test")

@@ -22,7 +22,7 @@ from typing import Any
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.text import normalize_query
 from fsan_cli.data.annotations import BAD_DURATION, Annotations, clip_span, require_file, utf8_text
-from fsan_cli.data.features import FeatureLayout
+from fsan_cli.data.feature_files import FeatureLayout
 from fsan_cli.data.store import SPLITS, Query
 
 LAYOUT = FeatureLayout(description="one (T, D) dataset per video keyed by its `video` id")

@@ -42,14 +42,8 @@ from fsan_cli.data.annotations import (
     md5sum,
     overlap_warnings,
 )
-from fsan_cli.data.features import (
-    Located,
-    PcaFit,
-    apply_pca,
-    read_features,
-    scan_features,
-    video_clips,
-)
+from fsan_cli.data.feature_files import Located, read_features, scan_features
+from fsan_cli.data.features import PcaFit, apply_pca, video_clips
 from fsan_cli.data.store import SPLITS, long_videos, store_exists, write_store
 from fsan_cli.video import record as extractor
 from fsan_cli.video.h5file import TRUNCATED

@@ -31,7 +31,7 @@ from fsan_cli.core.errors import FsanError, regular_file
 from fsan_cli.core.memory import check_fits
 from fsan_cli.core.output import count_progress, log, warn
 from fsan_cli.core.text import TOKENIZER, UNK, tokenize
-from fsan_cli.data.features import feature_matrix, video_keys
+from fsan_cli.data.feature_files import feature_matrix, video_keys
 from fsan_cli.data.store import load_store, store_exists
 from fsan_cli.ground.requests import Request
 from fsan_cli.predict import windows
