@@ -8,9 +8,11 @@ Not covered, as it is not fsan's: Ctrl-C while the interpreter itself starts, be
 code runs (Python prints `Fatal Python error: init_import_site` when it lands in site's .pth
 files)."""
 
+# First, before any import that runs Python code: `_signal` and `os` are loaded by the interpreter
+# at its start (looking them up runs no Python code), while `import signal` builds its enums
+# for ~1-20 ms, time in which a Ctrl-C used to escape as a traceback.
+import _signal
 import os
-import signal
-import sys
 
 INTERRUPTED = "Error: interrupted while starting; nothing was done. Run the command again."  # app.INTERRUPTED
 INTERRUPT_EXIT = 130  # 128 + SIGINT, as a shell reports a tool stopped by Ctrl-C
@@ -21,9 +23,11 @@ def _starting(signum, frame):  # noqa: ARG001 - a signal handler's signature
     os._exit(INTERRUPT_EXIT)
 
 
-_EARLY = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+_EARLY = _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
 if _EARLY:
-    signal.signal(signal.SIGINT, _starting)
+    _signal.signal(_signal.SIGINT, _starting)
+
+import sys  # noqa: E402 - after the handler above, on purpose
 
 try:  # noqa: E402 - after the handler above, on purpose
     from fsan_cli.app import main as app_main

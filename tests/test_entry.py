@@ -57,6 +57,25 @@ def test_ctrl_c_while_the_app_module_loads(tmp_path):
     assert (child.returncode, out, err) == (130, "", LINE)
 
 
+def test_ctrl_c_while_entry_imports_signal(tmp_path):
+    """A real SIGINT while `import signal` runs, the first import of fsan's entry module that
+    runs Python code (its enums take ~1-20 ms; CI caught one landing there, a traceback from
+    entry.py). The handler is set before it, from the interpreter's own `_signal`."""
+    wrapper = ("import os, sys, runpy, _signal\n"
+               "class SignalAtImport:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name == 'signal':\n"
+               "            os.kill(os.getpid(), _signal.SIGINT)\n"
+               "        return None\n"
+               "assert 'signal' not in sys.modules\n"
+               "sys.meta_path.insert(0, SignalAtImport())\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    child = start([sys.executable, "-c", wrapper, console_script(tmp_path), "--version"])
+    out, err = child.communicate(timeout=120)
+    assert (child.returncode, out, err) == (130, "", LINE)
+
+
 def test_ctrl_c_at_early_moments(tmp_path, data_dir):
     """SIGINT at a few moments in the first half second of the console script: each run ends
     with one Error line and 130, or finishes; interrupts that land before the first line of
