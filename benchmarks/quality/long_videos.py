@@ -11,7 +11,11 @@ before it). R@1 and R@5 at IoU 0.1/0.3/0.5 and mIoU by K:
 - the alternatives it was chosen over: windows ranked by S(V, S) or by SC, the cut rule off, the
   best window's top-k first; and a diagnosis that reads the truth (the window holding the
   moment first): what a perfect choice of window would give;
-- "part": how often the top answer's middle lies in the right part (the sentence's own video).
+- "part": how often the top answer's middle lies in the right part (the sentence's own video);
+- with --diagnose, two readings of the truth: each long video cut at its parts' true boundaries
+  (each part pooled as its video alone), its parts ranked by word coverage, and ranked by the
+  generator's own hidden vectors (a matched filter that knows how the features were made): the
+  second bounds how often any ranking picks the right part in this data.
 
 Choose on val (`--split val`: the val videos laid end to end), report test.
 
@@ -37,6 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks.record import header, record
+from fsan_cli.data import semisynthetic
 from fsan_cli.data.store import load_store
 from fsan_cli.predict import windows
 from fsan_cli.predict.predictor import Predictor
@@ -102,8 +107,47 @@ def oracle(predictor: Predictor, long, video: np.ndarray, texts, truth: np.ndarr
     return (out.coverage + 100 * holds).astype(np.float32)
 
 
+def true_parts(predictor: Predictor, store, h5: Path, k: int, seed: int, split: str) -> windows.Long:
+    """Each long video cut at its parts' true boundaries, a window per part pooled as that video
+    alone is (diagnosis only: it reads the truth)."""
+    clips, owner, seconds = [], [], []
+    with h5py.File(h5, "r") as fh:
+        for i, (parts, _) in enumerate(laid(store, split, k, seed)):
+            for v, _, offset, d in parts:
+                clips.append(predictor.video_clips(fh[v]["c3d_features"][()], v))
+                owner.append(i)
+                seconds.append([offset, offset + d])
+    return windows.Long(np.stack(clips), np.array(owner, np.int64), np.array(seconds))
+
+
+def generator_scores(work: Path, store, h5: Path, parts: windows.Long, k: int, seed: int, split: str,
+                     video: np.ndarray) -> np.ndarray:
+    """(P,) per (query, part) pair in `windows.pairs` order: the highest cosine between the part's
+    rows and the hidden vector the generator added for the query's sentence. A reader of the
+    features that knows how they were made (a matched filter; diagnosis only): how well the
+    sentences can be told apart in this data at all."""
+    built = json.loads((work / "built.json").read_text())
+    videos = semisynthetic.activitynet_videos(work / "activitynet-small" / "annotations")
+    hidden, _ = semisynthetic.hidden_vectors(videos, int(built["dim"]), int(built["seed"]))
+    vectors, names = [], []
+    for item in laid(store, split, k, seed):
+        for v, queries, _, _ in item[0]:
+            names.append(v)
+            captions = [" ".join(c.split()) for c in videos[v]["captions"]]  # as the store keeps them
+            vectors += [hidden[(v, captions.index(" ".join(q.query.split())))] for q in queries]
+    query, window, _ = windows.pairs(parts.video, video)
+    out = np.zeros(len(query), np.float32)
+    with h5py.File(h5, "r") as fh:
+        for w, v in enumerate(names):  # a loop over the parts read from the file (diagnosis)
+            x = fh[v]["c3d_features"][()]
+            x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-6)
+            at = np.flatnonzero(window == w)
+            out[at] = (np.stack([vectors[q] for q in query[at]]) @ x.T).max(1)
+    return out
+
+
 def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int = 5,
-          split: str = "test") -> dict:
+          split: str = "test", work: Path | None = None) -> dict:
     videos, video, texts, truth, part = long_videos(store, h5, k, seed, split)
     rows = [r for r, _ in videos]
     seconds = [d for _, d in videos]
@@ -133,6 +177,13 @@ def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int =
                   "windows, oracle choice (diagnosis)": {"rank_by": oracle(predictor, long, video, texts, truth)}}
         for way, kwargs in others.items():
             ways[way] = windows.answer_long(predictor, long, video, texts, top_k, prior=True, **kwargs)[0].seconds
+        if work is not None:  # diagnosis: the true boundaries, and how far the sentences can be told apart
+            parts = true_parts(predictor, store, h5, k, seed, split)
+            generator = generator_scores(work, store, h5, parts, k, seed, split, video)
+            for way, rank_by in {"true parts, ranked by word coverage (diagnosis)": windows.RANK_BY,
+                                 "true parts, ranked by the generator's vectors (diagnosis)": generator}.items():
+                ways[way] = windows.answer_long(predictor, parts, video, texts, top_k, prior=True,
+                                                rank_by=rank_by)[0].seconds
     out["pooled_s"] = round(t_pooled, 1)
     for way, sec in ways.items():
         mid = sec[:, 0].mean(1)
@@ -193,6 +244,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the order in which test videos are laid end to end")
     ap.add_argument("--split", choices=["val", "test"], default="test",
                     help="whose videos are laid end to end (choose settings on val, report test)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also the true parts as windows, ranked by word coverage and by the generator's own "
+                         "vectors (reads the truth): how much a better cut or a better ranking could give")
     ap.add_argument("--speed", action="store_true", help="only the 2-hour video's queries/s and memory")
     ap.add_argument("--out", type=Path, help="append the rows (JSON lines) here")
     ap.add_argument("--window", choices=["p50", "p90", "max"], help="windows of this train duration (default p90)")
@@ -220,7 +274,8 @@ def main() -> None:
             print(json.dumps(rows[-1]["speed"]), flush=True)
             continue
         for k in (int(x) for x in args.ks.split(",")):
-            row = {"checkpoint": str(ckpt), **run_k(predictor, store, h5, k, args.seed, split=args.split),
+            row = {"checkpoint": str(ckpt), **run_k(predictor, store, h5, k, args.seed, split=args.split,
+                                                    work=args.work if args.diagnose else None),
                    "record": made}
             rows.append(row)
             print(json.dumps({x: y for x, y in row.items() if x != "record"}), flush=True)

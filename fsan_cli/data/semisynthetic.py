@@ -47,13 +47,21 @@ def caption_vectors(captions: list[str], dim_out: int, rng: np.random.Generator)
     return out
 
 
+def hidden_vectors(videos: dict[str, dict], dim: int, seed: int
+                   ) -> tuple[dict[tuple[str, int], np.ndarray], np.random.Generator]:
+    """Each (video, caption number)'s hidden vector, the one added to the rows of its span, and
+    the generator, drawn on from there by `synthesise`. A benchmark's diagnosis reads them to
+    ask how well the sentences can be told apart at all (benchmarks/quality/long_videos.py)."""
+    rng = np.random.default_rng(seed)
+    flat = [(v, k) for v in sorted(videos) for k in range(len(videos[v]["captions"]))]
+    vecs = caption_vectors([videos[v]["captions"][k] for v, k in flat], dim, rng)
+    return dict(zip(flat, vecs, strict=True)), rng
+
+
 def synthesise(videos: dict[str, dict], dim: int, rows_per_s: float, noise: float, seed: int):
     """{video: {duration, spans [(s, e)], captions}} -> {video: (T, dim) float32}."""
-    rng = np.random.default_rng(seed)
+    hidden, rng = hidden_vectors(videos, dim, seed)
     names = sorted(videos)
-    flat = [(v, k) for v in names for k in range(len(videos[v]["captions"]))]
-    vecs = caption_vectors([videos[v]["captions"][k] for v, k in flat], dim, rng)
-    row_of = {pair: i for i, pair in enumerate(flat)}
     feats = {}
     for v in names:
         info = videos[v]
@@ -65,29 +73,40 @@ def synthesise(videos: dict[str, dict], dim: int, rows_per_s: float, noise: floa
             inside = (centres >= s) & (centres < e)
             if not inside.any():
                 inside[np.argmin(np.abs(centres - (s + e) / 2))] = True
-            x[inside] += vecs[row_of[(v, k)]]
+            x[inside] += hidden[(v, k)]
         feats[v] = x.astype(np.float32)
     return feats
+
+
+ACTIVITYNET_FILES = {"train": "train.json", "val": "val_1.json", "test": "val_2.json"}
+
+
+def activitynet_videos(ann_dir: Path) -> dict[str, dict]:
+    """The ActivityNet-Captions files kept in ANN_DIR -> {video: {duration, captions, spans}}, the
+    input of `synthesise`: val_1 and val_2 annotate mostly the same videos, and both's events are
+    kept."""
+    videos: dict[str, dict] = {}
+    for fname in ACTIVITYNET_FILES.values():
+        data = json.loads((ann_dir / fname).read_text())
+        for v in sorted(data):
+            d = data[v]
+            info = videos.setdefault(v, {"duration": d["duration"], "captions": [], "spans": []})
+            info["captions"] += d["sentences"]
+            info["spans"] += [(max(0, s), min(d["duration"], e)) for s, e in d["timestamps"]]
+    return videos
 
 
 def build_activitynet(src: Path, dst: Path, size: str, args) -> Path:
     """train.json / val_1.json / val_2.json and sub_activitynet_v1-3.c3d.hdf5 under DST; args:
     dim, rows_per_second, noise, seed. Returns the feature file."""
-    names = {"train": "train.json", "val": "val_1.json", "test": "val_2.json"}
     limits = SIZES[size]
     ann_dir = dst / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
-    videos = {}
-    for split, fname in names.items():
+    for split, fname in ACTIVITYNET_FILES.items():
         data = json.loads((src / fname).read_text())
         keep = sorted(data)[: limits[split]] if limits else sorted(data)
         (ann_dir / fname).write_text(json.dumps({v: data[v] for v in keep}))
-        for v in keep:  # val_1 and val_2 annotate mostly the same videos: keep both's events
-            d = data[v]
-            info = videos.setdefault(v, {"duration": d["duration"], "captions": [], "spans": []})
-            info["captions"] += d["sentences"]
-            info["spans"] += [(max(0, s), min(d["duration"], e)) for s, e in d["timestamps"]]
-    feats = synthesise(videos, args.dim, args.rows_per_second, args.noise, args.seed)
+    feats = synthesise(activitynet_videos(ann_dir), args.dim, args.rows_per_second, args.noise, args.seed)
     path = dst / "sub_activitynet_v1-3.c3d.hdf5"
     with h5py.File(path, "w") as fh:
         for v, x in feats.items():
