@@ -37,6 +37,15 @@ def start(args: list[str], **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
+def script_under(wrapper: str, tmp_path) -> tuple[int, str, str]:
+    """`fsan --version` through the console script, after `wrapper`'s code (which sets up where a
+    SIGINT comes): exit code, stdout, stderr."""
+    run = "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+    child = start([sys.executable, "-c", wrapper + run, console_script(tmp_path), "--version"])
+    out, err = child.communicate(timeout=120)
+    return child.returncode, out, err
+
+
 def test_the_line_is_the_apps():
     assert entry.INTERRUPTED + "\n" == app_module.INTERRUPTED + "\n" == LINE
 
@@ -49,12 +58,8 @@ def test_ctrl_c_while_the_app_module_loads(tmp_path):
                "def typer_app(*args, **kwargs):\n"
                "    os.kill(os.getpid(), signal.SIGINT)\n"
                "    return real(*args, **kwargs)\n"
-               "typer.Typer = typer_app\n"
-               "sys.argv = sys.argv[1:]\n"
-               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    child = start([sys.executable, "-c", wrapper, console_script(tmp_path), "--version"])
-    out, err = child.communicate(timeout=120)
-    assert (child.returncode, out, err) == (130, "", LINE)
+               "typer.Typer = typer_app\n")
+    assert script_under(wrapper, tmp_path) == (130, "", LINE)
 
 
 def test_ctrl_c_while_entry_imports_signal(tmp_path):
@@ -68,12 +73,8 @@ def test_ctrl_c_while_entry_imports_signal(tmp_path):
                "            os.kill(os.getpid(), _signal.SIGINT)\n"
                "        return None\n"
                "assert 'signal' not in sys.modules\n"
-               "sys.meta_path.insert(0, SignalAtImport())\n"
-               "sys.argv = sys.argv[1:]\n"
-               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    child = start([sys.executable, "-c", wrapper, console_script(tmp_path), "--version"])
-    out, err = child.communicate(timeout=120)
-    assert (child.returncode, out, err) == (130, "", LINE)
+               "sys.meta_path.insert(0, SignalAtImport())\n")
+    assert script_under(wrapper, tmp_path) == (130, "", LINE)
 
 
 def test_ctrl_c_at_early_moments(tmp_path, data_dir):

@@ -65,3 +65,28 @@ def test_build_reuses_a_matching_store_and_rebuilds_a_different_one(shared_data,
     monkeypatch.setitem(semisynthetic.SIZES, "tiny", {"train": 7, "val": 2, "test": 2})
     semisynthetic.build_and_prepare("charades", shared_data / "charades", tmp_path, "tiny", dim=8)
     assert len(calls) == 2  # the same options but another subset of videos: built again
+
+
+def test_hidden_vectors_are_what_the_rows_carry(shared_data, tmp_path, monkeypatch):
+    """hidden_vectors (read by benchmarks/quality/long_videos.py --diagnose) gives exactly the
+    vector synthesise adds inside each caption's span: without noise, a row inside one caption's
+    span minus a row outside every span is that caption's vector. The videos are the real
+    ActivityNet files' as a build keeps them (activitynet_videos)."""
+    monkeypatch.setitem(semisynthetic.SIZES, "tiny", {"train": 3, "val": 2, "test": 2})
+    opts = type("Opts", (), {"dim": 16, "rows_per_second": 1.0, "noise": 0.0, "seed": 3})
+    semisynthetic.build_activitynet(shared_data / "activitynet", tmp_path, "tiny", opts)
+    videos = semisynthetic.activitynet_videos(tmp_path / "annotations")
+    feats = semisynthetic.synthesise(videos, 16, 1.0, 0.0, 3)
+    hidden, _ = semisynthetic.hidden_vectors(videos, 16, 3)
+    assert set(hidden) == {(v, k) for v, info in videos.items() for k in range(len(info["captions"]))}
+    checked = 0
+    for v, info in videos.items():
+        x = feats[v]
+        centres = np.arange(len(x)) + 0.5
+        covered = np.array([[s <= c < e for s, e in info["spans"]] for c in centres])  # (T, captions)
+        alone, empty = np.flatnonzero(covered.sum(1) == 1), np.flatnonzero(covered.sum(1) == 0)
+        if len(alone) and len(empty):
+            k = int(np.flatnonzero(covered[alone[0]])[0])
+            np.testing.assert_allclose(x[alone[0]] - x[empty[0]], hidden[(v, k)], atol=1e-5)
+            checked += 1
+    assert checked >= 1
