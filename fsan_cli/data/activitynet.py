@@ -52,6 +52,8 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _video(ann: Annotations, split: str, path: Path, video: str, entry: dict) -> list[Query]:
+    if isinstance(entry["duration"], bool):  # JSON true is no length (float(True) is 1.0)
+        raise TypeError(f"duration {entry['duration']!r} is not a number of seconds")
     duration = float(entry["duration"])
     if len(entry["timestamps"]) != len(entry["sentences"]):
         raise FsanError(

@@ -53,6 +53,8 @@ def _entry(line: str, where: str) -> tuple[str, float, str, Any, str]:
     if absent:
         raise FsanError(f"{where} has no {', '.join(absent)}", FIX)
     try:
+        if isinstance(obj["duration"], bool):  # JSON true is no length (float(True) is 1.0)
+            raise TypeError
         duration = float(obj["duration"])
     except (TypeError, ValueError):
         raise FsanError(
