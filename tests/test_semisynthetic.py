@@ -3,6 +3,7 @@ and the official layouts read back through `fsan prepare`."""
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -67,16 +68,25 @@ def test_build_reuses_a_matching_store_and_rebuilds_a_different_one(shared_data,
     assert len(calls) == 2  # the same options but another subset of videos: built again
 
 
-def test_hidden_vectors_are_what_the_rows_carry(shared_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset", ["activitynet", "charades"])
+def test_hidden_vectors_are_what_the_rows_carry(shared_data, tmp_path, monkeypatch, dataset):
     """hidden_vectors (read by benchmarks/quality/long_videos.py --diagnose) gives exactly the
     vector synthesise adds inside each caption's span: without noise, a row inside one caption's
     span minus a row outside every span is that caption's vector. The videos are the real
-    ActivityNet files' as a build keeps them (activitynet_videos)."""
+    files' as a build keeps them (activitynet_videos, charades_videos), and the build's features
+    are synthesise's of them."""
     monkeypatch.setitem(semisynthetic.SIZES, "tiny", {"train": 3, "val": 2, "test": 2})
     opts = type("Opts", (), {"dim": 16, "rows_per_second": 1.0, "noise": 0.0, "seed": 3})
-    semisynthetic.build_activitynet(shared_data / "activitynet", tmp_path, "tiny", opts)
-    videos = semisynthetic.activitynet_videos(tmp_path / "annotations")
+    build = {"activitynet": semisynthetic.build_activitynet, "charades": semisynthetic.build_charades}[dataset]
+    built = build(shared_data / dataset, tmp_path, "tiny", opts)
+    videos = {"activitynet": semisynthetic.activitynet_videos,
+              "charades": semisynthetic.charades_videos}[dataset](tmp_path / "annotations")
+    with h5py.File(built, "r") as fh:
+        assert sorted(fh) == sorted(videos)
+        first = fh[sorted(fh)[0]]
+        written = (first["c3d_features"] if isinstance(first, h5py.Group) else first)[()]
     feats = semisynthetic.synthesise(videos, 16, 1.0, 0.0, 3)
+    np.testing.assert_array_equal(written, feats[sorted(videos)[0]])
     hidden, _ = semisynthetic.hidden_vectors(videos, 16, 3)
     assert set(hidden) == {(v, k) for v, info in videos.items() for k in range(len(info["captions"]))}
     checked = 0

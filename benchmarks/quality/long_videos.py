@@ -1,5 +1,5 @@
-"""Does grounding hold on a long video? The semi-real ActivityNet-like test videos
-(fsan_cli/data/semisynthetic.py, built by benchmarks/quality/sizes.py) laid end to end, K per
+"""Does grounding hold on a long video? The semi-real ActivityNet-like (or Charades-like) test
+videos (fsan_cli/data/semisynthetic.py, built by benchmarks/quality/sizes.py) laid end to end, K per
 long video, every sentence asked of the long video it is in (its times shifted by the videos
 before it). R@1 and R@5 at IoU 0.1/0.3/0.5 and mIoU by K:
 
@@ -24,6 +24,8 @@ today's path). The raw rows come from the benchmark's own feature file.
 
     python -m benchmarks.quality.long_videos --work /tmp/sem31/activitynet \
         --checkpoint /tmp/sem31/activitynet/runs/small-seed0/best.pt --ks 1,2,5,10,20
+    python -m benchmarks.quality.long_videos --work /tmp/semch/charades \
+        --checkpoint /tmp/semch/charades/runs/small-seed0/best.pt --ks 1,10 --diagnose
     ... --speed   # a 2-hour video (14,400 rows) with 100 queries: queries/s and peak memory
 """
 
@@ -47,6 +49,15 @@ from fsan_cli.predict import windows
 from fsan_cli.predict.predictor import Predictor
 
 IOUS = (0.1, 0.3, 0.5)
+FEATURES = {"activitynet": "sub_activitynet_v1-3.c3d.hdf5", "charades": "features.hdf5"}  # as semisynthetic writes
+VIDEOS = {"activitynet": semisynthetic.activitynet_videos, "charades": semisynthetic.charades_videos}
+
+
+def read_rows(fh: h5py.File, video: str) -> np.ndarray:
+    """A video's rows in the benchmark's file: ActivityNet's C3D layout (a group per video) or a
+    dataset per video (Charades)."""
+    x = fh[video]
+    return (x["c3d_features"] if isinstance(x, h5py.Group) else x)[()]
 
 
 def scores(seconds: np.ndarray, truth: np.ndarray) -> dict:
@@ -92,7 +103,7 @@ def long_videos(store, h5: Path, k: int, seed: int, split: str = "test"):
                     texts.append(q.query)
                     truth.append([q.times[0][0] + offset, q.times[0][1] + offset])
                     part.append([offset, offset + d])
-            videos.append((np.concatenate([fh[v]["c3d_features"][()] for v, *_ in parts]), seconds))
+            videos.append((np.concatenate([read_rows(fh, v) for v, *_ in parts]), seconds))
     return videos, np.array(video), texts, np.array(truth), np.array(part)
 
 
@@ -114,7 +125,7 @@ def true_parts(predictor: Predictor, store, h5: Path, k: int, seed: int, split: 
     with h5py.File(h5, "r") as fh:
         for i, (parts, _) in enumerate(laid(store, split, k, seed)):
             for v, _, offset, d in parts:
-                clips.append(predictor.video_clips(fh[v]["c3d_features"][()], v))
+                clips.append(predictor.video_clips(read_rows(fh, v), v))
                 owner.append(i)
                 seconds.append([offset, offset + d])
     return windows.Long(np.stack(clips), np.array(owner, np.int64), np.array(seconds))
@@ -127,7 +138,7 @@ def generator_scores(work: Path, store, h5: Path, parts: windows.Long, k: int, s
     features that knows how they were made (a matched filter; diagnosis only): how well the
     sentences can be told apart in this data at all."""
     built = json.loads((work / "built.json").read_text())
-    videos = semisynthetic.activitynet_videos(work / "activitynet-small" / "annotations")
+    videos = VIDEOS[built["dataset"]](work / f"{built['dataset']}-{built['size']}" / "annotations")
     hidden, _ = semisynthetic.hidden_vectors(videos, int(built["dim"]), int(built["seed"]))
     vectors, names = [], []
     for item in laid(store, split, k, seed):
@@ -139,7 +150,7 @@ def generator_scores(work: Path, store, h5: Path, parts: windows.Long, k: int, s
     out = np.zeros(len(query), np.float32)
     with h5py.File(h5, "r") as fh:
         for w, v in enumerate(names):  # a loop over the parts read from the file (diagnosis)
-            x = fh[v]["c3d_features"][()]
+            x = read_rows(fh, v)
             x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-6)
             at = np.flatnonzero(window == w)
             out[at] = (np.stack([vectors[q] for q in query[at]]) @ x.T).max(1)
@@ -198,7 +209,7 @@ def speed(predictor: Predictor, store, h5: Path, queries: int = 100, rows: int =
     with h5py.File(h5, "r") as fh:
         parts, n = [], 0
         for v in sorted({q.video for q in test}):
-            parts.append(fh[v]["c3d_features"][()])
+            parts.append(read_rows(fh, v))
             n += len(parts[-1])
             if n >= rows:
                 break
@@ -238,7 +249,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, required=True, help="the sizes benchmark's WORK/activitynet")
+    ap.add_argument("--work", type=Path, required=True,
+                    help="the sizes benchmark's WORK/activitynet or WORK/charades (its built.json says which)")
     ap.add_argument("--checkpoint", type=Path, action="append", default=[], help="repeatable: one per seed")
     ap.add_argument("--ks", default="1,2,5,10,20")
     ap.add_argument("--seed", type=int, default=0, help="the order in which test videos are laid end to end")
@@ -262,8 +274,9 @@ def main() -> None:
         print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
         return
     torch.set_num_threads(1)
-    store = load_store(args.work / "data" / "activitynet")
-    h5 = args.work / "activitynet-small" / "sub_activitynet_v1-3.c3d.hdf5"
+    built = json.loads((args.work / "built.json").read_text())
+    store = load_store(args.work / "data" / built["dataset"])
+    h5 = args.work / f"{built['dataset']}-{built['size']}" / FEATURES[built["dataset"]]
     made = record(__spec__.name)
     print(header(__spec__.name))
     rows = []

@@ -114,37 +114,49 @@ def build_activitynet(src: Path, dst: Path, size: str, args) -> Path:
     return path
 
 
+def _sta_lines(path: Path) -> dict[str, list[str]]:
+    by_video: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            by_video.setdefault(line.split()[0], []).append(line)
+    return by_video
+
+
+def charades_videos(ann_dir: Path) -> dict[str, dict]:
+    """The Charades-STA files kept in ANN_DIR (lengths from Charades_v1_*.csv) -> {video:
+    {duration, captions, spans}}, the input of `synthesise`."""
+    durations = {}
+    for split in ("train", "test"):
+        with open(ann_dir / f"Charades_v1_{split}.csv", newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                durations[row["id"]] = float(row["length"])
+    videos: dict[str, dict] = {}
+    for split in ("train", "test"):
+        for v, lines in _sta_lines(ann_dir / f"charades_sta_{split}.txt").items():
+            d = durations[v]
+            info = videos.setdefault(v, {"duration": d, "captions": [], "spans": []})
+            for ln in lines:
+                head, sentence = ln.split("##", 1)
+                _, s, e = head.split()
+                info["captions"].append(sentence)
+                info["spans"].append((max(0.0, float(s)), min(d, float(e))))
+    return videos
+
+
 def build_charades(src: Path, dst: Path, size: str, args) -> Path:
     """Charades_v1_*.csv, charades_sta_*.txt and features.hdf5 under DST (args as
     build_activitynet). Returns the feature file."""
     limits = SIZES[size]
     ann_dir = dst / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
-    durations = {}
     for split in ("train", "test"):
-        with open(src / f"Charades_v1_{split}.csv", newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                durations[row["id"]] = float(row["length"])
         (ann_dir / f"Charades_v1_{split}.csv").write_bytes((src / f"Charades_v1_{split}.csv").read_bytes())
-    videos: dict[str, dict] = {}
     for split, limit in (("train", limits and limits["train"]), ("test", limits and limits["test"])):
-        lines = (src / f"charades_sta_{split}.txt").read_text(encoding="utf-8").splitlines()
-        by_video: dict[str, list[str]] = {}
-        for line in lines:
-            if line.strip():
-                by_video.setdefault(line.split()[0], []).append(line)
+        by_video = _sta_lines(src / f"charades_sta_{split}.txt")
         keep = sorted(by_video)[:limit] if limit else sorted(by_video)
         (ann_dir / f"charades_sta_{split}.txt").write_text(
             "\n".join(ln for v in keep for ln in by_video[v]) + "\n", encoding="utf-8")
-        for v in keep:
-            d = durations[v]
-            info = videos.setdefault(v, {"duration": d, "captions": [], "spans": []})
-            for ln in by_video[v]:
-                head, sentence = ln.split("##", 1)
-                _, s, e = head.split()
-                info["captions"].append(sentence)
-                info["spans"].append((max(0.0, float(s)), min(d, float(e))))
-    feats = synthesise(videos, args.dim, args.rows_per_second, args.noise, args.seed)
+    feats = synthesise(charades_videos(ann_dir), args.dim, args.rows_per_second, args.noise, args.seed)
     path = dst / "features.hdf5"
     with h5py.File(path, "w") as fh:
         for v, x in feats.items():
