@@ -74,11 +74,16 @@ def test_asked_thresholds():
 
 
 @pytest.mark.parametrize("bad", ["0", "1.5", "a,b", ","])
-def test_bad_thresholds_are_one_error(trained, bad):
+def test_bad_thresholds_are_one_usage_error(trained, bad):
+    """A malformed --iou is bad usage, exit 2, as a malformed --nms is (Typer's own check)."""
     root, _, best = trained
     r = run_evaluate(["--checkpoint", str(best), "--iou", bad], root)
-    assert (r.exit_code, r.stderr) == (1, f"Error: --iou '{bad}' is not a list of IoU thresholds in (0, 1]. "
-                                          "Pass them separated by commas, e.g. --iou 0.3,0.5,0.7.\n")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr.endswith(f"Error: --iou '{bad}' is not a list of IoU thresholds in (0, 1]. "
+                             "Pass them separated by commas, e.g. --iou 0.3,0.5,0.7.\n")
+    assert r.stderr.count("Error:") == 1 and "Traceback" not in r.stderr
+    nms = run_evaluate(["--checkpoint", str(best), "--nms", "7"], root)
+    assert (nms.exit_code, nms.stdout) == (2, "")
 
 
 def test_didemo_has_no_iou_thresholds(tmp_path):

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fsan_cli.core.errors import FsanError
+from fsan_cli.core.errors import FsanError, UsageError
 
 IOU_EPS = 1e-9  # IoU >= t - IOU_EPS counts as a hit: float rounding never drops an exact tie
 DIDEMO_CHUNKS = 6
@@ -73,7 +73,7 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
     except ValueError:
         values = []
     if not values or not all(0 < v <= 1 for v in values):
-        raise FsanError(f"--iou '{text}' is not a list of IoU thresholds in (0, 1]",
+        raise UsageError(f"--iou '{text}' is not a list of IoU thresholds in (0, 1]",  # exit 2, as --nms 7
                         "Pass them separated by commas, e.g. --iou 0.3,0.5,0.7")
     return tuple(sorted(set(values)))
 
