@@ -72,3 +72,20 @@ def test_unknown_setting_suggests_close_matches(tmp_path):
         "Error: unknown setting 'model.hiden' in --set. Did you mean model.hidden or model.heads "
         "or model.align_dim?"
     )
+
+
+def test_a_narrow_terminal_never_cuts_a_number_in_a_table():
+    """At 40 columns (stdout_console soft-wraps, as here) the moments table's headers give way (wrapped or shortened), its numbers
+    never: every cell is printed whole."""
+    import io
+
+    from rich.console import Console
+
+    from fsan_cli.core.output import make_table
+
+    rows = [("1", "0.88", "14.00", "0:01", "0:14", "-0.1652"), ("2", "113.34", "1414.00", "1:53", "23:34", "0.1711")]
+    out = io.StringIO()
+    Console(file=out, width=40, color_system=None, soft_wrap=True).print(
+        make_table("q in v", ["rank", "start (s)", "end (s)", "start", "end", "score"], rows))
+    cells = [c.strip() for line in out.getvalue().splitlines() if line.startswith("│") for c in line.split("│")[1:-1]]
+    assert cells == [c for r in rows for c in r]

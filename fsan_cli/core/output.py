@@ -84,8 +84,9 @@ def make_table(
         if values:
             best[c] = max(values)
     table = Table(title=title, caption=caption)
-    for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right")
+    for i, name in enumerate(columns):  # a narrow terminal wraps the headers, never cuts a number
+        widest = max((len(fmt(r[i])) for r in rows), default=0)
+        table.add_column(name, justify="left" if i == 0 else "right", min_width=widest)
     for r in rows:
         cells = []
         for c, v in enumerate(r):
