@@ -48,7 +48,7 @@ from fsan_cli.data.store import load_store
 from fsan_cli.predict import windows
 from fsan_cli.predict.predictor import Predictor
 
-IOUS = (0.1, 0.3, 0.5)
+IOUS = {"activitynet": (0.1, 0.3, 0.5), "charades": (0.3, 0.5, 0.7)}  # each benchmark's protocol
 FEATURES = {"activitynet": "sub_activitynet_v1-3.c3d.hdf5", "charades": "features.hdf5"}  # as semisynthetic writes
 VIDEOS = {"activitynet": semisynthetic.activitynet_videos, "charades": semisynthetic.charades_videos}
 
@@ -60,12 +60,12 @@ def read_rows(fh: h5py.File, video: str) -> np.ndarray:
     return (x["c3d_features"] if isinstance(x, h5py.Group) else x)[()]
 
 
-def scores(seconds: np.ndarray, truth: np.ndarray) -> dict:
-    """seconds (Q, k, 2) ranked answers, truth (Q, 2) -> R@1, R@5 at IOUS and mIoU (percent)."""
+def scores(seconds: np.ndarray, truth: np.ndarray, ious: tuple[float, ...] = IOUS["activitynet"]) -> dict:
+    """seconds (Q, k, 2) ranked answers, truth (Q, 2) -> R@1, R@5 at `ious` and mIoU (percent)."""
     inter = (np.minimum(seconds[..., 1], truth[:, None, 1]) - np.maximum(seconds[..., 0], truth[:, None, 0])).clip(0)
     union = np.maximum(seconds[..., 1], truth[:, None, 1]) - np.minimum(seconds[..., 0], truth[:, None, 0])
     iou = inter / np.where(union > 0, union, 1)
-    out = {f"r@{k},iou={t}": round(100 * float((iou[:, :k] >= t).any(1).mean()), 1) for k in (1, 5) for t in IOUS}
+    out = {f"r@{k},iou={t}": round(100 * float((iou[:, :k] >= t).any(1).mean()), 1) for k in (1, 5) for t in ious}
     out["miou"] = round(100 * float(iou[:, 0].mean()), 1)
     return out
 
@@ -198,7 +198,7 @@ def run_k(predictor: Predictor, store, h5: Path, k: int, seed: int, top_k: int =
     out["pooled_s"] = round(t_pooled, 1)
     for way, sec in ways.items():
         mid = sec[:, 0].mean(1)
-        out[way] = {**scores(sec, truth), "part": round(100 * float(((mid >= part[:, 0]) & (mid < part[:, 1])).mean()), 1)}
+        out[way] = {**scores(sec, truth, IOUS[store.manifest["dataset"]]), "part": round(100 * float(((mid >= part[:, 0]) & (mid < part[:, 1])).mean()), 1)}
     return out
 
 
@@ -232,7 +232,8 @@ def table(rows: list[dict]) -> str:
     """Markdown of benchmark rows: by K and way, each metric's mean +- sample sd over the checkpoints."""
     from fsan_cli.evaluate.metrics import mean_sd
 
-    metrics = ["r@1,iou=0.1", "r@1,iou=0.3", "r@1,iou=0.5", "r@5,iou=0.1", "r@5,iou=0.3", "r@5,iou=0.5", "miou", "part"]
+    first = next(v for v in rows[0].values() if isinstance(v, dict) and "miou" in v)
+    metrics = [m for m in first if m.startswith("r@1")] + [m for m in first if m.startswith("r@5")] + ["miou", "part"]
     lines = [f"| K | minutes | way | runs | {' | '.join(metrics)} |", "|" + "---|" * (len(metrics) + 4)]
     for k in sorted({r["k"] for r in rows}):
         at = [r for r in rows if r["k"] == k]
