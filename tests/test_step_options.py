@@ -409,3 +409,43 @@ def test_composed_videos_against_a_plain_loop():
     own_first = (got[:, :4] == torch.nn.functional.adaptive_avg_pool1d(features[idx].transpose(1, 2), 4)
                  .transpose(1, 2)).flatten(1).all(1)
     assert 0.4 < float(own_first[changed].float().mean()) < 0.6
+
+
+def test_hard_negatives_against_a_plain_loop():
+    """train.hard_negatives = m: of m drawn captions, the one nearest the sample's sentence
+    (cosine of mean word vectors) from another video; off, the same single draw as before."""
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(0)
+    q, ns, vocab = 40, 6, 30
+    tokens = torch.randint(1, vocab, (q, ns), generator=gen)
+    tokens[:, 4:] = torch.where(torch.rand(q, 2, generator=gen) < 0.5, 0, tokens[:, 4:])  # some padding
+    vids = torch.randint(0, 5, (q,), generator=gen)
+    model = SimpleNamespace(embedding=torch.nn.Embedding(vocab, 7, padding_idx=0))
+    idx = torch.randint(0, q, (16,), generator=gen)
+
+    def run_with(m: int, seed: int):
+        return SimpleNamespace(data=SimpleNamespace(tokens=tokens, vids=vids), model=model, device=torch.device("cpu"),
+                               gen=torch.Generator().manual_seed(seed), cfg=SimpleNamespace(train=SimpleNamespace(hard_negatives=m)))
+
+    plain = training.draw_negatives(run_with(0, 3), idx, None)
+    assert torch.equal(plain, torch.randint(0, q, idx.shape, generator=torch.Generator().manual_seed(3)))
+    run = run_with(8, 3)
+    sentences = training.sentence_vectors(run)
+    got = training.draw_negatives(run, idx, sentences)
+    drawn = torch.randint(0, q, (16, 8), generator=torch.Generator().manual_seed(3))
+    weights = model.embedding.weight.detach()
+    for b in range(16):  # the plain loop
+        def mean_vector(row):
+            words = [weights[t] for t in tokens[row].tolist() if t != 0]
+            v = torch.stack(words).mean(0)
+            return v / v.norm()
+        best, best_sim = int(drawn[b, 0]), -float("inf")
+        for c in drawn[b].tolist():
+            if vids[c] == vids[idx[b]]:
+                continue
+            sim = float(mean_vector(idx[b].item()) @ mean_vector(c))
+            if sim > best_sim:
+                best, best_sim = c, sim
+        assert int(got[b]) == best
+    assert (vids[got] != vids[idx]).float().mean() > 0.9

@@ -73,6 +73,10 @@ class TrainSettings:
     # share of the training videos laid beside another training video (each pooled to half the
     # clips, in a drawn order): grounding inside a window of mixed videos (step.composed)
     compose: float = field(default=0.0, metadata=between(0, 1))
+    # each sample's negative caption (and video): of this many drawn at random, the one whose
+    # sentence is nearest the sample's (mean word vectors) from another video; 0 or 1: one drawn
+    # at random, as the paper (loop.draw_negatives)
+    hard_negatives: int = field(default=0, metadata=at_least(0))
     # torch.compile's mode under --compile ("reduce-overhead" adds CUDA graphs)
     compile_mode: CompileMode = "default"
     # capture the whole step (passes, backward, Adam) as one CUDA graph after 3 eager steps and

@@ -207,6 +207,7 @@ def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
         log(f"Training {epochs} epochs of {steps_per_epoch} steps ({total} steps: train.steps={tc.steps}, "
             f"size {tc.size})")
     watch = FiniteWatch(run)
+    sentences = sentence_vectors(run) if tc.hard_negatives > 1 else None
     with training_progress(total, enabled=progress and run.dist.main) as bar:
         while state.epoch <= epochs:
             run.model.train()
@@ -216,7 +217,7 @@ def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
             t0 = time.perf_counter()
             while state.pos < n:
                 idx = state.perm[state.pos : state.pos + bs]
-                neg = torch.randint(0, n, idx.shape, device=run.device, generator=run.gen)
+                neg = draw_negatives(run, idx, sentences)
                 total_loss = one_step(run, state, idx, neg, total)
                 state.pos += idx.numel()
                 state.step += 1
@@ -234,6 +235,27 @@ def run_epochs(run: Run, state: LoopState, progress: bool, every: int) -> None:
                     checkpoint_last(run, state)
             state.elapsed += time.perf_counter() - t0
             bar.epoch_done(end_epoch(run, state, steps_per_epoch))
+
+
+def sentence_vectors(run: Run) -> torch.Tensor:
+    """(Q, word_dim) each train caption's mean word vector, unit length (the frozen embedding)."""
+    tokens = run.data.tokens
+    real = (tokens != 0).float()
+    summed = (run.model.embedding.weight.detach().float()[tokens] * real[..., None]).sum(1)
+    return torch.nn.functional.normalize(summed / real.sum(1, keepdim=True).clamp_min(1), dim=-1)
+
+
+def draw_negatives(run: Run, idx: torch.Tensor, sentences: torch.Tensor | None) -> torch.Tensor:
+    """(B,) each sample's negative caption row: one drawn at random (the paper), or with
+    train.hard_negatives = m > 1, of m drawn the one nearest its sentence from another video
+    (all m of its own video: the first, which L^t then leaves out)."""
+    n, m = run.data.tokens.shape[0], run.cfg.train.hard_negatives
+    if sentences is None or m <= 1:
+        return torch.randint(0, n, idx.shape, device=run.device, generator=run.gen)
+    drawn = torch.randint(0, n, (idx.numel(), m), device=run.device, generator=run.gen)
+    near = (sentences[idx][:, None, :] * sentences[drawn]).sum(-1)
+    near = near.masked_fill(run.data.vids[drawn] == run.data.vids[idx][:, None], -torch.inf)
+    return drawn.gather(1, near.argmax(1, keepdim=True))[:, 0]
 
 
 def one_step(run: Run, state: LoopState, idx: torch.Tensor, neg: torch.Tensor, total: int) -> torch.Tensor:
