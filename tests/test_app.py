@@ -75,17 +75,30 @@ def test_unknown_setting_suggests_close_matches(tmp_path):
 
 
 def test_a_narrow_terminal_never_cuts_a_number_in_a_table():
-    """At 40 columns (stdout_console soft-wraps, as here) the moments table's headers give way (wrapped or shortened), its numbers
-    never: every cell is printed whole."""
+    """At 40 and 20 columns (stdout_console soft-wraps, as here) the headers give way, wrapped or
+    shortened; the numbers and the labels' words never: every cell is printed whole, the table
+    laid out wider than the terminal where it must be (a number was '0.…' at COLUMNS=40, and at
+    80 columns the evaluate table cut '73.…')."""
     import io
 
     from rich.console import Console
 
     from fsan_cli.core.output import make_table
+    from fsan_cli.evaluate.report import results_table
 
     rows = [("1", "0.88", "14.00", "0:01", "0:14", "-0.1652"), ("2", "113.34", "1414.00", "1:53", "23:34", "0.1711")]
-    out = io.StringIO()
-    Console(file=out, width=40, color_system=None, soft_wrap=True).print(
-        make_table("q in v", ["rank", "start (s)", "end (s)", "start", "end", "score"], rows))
-    cells = [c.strip() for line in out.getvalue().splitlines() if line.startswith("│") for c in line.split("│")[1:-1]]
-    assert cells == [c for r in rows for c in r]
+    metrics = {"r@1,iou=0.1": 82.31, "r@1,iou=0.3": 45.91, "r@1,iou=0.5": 21.61, "r@5,iou=0.1": 91.38,
+               "r@5,iou=0.3": 72.12, "r@5,iou=0.5": 55.21, "miou": 34.35}
+    for width in (40, 20):
+        out = io.StringIO()
+        console = Console(file=out, width=width, color_system=None, soft_wrap=True)
+        console.print(make_table("q in v", ["rank", "start (s)", "end (s)", "start", "end", "score"], rows))
+        cells = [c.strip() for line in out.getvalue().splitlines() if line.startswith("│") for c in line.split("│")[1:-1]]
+        assert cells == [c for r in rows for c in r]
+        out = io.StringIO()
+        console = Console(file=out, width=width, color_system=None, soft_wrap=True)
+        console.print(results_table("activitynet", [("Prior on train (this run)", metrics)]))
+        lines = [line for line in out.getvalue().splitlines() if line.startswith("│")]
+        assert "…" not in out.getvalue()
+        assert [c.strip() for c in lines[-3].split("│")[1:-1]][1:] == [f"{v:.2f}" for v in metrics.values()]
+        assert " ".join(line.split("│")[1].strip() for line in lines[-3:]).split() == "Prior on train (this run)".split()

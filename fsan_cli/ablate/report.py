@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fsan_cli.ablate.ablation import BY_NAME, PAPER_METRICS, TABLE4_ORDER, Job
-from fsan_cli.core.output import fmt, print_json, stdout_console
+from fsan_cli.core.output import WholeTable, fmt, print_json, stdout_console
 from fsan_cli.data.store import Store
 from fsan_cli.evaluate import baselines
 from fsan_cli.evaluate.metrics import mean_sd, metric_keys
@@ -132,7 +132,7 @@ def render_table(dataset: str, rows: list[dict[str, Any]], caption: str) -> Tabl
     the best value per column is bold within the paper's rows and within this run's variants."""
     keys = metric_keys(dataset)
     name = DATASET_NAMES.get(dataset, dataset)
-    table = Table(title=f"{name}: ablations (layout of the paper's Table 4)", caption=caption,
+    table = WholeTable(title=f"{name}: ablations (layout of the paper's Table 4)", caption=caption,
                   caption_justify="left")
     table.add_column("Method", justify="left")
     for key in keys:

@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from fsan_cli.core.errors import stdout_closed
 from fsan_cli.core.state import STATE
@@ -83,10 +84,9 @@ def make_table(
         values = [r[c] for r in rows if isinstance(r[c], int | float)]
         if values:
             best[c] = max(values)
-    table = Table(title=title, caption=caption)
-    for i, name in enumerate(columns):  # a narrow terminal wraps the headers, never cuts a number
-        widest = max((len(fmt(r[i])) for r in rows), default=0)
-        table.add_column(name, justify="left" if i == 0 else "right", min_width=widest)
+    table = WholeTable(title=title, caption=caption)
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right")
     for r in rows:
         cells = []
         for c, v in enumerate(r):
@@ -96,6 +96,27 @@ def make_table(
             cells.append(text)
         table.add_row(*cells)
     return table
+
+
+class WholeTable(Table):
+    """A table that a narrow terminal never cuts: a right-justified column (numbers) is at least
+    as wide as its widest cell and does not wrap; a label column wraps between words, never inside
+    one. Where even that does not fit, the table is laid out at its own least width, wider than
+    the terminal (stdout soft-wraps: its lines stay whole) rather than cut or dropped."""
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        for column in self.columns:
+            texts = [Text.from_markup(c).plain for c in column.cells if isinstance(c, str)]
+            if column.justify == "right":
+                column.no_wrap = True
+                column.min_width = max((Text(t).cell_len for t in texts), default=0)
+            else:
+                column.no_wrap = all(len(t.split()) <= 1 for t in texts)
+                column.min_width = max((Text(w).cell_len for t in texts for w in t.split()), default=0)
+        least = self.__rich_measure__(console, options.update(width=10**6)).minimum
+        if least > options.max_width:
+            options = options.update(width=least)
+        yield from super().__rich_console__(console, options)
 
 
 class _LiveBar:

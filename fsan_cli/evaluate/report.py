@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from fsan_cli.core.output import fmt
+from fsan_cli.core.output import WholeTable, fmt
 from fsan_cli.evaluate.metrics import metric_keys, recall_key
 
 Row = tuple[str, dict[str, float]]
@@ -109,7 +109,7 @@ def results_table(
     if title is None:
         where = f" (layout of the paper's {TABLE_NAMES[dataset]})" if dataset in TABLE_NAMES else ""
         title = f"{name}{where}"
-    table = Table(title=title, caption=caption, caption_justify="left")
+    table = WholeTable(title=title, caption=caption, caption_justify="left")
     table.add_column("Method", justify="left", no_wrap=True)
     for key in keys:
         table.add_column(column_header(key), justify="right", no_wrap=True)
@@ -134,7 +134,7 @@ def length_table(dataset: str, buckets: Sequence[Any], caption: str | None = Non
     label, queries, metrics), a column per metric of the dataset's protocol."""
     keys = metric_keys(dataset)
     name = DATASET_NAMES.get(dataset, dataset)
-    table = Table(title=f"{name} by video length (paper Figure 4)", caption=caption,
+    table = WholeTable(title=f"{name} by video length (paper Figure 4)", caption=caption,
                   caption_justify="left")
     table.add_column("Video length", justify="left", no_wrap=True)
     table.add_column("Queries", justify="right", no_wrap=True)
