@@ -92,8 +92,16 @@ def test_didemo_has_no_iou_thresholds(tmp_path):
     q = Query("v1", "a", 30.0, [[0.0, 5.0]], {"annotation_id": 1})
     make_store(tmp_path, "didemo", {"train": [q], "test": [q]})
     r = run_evaluate(["-d", "didemo", "--baseline", "random", "--iou", "0.5"], tmp_path)
-    assert (r.exit_code, r.stderr) == (1, "Error: didemo is scored by Rank@k over its segments, not at IoU "
-                                          "thresholds. Leave out --iou for this dataset.\n")
+    assert (r.exit_code, r.stdout) == (2, "")  # bad usage, as a malformed --iou
+    assert r.stderr.endswith("Error: didemo is scored by Rank@k over its segments, not at IoU "
+                             "thresholds. Leave out --iou for this dataset.\n")
+
+
+def test_thresholds_that_print_alike_are_one():
+    """0.5 and 0.50000001 print as one key (r@1,iou=0.5): they were two columns of one name, and
+    --json kept one of them."""
+    assert parse_thresholds("0.5,0.50000001,0.3") == (0.3, 0.5)
+    assert parse_thresholds("1e-320") == (1e-320,)
 
 
 def test_the_nms_behind_r_at_k_is_stated_and_chosen(trained, tmp_path):

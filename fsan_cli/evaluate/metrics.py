@@ -61,7 +61,7 @@ def protocol(dataset: str, thresholds: Sequence[float] | None = None) -> dict[st
     if thresholds is None:
         return PROTOCOLS[dataset]
     if PROTOCOLS[dataset]["kind"] != "moments":
-        raise FsanError(f"{dataset} is scored by Rank@k over its segments, not at IoU thresholds",
+        raise UsageError(f"{dataset} is scored by Rank@k over its segments, not at IoU thresholds",
                         "Leave out --iou for this dataset")
     return {**PROTOCOLS[dataset], "thresholds": tuple(thresholds)}
 
@@ -75,7 +75,7 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
     if not values or not all(0 < v <= 1 for v in values):
         raise UsageError(f"--iou '{text}' is not a list of IoU thresholds in (0, 1]",  # exit 2, as --nms 7
                         "Pass them separated by commas, e.g. --iou 0.3,0.5,0.7")
-    return tuple(sorted(set(values)))
+    return tuple(sorted({float(f"{v:g}") for v in values}))  # as the keys print them: 0.5 and 0.50000001 are one
 
 
 def threshold_of(metric: str) -> float | None:
