@@ -4,9 +4,10 @@ traceback. Until fsan_cli.app's own handling takes over (app.main), SIGINT ends 
 once with that line: nothing has been done yet. A shell that started fsan with SIGINT ignored
 (a background job) keeps it ignored.
 
-Not covered, as it is not fsan's: Ctrl-C while the interpreter itself starts, before any fsan
-code runs (Python prints `Fatal Python error: init_import_site` when it lands in site's .pth
-files)."""
+Not covered, as it is not fsan's: Ctrl-C while the interpreter itself starts or finds and reads
+this module, before its first line runs (Python prints `Fatal Python error: init_import_site`
+when it lands in site's .pth files, or a traceback ending at the console script's `from
+fsan_cli.entry import main`; about 20-35 ms after the start here)."""
 
 # First, before any import that runs Python code: `_signal` and `os` are loaded by the interpreter
 # at its start (looking them up runs no Python code), while `import signal` builds its enums
