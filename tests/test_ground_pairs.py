@@ -151,6 +151,9 @@ def test_a_query_gets_the_same_answer_alone_and_among_other_videos(anet):
      "Error: stdin line 1 has the field 'moments', which fsan writes."),
     ('{"video": "VID", "query": "a person", "duration": -4}\n', 'Error: stdin line 1 has "duration": -4.'),
     ('{"video": "VID", "query": ["a", "person"]}\n', 'Error: stdin line 1 has no "query" string.'),
+    ('{"video": "VID", "query": "a person", "duration": true}\n', 'Error: stdin line 1 has "duration": true.'),
+    ('{"video": "VID", "query": "a person", "duration": "12"}\n', 'Error: stdin line 1 has "duration": "12".'),
+    ('{"video": false, "query": "a person"}\n', 'Error: stdin line 1 has "video": false, not an id.'),
 ])  # fmt: skip
 def test_bad_lines_are_one_error_and_no_output(anet, text, message):
     video = anet["store"].videos[0]["video"]

@@ -105,11 +105,11 @@ def _from_json(text: str, at: str) -> Request:
     if has_video and video is None:
         raise FsanError(f"{at} has \"video\": null", "Give the video's id as a string, or leave the field out")
     if video is not None and (isinstance(video, bool) or not isinstance(video, str | int)):
-        raise FsanError(f"{at} has \"video\": {video!r}, not an id", "Give the video's id as a string")
+        raise FsanError(f"{at} has \"video\": {json.dumps(video)}, not an id", "Give the video's id as a string")
     duration = obj.pop("duration", None)
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)
                                  or not math.isfinite(duration) or duration <= 0):
-        raise FsanError(f"{at} has \"duration\": {duration!r}", "Give the video's length in seconds (> 0)")
+        raise FsanError(f"{at} has \"duration\": {json.dumps(duration)}", "Give the video's length in seconds (> 0)")
     clash = [k for k in RESERVED if k in obj]
     if clash:
         raise FsanError(f"{at} has the field {clash[0]!r}, which fsan writes", "Rename or drop it")
