@@ -312,7 +312,11 @@ def test_malformed_entries_name_the_entry(anet, tmp_path, shared_data):
     (tmp_path / "ann" / "val_1.json").write_text(json.dumps(bad))
     result = invoke(*anet_args((tmp_path / "ann", features, None), tmp_path / "s"))
     assert result.exit_code == 1
-    assert f"val_1.json: video {videos[0]} is malformed (TypeError: duration True is not a number" in result.stderr
+    assert f"val_1.json: video {videos[0]} is malformed (TypeError: duration true is not a number" in result.stderr
+    bad = {videos[0]: {"duration": None, "timestamps": [[1, 2]], "sentences": ["x"]}}
+    (tmp_path / "ann" / "val_1.json").write_text(json.dumps(bad))
+    result = invoke(*anet_args((tmp_path / "ann", features, None), tmp_path / "s"))
+    assert f"val_1.json: video {videos[0]} is malformed (TypeError: duration null is not a number" in result.stderr
     (tmp_path / "dd").mkdir()
     entry = json.loads((shared_data / "didemo" / "val_data.json").read_text())[0]
     for split in ("train", "val", "test"):

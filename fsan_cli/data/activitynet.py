@@ -52,8 +52,9 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _video(ann: Annotations, split: str, path: Path, video: str, entry: dict) -> list[Query]:
-    if isinstance(entry["duration"], bool):  # JSON true is no length (float(True) is 1.0)
-        raise TypeError(f"duration {entry['duration']!r} is not a number of seconds")
+    if isinstance(entry["duration"], bool) or not isinstance(entry["duration"], int | float | str):
+        # JSON true is no length (float(True) is 1.0); null, a list or an object said as they were written
+        raise TypeError(f"duration {json.dumps(entry['duration'])} is not a number of seconds")
     duration = float(entry["duration"])
     if len(entry["timestamps"]) != len(entry["sentences"]):
         raise FsanError(
