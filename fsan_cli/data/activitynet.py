@@ -15,7 +15,7 @@ from typing import Any
 
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.text import normalize_query
-from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file
+from fsan_cli.data.annotations import Annotations, entry_errors, find_split_file, seconds_of
 from fsan_cli.data.feature_files import FeatureLayout, video_keys
 from fsan_cli.data.store import Query
 
@@ -52,10 +52,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _video(ann: Annotations, split: str, path: Path, video: str, entry: dict) -> list[Query]:
-    if isinstance(entry["duration"], bool) or not isinstance(entry["duration"], int | float | str):
-        # JSON true is no length (float(True) is 1.0); null, a list or an object said as they were written
-        raise TypeError(f"duration {json.dumps(entry['duration'])} is not a number of seconds")
-    duration = float(entry["duration"])
+    duration = seconds_of(entry["duration"])
     if len(entry["timestamps"]) != len(entry["sentences"]):
         raise FsanError(
             f"{path}: video {video} has {len(entry['timestamps'])} timestamps but "

@@ -64,6 +64,15 @@ def clip_span(start: float, end: float, duration: float) -> tuple[list[float] | 
 BAD_DURATION = "duration is not a positive finite number"
 
 
+def seconds_of(value: object) -> float:
+    """A video's duration as an annotation file writes it: a number or a numeric string. A JSON
+    true or false (float(True) is 1.0), null, list or object raises TypeError saying it as
+    written; a string that is no number, ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"duration {json.dumps(value)} is not a number of seconds")
+    return float(value)
+
+
 @contextmanager
 def entry_errors(where: str, expected: str) -> Iterator[None]:
     """Turn a malformed annotation entry (KeyError, TypeError, ...) into a FsanError naming it."""

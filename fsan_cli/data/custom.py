@@ -21,7 +21,14 @@ from typing import Any
 
 from fsan_cli.core.errors import FsanError
 from fsan_cli.core.text import normalize_query
-from fsan_cli.data.annotations import BAD_DURATION, Annotations, clip_span, require_file, utf8_text
+from fsan_cli.data.annotations import (
+    BAD_DURATION,
+    Annotations,
+    clip_span,
+    require_file,
+    seconds_of,
+    utf8_text,
+)
 from fsan_cli.data.feature_files import FeatureLayout
 from fsan_cli.data.store import SPLITS, Query
 
@@ -53,9 +60,7 @@ def _entry(line: str, where: str) -> tuple[str, float, str, Any, str]:
     if absent:
         raise FsanError(f"{where} has no {', '.join(absent)}", FIX)
     try:
-        if isinstance(obj["duration"], bool):  # JSON true is no length (float(True) is 1.0)
-            raise TypeError
-        duration = float(obj["duration"])
+        duration = seconds_of(obj["duration"])
     except (TypeError, ValueError):
         raise FsanError(
             f"{where}: duration {obj['duration']!r} is not a number of seconds", FIX
