@@ -136,7 +136,7 @@ def render_table(dataset: str, rows: list[dict[str, Any]], caption: str) -> Tabl
                   caption_justify="left")
     table.add_column("Method", justify="left")
     for key in keys:
-        table.add_column(column_header(key), justify="right", no_wrap=True)
+        table.add_column(column_header(key), justify="right")
     blocks = [[r for r in rows if r["source"] == s] for s in ("paper", "this run", "baseline")]
     for block in (b for b in blocks if b):
         eligible = block[0]["source"] != "baseline"

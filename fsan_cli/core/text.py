@@ -133,7 +133,8 @@ def _glove_text(path: Path, needed: set[str] | None) -> WordVectors:
                                 "numbers", "Pass a file with one `word v1 v2 ... vD` per line, D the same on every line")
             # glove.840B has a few tokens containing spaces: the vector is always the last `dim`
             word = " ".join(parts[: len(parts) - dim])
-            if needed is not None and word not in needed and n > CHECKED_LINES:
+            wanted = needed is None or word in needed
+            if not wanted and n > CHECKED_LINES:
                 continue  # the first lines are read whatever their word: a file that is no GloVe file says so
             try:
                 row = np.asarray(parts[-dim:], dtype=np.float32)
@@ -142,10 +143,9 @@ def _glove_text(path: Path, needed: set[str] | None) -> WordVectors:
                     f"{path}:{n} is not a GloVe text line (a field after its word is not a number)",
                     "Pass a file with one `word v1 v2 ... vD` per line",
                 ) from None
-            if needed is not None and word not in needed:
-                continue
-            rows.append(row)
-            words.append(word)
+            if wanted:
+                rows.append(row)
+                words.append(word)
     if dim is None:
         raise FsanError(f"{path} holds no word vectors", "Pass a GloVe text file (word v1 ... vD)")
     vectors = np.stack(rows) if rows else np.zeros((0, dim), np.float32)

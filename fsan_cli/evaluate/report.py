@@ -110,9 +110,9 @@ def results_table(
         where = f" (layout of the paper's {TABLE_NAMES[dataset]})" if dataset in TABLE_NAMES else ""
         title = f"{name}{where}"
     table = WholeTable(title=title, caption=caption, caption_justify="left")
-    table.add_column("Method", justify="left", no_wrap=True)
+    table.add_column("Method", justify="left")
     for key in keys:
-        table.add_column(column_header(key), justify="right", no_wrap=True)
+        table.add_column(column_header(key), justify="right")
     paper = PAPER_TABLES.get(dataset, []) if paper_rows else []
     group = None
     for g, label, metrics in paper:
@@ -136,10 +136,10 @@ def length_table(dataset: str, buckets: Sequence[Any], caption: str | None = Non
     name = DATASET_NAMES.get(dataset, dataset)
     table = WholeTable(title=f"{name} by video length (paper Figure 4)", caption=caption,
                   caption_justify="left")
-    table.add_column("Video length", justify="left", no_wrap=True)
-    table.add_column("Queries", justify="right", no_wrap=True)
+    table.add_column("Video length", justify="left")
+    table.add_column("Queries", justify="right")
     for key in keys:
-        table.add_column(column_header(key), justify="right", no_wrap=True)
+        table.add_column(column_header(key), justify="right")
     for b in buckets:
         table.add_row(escape(b.label), str(b.queries), *[fmt(b.metrics.get(k)) for k in keys])
     return table

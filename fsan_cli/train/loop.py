@@ -249,10 +249,10 @@ def draw_negatives(run: Run, idx: torch.Tensor, sentences: torch.Tensor | None) 
     """(B,) each sample's negative caption row: one drawn at random (the paper), or with
     train.hard_negatives = m > 1, of m drawn the one nearest its sentence from another video
     (all m of its own video: the first, which L^t then leaves out)."""
-    n, m = run.data.tokens.shape[0], run.cfg.train.hard_negatives
-    if sentences is None or m <= 1:
+    n = run.data.tokens.shape[0]
+    if sentences is None:  # train.hard_negatives <= 1 (run_epochs computes them only above)
         return torch.randint(0, n, idx.shape, device=run.device, generator=run.gen)
-    drawn = torch.randint(0, n, (idx.numel(), m), device=run.device, generator=run.gen)
+    drawn = torch.randint(0, n, (idx.numel(), run.cfg.train.hard_negatives), device=run.device, generator=run.gen)
     near = (sentences[idx][:, None, :] * sentences[drawn]).sum(-1)
     near = near.masked_fill(run.data.vids[drawn] == run.data.vids[idx][:, None], -torch.inf)
     return drawn.gather(1, near.argmax(1, keepdim=True))[:, 0]
