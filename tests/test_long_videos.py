@@ -434,3 +434,52 @@ def test_a_duration_far_from_the_rows_is_said(capsys):
             "second: check its duration") in err
     windows.ground(p, [marked(90, (10, 20))], ["fine"], [100.0], np.array([0]), np.array([100.0]), ["walks"], 1)
     assert "Warning" not in capsys.readouterr().err
+
+
+def test_a_window_as_long_as_the_video_is_todays_path():
+    """A checkpoint whose videos all last 30 s (DiDeMo's 6 rows): a video of 30.01 s would be one
+    window over all of it, and is answered as a video within the range (its segments, no NMS)."""
+    w = windows.Windowing.of({"durations": {"p50": 30.0, "max": 30.0}})
+    assert w.spans(6, 30.01) is None
+    assert w.spans(6, 30.0) is None and len(w.spans(12, 60.0)) == 3
+
+
+def test_non_finite_rows_of_a_long_video_are_said_once(capsys):
+    p = oracle()
+    x = marked(400, (70, 85))
+    x[::50, 2] = np.nan  # 8 rows, each in two overlapping windows
+    with_nan, _ = windows.ground(p, [x], ["holes"], [400.0], np.array([0]), np.array([400.0]), ["walks"], 3)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("hold NaN or inf") == 1 and "8 feature rows of 'holes' hold NaN or inf; read as zeros" in err
+    zeroed, _ = windows.ground(p, [np.nan_to_num(x, nan=0.0)], ["holes"], [400.0], np.array([0]), np.array([400.0]),
+                               ["walks"], 3)
+    np.testing.assert_array_equal(with_nan.seconds, zeroed.seconds)
+
+
+@pytest.mark.parametrize("durations", [[1.0, 2.0], {**DURATIONS, "rows_per_second": "x"}, {**DURATIONS, "rows_per_second": None}])
+def test_a_damaged_duration_record_does_not_stop_grounding(durations):
+    p = oracle(durations)
+    answers, _ = windows.ground(p, [marked(400, (70, 85))], ["v"], [400.0], np.array([0]), np.array([400.0]),
+                                ["walks"], 1)
+    assert answers.seconds.shape == (1, 1, 2)
+
+
+def test_what_was_read_names_the_windows_as_cut(capsys):
+    """3 rows for 1000 s: a window is one row, 333 s (not the 60 s asked for); several videos say
+    how many were read in windows."""
+    from types import SimpleNamespace
+
+    from fsan_cli.ground import grounding
+
+    read = SimpleNamespace(unknown=[])
+    p = oracle()
+    few = grounding.Video("few", marked(3, (1, 2)), 1000.0, "f.h5")
+    grounding._say_what_was_read(p, [few], [1000.0], [read], 5.0)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'few': 3 rows of 4-d, 1000 s, read in 3 windows of 333 s, 16 clips each" in err and "1 query (5/s" in err
+    short = grounding.Video("short", marked(50, (1, 2)), 50.0, "f.h5")
+    long = grounding.Video("long", marked(400, (1, 2)), 400.0, "f.h5")
+    grounding._say_what_was_read(p, [short, long], [50.0, 400.0], [read, read], 5.0)
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("2 videos, 16 clips each (1 longer than the model's training videos, read in 13 windows of 60 s); "
+            "2 queries") in err

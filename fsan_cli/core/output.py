@@ -62,6 +62,11 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def counted(n: int, word: str, plural: str | None = None) -> str:
+    """'1 window', '3 windows' ('1 query', '2 queries' with plural='queries')."""
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
 def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"

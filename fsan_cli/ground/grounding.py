@@ -29,7 +29,7 @@ import numpy as np
 
 from fsan_cli.core.errors import FsanError, regular_file
 from fsan_cli.core.memory import check_fits
-from fsan_cli.core.output import count_progress, log, warn
+from fsan_cli.core.output import count_progress, counted, log, warn
 from fsan_cli.core.text import TOKENIZER, UNK, tokenize
 from fsan_cli.data.feature_files import feature_matrix, video_keys
 from fsan_cli.data.store import load_store, store_exists
@@ -299,16 +299,23 @@ def check_extractor(predictor: Predictor, record: dict[str, Any] | None, what: s
 
 def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[float],
                        results: Sequence[Grounding], rate: float) -> None:
-    what = f"{len(results)} queries ({rate:.0f}/s, {predictor.precision})"
+    what = f"{counted(len(results), 'query', 'queries')} ({rate:.0f}/s, {predictor.precision})"
+    windowing = windows.Windowing.of(predictor.data)
+    spans = [windowing.spans(v.rows.shape[0], s) if windowing else None for v, s in zip(videos, seconds, strict=True)]
+    widths = [float((w[0, 1] - w[0, 0]) * s / v.rows.shape[0])  # a window's seconds, as cut (whole rows)
+              for v, s, w in zip(videos, seconds, spans, strict=True) if w is not None]
     if len(videos) == 1:
         v = videos[0]
-        windowing = windows.Windowing.of(predictor.data)
-        spans = windowing.spans(v.rows.shape[0], seconds[0]) if windowing else None
-        read = (f"{predictor.clips} clips" if spans is None else f"read in {len(spans)} windows of "
-                f"{windowing.window_s:.0f} s, {predictor.clips} clips each (longer than the model's training videos)")
+        read = (f"{predictor.clips} clips" if spans[0] is None else f"read in {counted(len(spans[0]), 'window')} of "
+                f"{widths[0]:.0f} s, {predictor.clips} clips each (longer than the model's training videos)")
         log(f"Video '{v.video}': {v.rows.shape[0]} rows of {v.rows.shape[1]}-d, {seconds[0]:g} s, {read}; {what}")
     else:
-        log(f"{len(videos)} videos, {predictor.clips} clips each; {what}")
+        read = ""
+        if widths:
+            size = f"{widths[0]:.0f} s" if round(min(widths)) == round(max(widths)) else f"{min(widths):.0f}-{max(widths):.0f} s"
+            read = (f" ({len(widths)} longer than the model's training videos, read in "
+                    f"{counted(sum(len(w) for w in spans if w is not None), 'window')} of {size})")
+        log(f"{len(videos)} videos, {predictor.clips} clips each{read}; {what}")
     unknown = sorted({w for r in results for w in r.unknown})
     if unknown:
         whole = [w for w in unknown if predictor.tokenizer < TOKENIZER and tokenize(w) != [w]]

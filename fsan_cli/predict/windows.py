@@ -75,6 +75,8 @@ class Windowing:
         if not duration > self.longest_s or rows < 2:
             return None
         size = int(min(rows, max(1, round(self.window_s * rows / duration))))
+        if size >= rows:  # one window would be the whole video: today's path
+            return None
         stride = max(1, int(round(size * STRIDE)))
         starts = np.arange(0, rows - size + 1, stride, dtype=np.int64)
         if starts[-1] + size < rows:
@@ -102,6 +104,10 @@ def cut(predictor: Predictor, rows: Sequence[np.ndarray], durations: Sequence[fl
         long.append(spans is not None)
         if spans is None:
             continue
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():  # said once for the video, not once per window that holds them
+            warn(f"{int((~finite).sum())} feature rows of '{name}' hold NaN or inf; read as zeros")
+            x = np.where(finite[:, None], x, 0).astype(np.float32)
         clips += [predictor.video_clips(x[a:b], name) for a, b in spans]
         owner.append(np.full(len(spans), v, np.int64))
         seconds.append(spans * (float(d) / len(x)))
@@ -332,7 +338,12 @@ def check_rates(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequenc
                 seconds: Sequence[float]) -> None:
     """Warn where a video's rows a second are far from those the model was trained on: its
     duration is probably wrong (times are read from it, and it decides what is windowed)."""
-    trained = float((predictor.data.get("durations") or {}).get("rows_per_second") or 0)
+    try:
+        trained = float(predictor.data["durations"]["rows_per_second"])
+    except (TypeError, KeyError, ValueError):  # none recorded, or a damaged record: nothing to compare
+        return
+    if not math.isfinite(trained):
+        return
     for x, name, d in zip(rows, names, seconds, strict=True):
         rate = len(x) / float(d) if float(d) > 0 else 0.0
         if trained > 0 and rate > 0 and not 1 / RATE_SLACK <= rate / trained <= RATE_SLACK:
