@@ -483,3 +483,28 @@ def test_what_was_read_names_the_windows_as_cut(capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert ("2 videos, 16 clips each (1 longer than the model's training videos, read in 13 windows of 60 s); "
             "2 queries") in err
+
+
+def test_the_models_own_answer_of_a_long_video_is_drawn_where_it_lies():
+    """The span prior moved the top answer, and the model's own came from another window: the
+    'model' line says where it lies, not its clips laid on this window's axis; from this
+    window, its bar is where its clips are."""
+    from rich.console import Console
+
+    from fsan_cli.ground.render import heatmap
+    from fsan_cli.predict.answers import Grounding
+
+    def model_line(model_top):
+        g = Grounding("person walks", ["person", "walks"], [], np.array([[20, 30]]), np.array([[1300.0, 1400.0]]),
+                      np.array([1.0]), np.linspace(0, 1, 128).reshape(2, 64), prior_changed=True,
+                      model_top=model_top, windowed=True)
+        console = Console(width=100, color_system=None, record=True)
+        console.print(heatmap(g, 7200.0, False, 100, [1200.0, 1440.0], [[1300.0, 1400.0]]))
+        return next(line for line in console.export_text().splitlines() if line.strip().startswith("model"))
+
+    elsewhere = model_line((np.array([4, 33]), np.array([454.68, 506.68]), 0.5))
+    assert elsewhere.split(None, 1)[1] == "7:35-8:27 without the span prior, outside this window"
+    here = model_line((np.array([4, 9]), np.array([1200.0 + 4 * 3.75, 1200.0 + 10 * 3.75]), 0.5))
+    assert here == " model" + "  " + " " * 4 + "[====]  (without the span prior)"
+    across = model_line((np.array([60, 63]), np.array([1425.0, 1460.0]), 0.5))  # runs past the window's end
+    assert across == " model" + "  " + " " * 60 + "[==]  (without the span prior)"

@@ -3,6 +3,7 @@ alignment map as a terminal heatmap (paper Figure 3), and the same figure with m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,9 +140,17 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80,
     out.append("\n")
     if g.prior_changed and g.model_top is not None:  # where the model alone would have answered
         ms, me = (int(v) for v in g.model_top[0])
-        out.append("model".rjust(label) + "  " + " " * (ms * cw))
-        out.append(_marker((me - ms + 1) * cw), style="yellow" if colour else "")
-        out.append("  (without the span prior)\n")
+        a, b = (float(v) for v in g.model_top[1])
+        if window is not None:  # a long video's: it may come from another window, so placed by its seconds
+            clip = (end - start) / nv
+            ms, me = max(0, math.floor((a - start) / clip + 1e-6)), min(nv - 1, math.ceil((b - start) / clip - 1e-6) - 1)
+        out.append("model".rjust(label) + "  ")
+        if ms <= me:
+            out.append(" " * (ms * cw))
+            out.append(_marker((me - ms + 1) * cw), style="yellow" if colour else "")
+            out.append("  (without the span prior)\n")
+        else:
+            out.append(f"{clock(a)}-{clock(b)} without the span prior, outside this window\n")
     axis, labels = _time_axis(nv, cw, end - start, start)
     out.append(" " * (label + 2) + axis + "\n" + " " * (label + 2) + labels)
     if window is not None:
