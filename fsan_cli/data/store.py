@@ -164,7 +164,30 @@ def load_store(path: Path, mmap: bool = False) -> Store:
             f"the store at {path} lists {len(videos)} videos but holds {features.shape[0]} feature rows",
             "Run `fsan prepare` again to rebuild it",
         )
+    _check_rows(path, videos, features, raw)
     return Store(path, manifest, features, videos, vocab, vectors, splits, pca, raw)
+
+
+def _check_rows(path: Path, videos: list[dict], features: np.ndarray, raw: np.ndarray | None) -> None:
+    """rows.npy holds every kept long video's rows ("raw_at", "rows" long), as wide as the
+    features: a store whose rows.npy is missing, cut short or of another width is damaged."""
+    kept = [v for v in videos if "raw_at" in v]
+    if not kept:
+        return
+    try:
+        end = max(int(v["raw_at"]) + int(v["rows"]) for v in kept)
+    except (KeyError, TypeError, ValueError):
+        end = -1
+    if raw is None:
+        what = "is missing"
+    elif end < 0:
+        what = "is listed wrongly in videos.jsonl"
+    elif raw.ndim != 2 or raw.shape[0] != end or raw.shape[1] != features.shape[-1]:
+        what = (f"holds {'x'.join(map(str, raw.shape))} rows and features, not {end}x{features.shape[-1]}")
+    else:
+        return
+    raise FsanError(f"the store at {path} keeps the rows of {len(kept)} long videos, and its rows.npy {what}",
+                    "Run `fsan prepare` again to rebuild it")
 
 
 def write_store(
