@@ -538,3 +538,23 @@ def test_a_damaged_rows_file_is_said_as_the_stores_damage(tmp_path, damage, said
     with pytest.raises(FsanError) as err:
         load_store(where)
     assert str(err.value).startswith(f"the store at {where} keeps the rows of 2 long videos, and its rows.npy {said}")
+
+
+def test_the_fix_said_for_long_videos_a_store_keeps_pooled_names_what_works():
+    """A store keeps the rows of the videos longer than its own train videos; a checkpoint trained
+    on shorter ones finds others long too, and preparing again would never keep those."""
+    from types import SimpleNamespace
+
+    from fsan_cli.data.store import Query
+
+    def store(train_seconds):
+        train = [Query(f"t{i}", "q", s, [[0.0, 1.0]]) for i, s in enumerate(train_seconds)]
+        return SimpleNamespace(splits={"train": train} if train else {},
+                               videos=[{"video": "mid", "duration": 800.0}, {"video": "far", "duration": 2000.0}])
+
+    assert windows._keep_rows_fix(store([1155.0, 300.0]), [0]) == (
+        "the store keeps the rows only of videos longer than its own train videos (1155 s); to read these in "
+        "windows, ground them from their features file: fsan ground FILE --queries PAIRS.jsonl")
+    again = "prepare the store again with this fsan to keep their rows"
+    assert windows._keep_rows_fix(store([1155.0]), [0, 1]) == again  # 'far' it should have kept: an older fsan
+    assert windows._keep_rows_fix(store([]), [0]) == again  # no train split: it keeps all

@@ -352,6 +352,17 @@ def check_rates(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequenc
                  "--duration); answers are in seconds of it")
 
 
+def _keep_rows_fix(store: Any, pooled: Sequence[int]) -> str:
+    """How to have videos `pooled` read in windows: a store keeps the rows of the videos longer
+    than its own train videos (data.store.long_videos); one that should have kept them is of an
+    older fsan, and the others are within the range of its own train split."""
+    train = [float(q.duration) for q in store.splits.get("train", [])]
+    if not train or any(float(store.videos[v]["duration"]) > max(train) for v in pooled):
+        return "prepare the store again with this fsan to keep their rows"
+    return (f"the store keeps the rows only of videos longer than its own train videos ({max(train):g} s); "
+            "to read these in windows, ground them from their features file: fsan ground FILE --queries PAIRS.jsonl")
+
+
 def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k: int) -> Answers:
     """Predictor.answer_split for a store that keeps the raw rows of its long videos
     (data.store: rows.npy, "raw_at"); a long video whose rows the store does not keep is
@@ -364,7 +375,7 @@ def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k
     if len(kept) < len(far):
         warn(f"{len(far) - len(kept)} videos are longer than {predictor.checkpoint or 'the model'} was trained on "
              f"({windowing.longest_s:g} s), and the store at {store.path} keeps only their pooled clips: answered "
-             "from those (prepare the store again with this fsan to keep their rows)")
+             f"from those ({_keep_rows_fix(store, sorted(set(far) - set(kept)))})")
     if not kept:
         return predictor.answer_split(store, queries, top_k)
     predictor.check_split(store, queries)
