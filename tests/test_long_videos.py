@@ -205,6 +205,36 @@ def test_a_long_video_through_ground_into_evaluate_scores_as_evaluate_checkpoint
     assert (f"read in {len(spans)} windows of " in one.stderr
             and "clips each (longer than the model's training videos)" in one.stderr)
 
+    # fsan export of a long video writes the rows the store keeps: ground reads them in windows
+    asked = [q.query for q in queries if q.video == "test-long0"]
+    (tmp_path / "asked.jsonl").write_text("".join(json.dumps({"query": t}) + "\n" for t in asked))
+    want = [r["moments"] for r in lines if r["video"] == "test-long0"]
+    exported = fsan("export", "test-long0", "--dataset", "custom", "--out", str(tmp_path / "x.h5"))
+    assert exported.exit_code == 0, exported.stderr
+    from_export = fsan("ground", str(tmp_path / "x.h5"), "--queries", str(tmp_path / "asked.jsonl"),
+                       "--checkpoint", str(ckpt), "--json", "--precision", "fp32")
+    assert from_export.exit_code == 0, from_export.stderr
+    assert [json.loads(r)["moments"] for r in from_export.stdout.splitlines()] == want
+    # a store that keeps only pooled clips: its export is marked so, and ground answers from the clips
+    # as evaluate does, without a duration warning (the clips are not rows a second)
+    write_store(tmp_path / "pooled" / "custom", {**src.manifest, "dataset": "custom"}, features,
+                [{k: v for k, v in x.items() if k != "raw_at"} for x in videos], src.vocab, np.asarray(src.vectors),
+                {"test": queries})
+    env["FSAN_DATA_DIR"] = str(tmp_path / "pooled")
+    saved = fsan("evaluate", "--dataset", "custom", "--split", "test", "--checkpoint", str(ckpt), "--json",
+                 "--save-predictions", str(tmp_path / "p.jsonl"))
+    assert saved.exit_code == 0 and "keeps only their pooled clips" in saved.stderr
+    want = [r["moments"] for r in map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines())
+            if r["video"] == "test-long0"]
+    exported = fsan("export", "test-long0", "--dataset", "custom", "--out", str(tmp_path / "y.h5"))
+    assert exported.exit_code == 0, exported.stderr
+    from_export = fsan("ground", str(tmp_path / "y.h5"), "--queries", str(tmp_path / "asked.jsonl"),
+                       "--checkpoint", str(ckpt), "--json", "--precision", "fp32")
+    assert from_export.exit_code == 0, from_export.stderr
+    assert "Warning" not in from_export.stderr and "windows" not in from_export.stderr
+    got = [json.loads(r)["moments"] for r in from_export.stdout.splitlines()]
+    np.testing.assert_allclose(np.array(got)[..., :2], np.array(want)[..., :2], atol=1e-4)
+
 
 def merge_loop(seconds, window_score, valid, k, nms, begin, interleave):
     """windows.merge, one query and one candidate at a time (no cuts)."""

@@ -27,8 +27,9 @@ def export(
     ] = False,
 ) -> None:
     """Write one video of a prepared store (the embedded synthetic one is generated on first use)
-    as an HDF5 features file for `fsan ground`: its N_v clip features as the dataset `features`,
-    its id and seconds as the attributes `video` and `duration`. The path is printed on stdout;
+    as an HDF5 features file for `fsan ground`: its N_v clip features as the dataset `features`
+    (a long video whose rows the store keeps: those rows, which ground reads in windows), its id
+    and seconds as the attributes `video` and `duration`. The path is printed on stdout;
     a few of the video's annotated queries, with their times, on stderr (--json: one object
     with all of them). Written atomically; an existing file only with --overwrite. Example:
 
@@ -44,7 +45,9 @@ def export(
         print_json(done)
         return
     print(done["path"], flush=True)
-    log(f"Wrote video {done['video']} of {done['store']} ({done['duration']:g} s, {done['clips']} clips of "
+    what = (f"{done['clips']} clips" if done["pooled"] else
+            f"{done['rows']} rows, which fsan ground reads in windows where a model was trained on shorter videos,")
+    log(f"Wrote video {done['video']} of {done['store']} ({done['duration']:g} s, {what} of "
         f"{done['feature_dim']}-d features) to {done['path']}; {len(done['queries'])} annotated queries:")
     for q in done["queries"][:SHOWN_QUERIES]:
         times = ", ".join(f"{s:g}-{e:g} s" for s, e in q["times"])

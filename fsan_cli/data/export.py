@@ -1,10 +1,14 @@
 """One video of a prepared store written as a features file that `fsan ground FILE.h5` reads.
 
-The file holds the video's N_v pooled clip features as a (N_v, D) dataset `features`, with the
-attributes `video` (its id) and `duration` (seconds), plus where it came from (`dataset`,
-`store`). `fsan ground` pools N_v rows to N_v clips unchanged and normalises rows again (a no-op
-for normalised rows), so the file is grounded as the store's video is scored. A store whose
-features a PCA projected is refused: `fsan ground` would project them a second time.
+The file holds the video's N_v pooled clip features as a (N_v, D) dataset `features`, marked
+with the dataset attribute `pooled_clips` (N_v), and the file attributes `video` (its id) and
+`duration` (seconds), plus where it came from (`dataset`, `store`). `fsan ground` pools N_v rows
+to N_v clips unchanged and normalises rows again (a no-op for normalised rows), so the file is
+grounded as the store's video is scored; the mark tells it that the rows are clips of the whole
+video (not rows a second: no duration check, and never cut into windows). A long video whose
+rows the store keeps (rows.npy) is written as those rows, which `fsan ground` reads in windows
+as `fsan evaluate` does. A store whose features a PCA projected is refused: `fsan ground` would
+project them a second time.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from fsan_cli.core.settings import load_settings
 from fsan_cli.data.store import Store, load_store
 from fsan_cli.data.synthetic import ensure_synthetic
 from fsan_cli.video import record as extractor
+from fsan_cli.video.h5file import POOLED
 
 SHOWN_IDS = 3  # ids named when the one asked for is not in the store
 
@@ -56,13 +61,18 @@ def export_video(store: Store, video: str, out: Path | None = None, overwrite: b
     _check_out(out, overwrite)
     row = store.videos[index[found]]
     duration = float(row["duration"])
-    features = np.asarray(store.features[index[found]], dtype=np.float32)
+    kept = "raw_at" in row and store.raw is not None
+    if kept:  # a long video: the rows the store keeps, read in windows where a model finds it long
+        features = np.asarray(store.raw[int(row["raw_at"]): int(row["raw_at"]) + int(row["rows"])], np.float32)
+    else:
+        features = np.asarray(store.features[index[found]], dtype=np.float32)
     buffer = io.BytesIO()
     record = extractor.check(store.manifest.get("extractor"), f"the store at {store.path}")
+    attrs = extractor.to_attrs(record) if record is not None else {}
     _write_h5(buffer, features, {"video": found, "duration": duration,
                                  "dataset": str(store.manifest.get("dataset", store.path.name)),
                                  "store": str(store.path)},
-              extractor.to_attrs(record) if record is not None else {})
+              attrs if kept else {**attrs, POOLED: int(features.shape[0])})
     make_folder_of(out, "--out")
     try:
         atomic_write(out, lambda fh: fh.write(buffer.getvalue()), binary=True)
@@ -71,8 +81,9 @@ def export_video(store: Store, video: str, out: Path | None = None, overwrite: b
     queries = [{"split": name, "query": q.query, "times": q.times}
                for name, qs in store.splits.items() for q in qs if q.video == found]
     return {"path": str(out), "video": found, "dataset": store.manifest.get("dataset", store.path.name),
-            "store": str(store.path), "duration": duration, "clips": int(features.shape[0]),
-            "feature_dim": int(features.shape[1]), "queries": queries}
+            "store": str(store.path), "duration": duration, "clips": int(store.features.shape[1]),
+            "rows": int(features.shape[0]), "pooled": not kept, "feature_dim": int(features.shape[1]),
+            "queries": queries}
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -38,7 +38,7 @@ from fsan_cli.predict import windows
 from fsan_cli.predict.answers import Grounding
 from fsan_cli.predict.predictor import Predictor
 from fsan_cli.video import record as extractor
-from fsan_cli.video.h5file import LAYOUT_ATTR, PER_VIDEO
+from fsan_cli.video.h5file import LAYOUT_ATTR, PER_VIDEO, POOLED
 
 MEMBERS = ("c3d_features", "features")  # a video's matrix inside its group (ActivityNet, ours)
 PROGRESS_FROM = 256  # queries: fewer take about a second at the paper config on a CPU
@@ -59,6 +59,7 @@ class Video:
     duration: float | None  # seconds; None when the file has none
     where: str  # file and dataset path, for messages
     record: dict[str, Any] | None = None  # the extractor's (fsan_cli/video/record.py); None: none
+    pooled: bool = False  # the rows are the whole video pooled to clips (fsan export): never windowed
 
 
 def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video]:
@@ -90,7 +91,7 @@ def _read_one(h5, path: Path, video_id: str | None) -> Video:
     check_fits(int(np.prod(ds.shape)) * ds.dtype.itemsize, f"video '{vid}' in {where} holds {ds.shape} values",
                "Ground it on a machine with more free RAM, or extract fewer rows per video")
     record = extractor.from_attrs(ds.attrs, where)
-    return Video(vid, ds[()], _duration(ds, h5 if single else None, where), where, record)
+    return Video(vid, ds[()], _duration(ds, h5 if single else None, where), where, record, POOLED in ds.attrs)
 
 
 def _one_video(h5) -> bool:
@@ -267,7 +268,8 @@ def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence
     with count_progress(len(requests), "Grounding", enabled=len(requests) > PROGRESS_FROM) as advance:
         answers, results = windows.ground(predictor, [videos[k].rows for k in order], [videos[k].video for k in order],
                                           [seconds[k] for k in order], index, per_query,
-                                          [r.query for r in requests], top_k, advance)
+                                          [r.query for r in requests], top_k, advance,
+                                          pooled=[videos[k].pooled for k in order])
     rate = len(results) / max(time.perf_counter() - t0, 1e-9)
     _say_what_was_read(predictor, [videos[k] for k in order], [seconds[k] for k in order], results, rate)
     out = []
@@ -301,7 +303,8 @@ def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[
                        results: Sequence[Grounding], rate: float) -> None:
     what = f"{counted(len(results), 'query', 'queries')} ({rate:.0f}/s, {predictor.precision})"
     windowing = windows.Windowing.of(predictor.data)
-    spans = [windowing.spans(v.rows.shape[0], s) if windowing else None for v, s in zip(videos, seconds, strict=True)]
+    spans = [windowing.spans(v.rows.shape[0], s) if windowing and not v.pooled else None
+             for v, s in zip(videos, seconds, strict=True)]
     widths = [float((w[0, 1] - w[0, 0]) * s / v.rows.shape[0])  # a window's seconds, as cut (whole rows)
               for v, s, w in zip(videos, seconds, spans, strict=True) if w is not None]
     if len(videos) == 1:

@@ -95,12 +95,15 @@ class Long:
 
 
 def cut(predictor: Predictor, rows: Sequence[np.ndarray], durations: Sequence[float],
-        names: Sequence[str], windowing: Windowing) -> tuple[list[bool], Long | None]:
+        names: Sequence[str], windowing: Windowing, pooled: Sequence[bool] | None = None
+        ) -> tuple[list[bool], Long | None]:
     """Which videos are long, and their windows pooled to N_v (a loop over videos and their
-    windows is the pooling's own, as `fsan prepare` pools video by video)."""
+    windows is the pooling's own, as `fsan prepare` pools video by video); a video whose rows
+    are its pooled clips already (`pooled`, fsan export) is not cut."""
     clips, owner, seconds, long = [], [], [], []
+    pooled = pooled if pooled is not None else [False] * len(rows)
     for v, (x, d, name) in enumerate(zip(rows, durations, names, strict=True)):
-        spans = windowing.spans(len(x), float(d))
+        spans = None if pooled[v] else windowing.spans(len(x), float(d))
         long.append(spans is not None)
         if spans is None:
             continue
@@ -278,13 +281,17 @@ def answer(predictor: Predictor, clips: np.ndarray, long: Long | None, is_long: 
 
 def ground(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequence[str], seconds: Sequence[float],
            video: np.ndarray, durations: np.ndarray, texts: Sequence[str], top_k: int,
-           progress: Callable[[int], None] | None = None) -> tuple[Answers, list[Grounding]]:
+           progress: Callable[[int], None] | None = None, pooled: Sequence[bool] | None = None
+           ) -> tuple[Answers, list[Grounding]]:
     """Predictor.ground for videos of any length: rows (T, D_in) of each video, its name and
     seconds; a long video's alignment map is its answering window's (a Grounding's segments
-    are clips of that window, its moments the video's seconds)."""
+    are clips of that window, its moments the video's seconds). A video whose rows are its
+    pooled clips (`pooled`, fsan export) is answered from them, as `fsan evaluate` does."""
     windowing = Windowing.of(predictor.data)
-    check_rates(predictor, rows, names, seconds)
-    is_long, long = cut(predictor, rows, seconds, names, windowing) if windowing else ([False] * len(rows), None)
+    pooled = pooled if pooled is not None else [False] * len(rows)
+    rated = [i for i, p in enumerate(pooled) if not p]  # rows a second: pooled clips have none
+    check_rates(predictor, [rows[i] for i in rated], [names[i] for i in rated], [seconds[i] for i in rated])
+    is_long, long = cut(predictor, rows, seconds, names, windowing, pooled) if windowing else ([False] * len(rows), None)
     is_long = np.array(is_long, bool)
     shape = None
     pooled = []

@@ -20,6 +20,7 @@ from fsan_cli.core.errors import write_error
 
 LAYOUT_ATTR = "fsan_layout"  # a file attribute: how to read the file's datasets
 PER_VIDEO = "one dataset per video"  # extract's files: a dataset named `features` is a video too
+POOLED = "pooled_clips"  # a dataset attribute (fsan export): its rows are the whole video pooled to this many clips
 
 
 def write_h5(
