@@ -51,7 +51,7 @@ def main_callback(
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="More logging; -v shows tracebacks.")
     ] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results, warnings and errors (no progress or logs).")] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),

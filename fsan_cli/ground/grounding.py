@@ -301,7 +301,8 @@ def check_extractor(predictor: Predictor, record: dict[str, Any] | None, what: s
 
 def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[float],
                        results: Sequence[Grounding], rate: float) -> None:
-    what = f"{counted(len(results), 'query', 'queries')} ({rate:.0f}/s, {predictor.precision})"
+    per_s = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"  # not "0/s" for one slow query
+    what = f"{counted(len(results), 'query', 'queries')} ({per_s}/s, {predictor.precision})"
     windowing = windows.Windowing.of(predictor.data)
     spans = [windowing.spans(v.rows.shape[0], s) if windowing and not v.pooled else None
              for v, s in zip(videos, seconds, strict=True)]
