@@ -288,7 +288,7 @@ def test_interleaved_top_k_takes_each_windows_first_in_turn():
     assert windows.merge(seconds, score, valid, 4, 0.5, interleave=True).tolist() == [[3, 0, 4, 1]]
 
 
-def long_store(root, minutes: float, moment_s: float, videos: int = 8):
+def long_store(root, minutes: float, moment_s: float, videos: int = 8, split: str = "train"):
     """A prepared custom store of `videos` videos of `minutes` each, one moment of `moment_s` seconds."""
     from fsan_cli.data.store import load_store
 
@@ -301,7 +301,7 @@ def long_store(root, minutes: float, moment_s: float, videos: int = 8):
             h5.create_dataset(f"v{v}", data=rng.normal(size=(rows, 8)).astype("f4"))
             s = float(rng.uniform(0, minutes * 60 - moment_s))
             lines.append(json.dumps({"video": f"v{v}", "duration": minutes * 60.0, "query": "person walks",
-                                     "times": [[s, s + moment_s]]}))
+                                     "times": [[s, s + moment_s]], "split": split}))
     annotations.write_text("\n".join(lines) + "\n")
     r = CliRunner().invoke(app, ["--device", "cpu", "prepare", "-d", "custom", "--annotations", str(annotations),
                                  "--features", str(features), "--clips", "16"],
@@ -336,6 +336,13 @@ def test_train_warns_where_moments_are_shorter_than_a_clip(tmp_path):
     # 2-minute videos (7.5 s a clip), 20-second moments: every moment spans clips
     (tmp_path / "short").mkdir()
     assert too_coarse(long_store(tmp_path / "short", 2, 20)) is None
+    # no train split: the error that says so, not a warning about training first
+    (tmp_path / "test_only").mkdir()
+    long_store(tmp_path / "test_only", 20, 10, split="test")
+    r = CliRunner().invoke(app, ["--device", "cpu", "train", "-d", "custom", "--out", str(tmp_path / "run2"),
+                                 "--epochs", "1", *set_args(TINY_MODEL), "--set", "data.clips=16"],
+                           env={"FSAN_DATA_DIR": str(tmp_path / "test_only" / "data"), "NO_COLOR": "1"})
+    assert r.exit_code == 1 and "Error: split 'train' is not in the store" in r.stderr and "Warning" not in r.stderr
 
 
 def test_train_validates_long_val_videos_in_windows_as_evaluate_does(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ def fit(cfg: Settings, store: Store, out: Path, device: Any, resume: bool, compi
 
     with run_folder(out, resume, overwrite) as folder:
         dist, device = distributed.init(device)
-        if dist.main and not resume and (coarse := too_coarse(store)):
+        if dist.main and not resume and "train" in store.splits and (coarse := too_coarse(store)):
             warn(coarse)
         t0 = time.perf_counter()
         try:
