@@ -156,10 +156,12 @@ def _duration(ds, root, where: str) -> float | None:
         if "duration" in obj.attrs:
             raw = obj.attrs["duration"]
             try:
-                return float(np.asarray(raw, dtype=np.float64).reshape(-1)[0])
-            except (TypeError, ValueError, IndexError):
+                (seconds,) = np.asarray(raw, dtype=np.float64).reshape(-1)  # a number, or an array of one
+                return float(seconds)
+            except (TypeError, ValueError):
                 raise FsanError(
-                    f"the duration attribute of {where} is {raw!r}, not a number of seconds",
+                    f"the duration attribute of {where} is {raw.tolist() if isinstance(raw, np.ndarray) else raw!r}, "
+                    "not a number of seconds",
                     "Fix the attribute, or pass --duration SECONDS",
                 ) from None
     return None
