@@ -101,4 +101,4 @@ def test_a_narrow_terminal_never_cuts_a_number_in_a_table():
         lines = [line for line in out.getvalue().splitlines() if line.startswith("│")]
         assert "…" not in out.getvalue()
         assert [c.strip() for c in lines[-3].split("│")[1:-1]][1:] == [f"{v:.2f}" for v in metrics.values()]
-        assert " ".join(line.split("│")[1].strip() for line in lines[-3:]).split() == "Prior on train (this run)".split()
+        assert " ".join(line.split("│")[1].strip() for line in lines[-3:]).split() == ["Prior", "on", "train", "(this", "run)"]
