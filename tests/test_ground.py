@@ -398,7 +398,8 @@ def multi(path: Path, rows) -> Path:
     ("missing", "a person opens the door", "does not exist. Pass the path of a video file or of an HDF5 feature file."),
     ("multi", "a person opens the door", "holds 2 videos. Pass --video-id to pick one, e.g. --video-id a."),
     ("3d", "a person opens the door", "holds float32 values of shape (2, 3, 4), not a (T, D) matrix"),
-    ("two_durations", "a person opens the door", "/features is [1307.25, 5.0], not a number of seconds. Fix the"),
+    ("two_durations", "a person opens the door", "v.h5:/ is [1307.25, 5.0], not a number of seconds. Fix the"),
+    ("true_duration", "a person opens the door", "v.h5:/ is True, not a number of seconds. Fix the"),
 ])  # fmt: skip
 def test_bad_input_is_one_clear_error(trained, tmp_path, ckpt, case, query, message):
     rows = clip_rows(trained[1], trained[2].video)
@@ -419,6 +420,8 @@ def test_bad_input_is_one_clear_error(trained, tmp_path, ckpt, case, query, mess
         write_video(path, np.zeros((2, 3, 4), np.float32), 10.0)
     elif case == "two_durations":  # one of them would be taken without a word
         write_video(path, rows, np.array([1307.25, 5.0]))
+    elif case == "true_duration":  # float(True) would be 1 s
+        write_video(path, rows, True)
     r = run([str(path), query, "--checkpoint", str(ckpt)])
     assert (r.exit_code, r.stdout) == (1, ""), r.output
     assert message in r.stderr

@@ -66,6 +66,7 @@ def test_windows_cover_a_long_video_and_skip_a_short_one():
     assert spans[0].tolist() == [0, 60] and spans[-1][1] == 600  # the median train duration
     assert (np.diff(spans[:, 0]) <= 30).all() and (spans[:, 1] - spans[:, 0] == 60).all()
     assert windows.Windowing.of({}) is None and windows.Windowing.of({"durations": {"p90": "x"}}) is None
+    assert windows.Windowing.of({"durations": {**DURATIONS, "max": True}}) is None  # not a 1 s range
 
 
 def test_a_moment_straddling_two_windows_is_found():
@@ -231,7 +232,9 @@ def test_a_long_video_through_ground_into_evaluate_scores_as_evaluate_checkpoint
     from_export = fsan("ground", str(tmp_path / "y.h5"), "--queries", str(tmp_path / "asked.jsonl"),
                        "--checkpoint", str(ckpt), "--json", "--precision", "fp32")
     assert from_export.exit_code == 0, from_export.stderr
-    assert "Warning" not in from_export.stderr and "windows" not in from_export.stderr
+    assert "check its duration" not in from_export.stderr and "read in" not in from_export.stderr
+    assert "'test-long0' holds the video pooled to 32 clips (fsan export), and at 583.39 s it is longer than" in (
+        " ".join(from_export.stderr.split()))
     got = [json.loads(r)["moments"] for r in from_export.stdout.splitlines()]
     np.testing.assert_allclose(np.array(got)[..., :2], np.array(want)[..., :2], atol=1e-4)
 
@@ -535,7 +538,7 @@ def test_the_models_own_answer_of_a_long_video_is_drawn_where_it_lies():
         g = Grounding("person walks", ["person", "walks"], [], np.array([[20, 30]]), np.array([[1300.0, 1400.0]]),
                       np.array([1.0]), np.linspace(0, 1, 128).reshape(2, 64), prior_changed=True,
                       model_top=model_top, windowed=True)
-        console = Console(width=100, color_system=None, record=True)
+        console = Console(width=200, color_system=None, record=True)  # the map 100 wide, its notes unwrapped
         console.print(heatmap(g, 7200.0, False, 100, [1200.0, 1440.0], [[1300.0, 1400.0]]))
         return next(line for line in console.export_text().splitlines() if line.strip().startswith("model"))
 
@@ -544,13 +547,21 @@ def test_the_models_own_answer_of_a_long_video_is_drawn_where_it_lies():
     here = model_line((np.array([4, 9]), np.array([1200.0 + 4 * 3.75, 1200.0 + 10 * 3.75]), 0.5))
     assert here == " model" + "  " + " " * 4 + "[====]  (without the span prior)"
     across = model_line((np.array([60, 63]), np.array([1425.0, 1460.0]), 0.5))  # runs past the window's end
-    assert across == " model" + "  " + " " * 60 + "[==]  (without the span prior)"
+    assert across == " model" + "  " + " " * 60 + "[==]  (without the span prior; 23:45-24:20 ends after this window)"
+    before = model_line((np.array([60, 63]), np.array([454.68, 1207.0]), 0.5))  # mostly before the window
+    assert before == " model" + "  " + "[]  (without the span prior; 7:35-20:07 starts before this window)"
 
 
 @pytest.mark.parametrize("damage, said", [
-    (lambda x: x[:-3], "holds 125x128 rows and features, not 128x128"),
-    (lambda x: x[:, :64], "holds 128x64 rows and features, not 128x128"),
-    (None, "is missing"),
+    (lambda x: x[:-3], "its rows.npy holds 125x128 rows and features, not 128x128"),
+    (lambda x: x[:, :64], "its rows.npy holds 128x64 rows and features, not 128x128"),
+    (None, "its rows.npy is missing"),
+    # rows.npy whole, videos.jsonl wrong
+    ({"raw_at": -5}, "videos.jsonl places them in rows.npy with gaps or overlaps"),
+    ({"raw_at": 10}, "videos.jsonl places them in rows.npy with gaps or overlaps"),
+    ({"rows": 0}, "videos.jsonl places them in rows.npy with gaps or overlaps"),
+    ({"raw_at": "x"}, 'videos.jsonl does not say where ("raw_at" and "rows" whole numbers)'),
+    ({"rows": 1.5}, 'videos.jsonl does not say where ("raw_at" and "rows" whole numbers)'),
 ])
 def test_a_damaged_rows_file_is_said_as_the_stores_damage(tmp_path, damage, said):
     """rows.npy cut short or of another width read long videos from the wrong rows (R@1 at IoU
@@ -570,11 +581,15 @@ def test_a_damaged_rows_file_is_said_as_the_stores_damage(tmp_path, damage, said
     assert raw.shape == (128, 128) and load_store(where).raw.shape == (128, 128)
     if damage is None:
         (where / "rows.npy").unlink()
+    elif isinstance(damage, dict):  # videos.jsonl places the second video's rows otherwise
+        lines = [json.loads(line) for line in (where / "videos.jsonl").read_text().splitlines()]
+        lines[1].update(damage)
+        (where / "videos.jsonl").write_text("".join(json.dumps(v) + "\n" for v in lines))
     else:
         np.save(where / "rows.npy", damage(raw))
     with pytest.raises(FsanError) as err:
         load_store(where)
-    assert str(err.value).startswith(f"the store at {where} keeps the rows of 2 long videos, and its rows.npy {said}")
+    assert str(err.value).startswith(f"the store at {where} keeps the rows of 2 long videos, and {said}")
 
 
 def test_the_fix_said_for_long_videos_a_store_keeps_pooled_names_what_works():
@@ -589,9 +604,53 @@ def test_the_fix_said_for_long_videos_a_store_keeps_pooled_names_what_works():
         return SimpleNamespace(splits={"train": train} if train else {},
                                videos=[{"video": "mid", "duration": 800.0}, {"video": "far", "duration": 2000.0}])
 
-    assert windows._keep_rows_fix(store([1155.0, 300.0]), [0]) == (
+    assert windows._keep_rows_fix(store([1155.0, 300.0]), [0], "run/best.pt") == (
         "the store keeps the rows only of videos longer than its own train videos (1155 s); to read these in "
-        "windows, ground them from their features file: fsan ground FILE --queries PAIRS.jsonl")
+        "windows, ground them from their original features file, not an fsan export of this store: fsan ground "
+        "FILE --queries PAIRS.jsonl --checkpoint run/best.pt")
     again = "prepare the store again with this fsan to keep their rows"
     assert windows._keep_rows_fix(store([1155.0]), [0, 1]) == again  # 'far' it should have kept: an older fsan
     assert windows._keep_rows_fix(store([]), [0]) == again  # no train split: it keeps all
+
+
+@pytest.mark.parametrize("mark, pooled, said", [
+    (None, False, False),  # a features file of one's own
+    ("old export", True, False),  # an export of an older fsan: pooled clips, no mark
+    (32, True, False), (0, False, False),  # this fsan's exports: pooled clips, or the rows the store keeps
+    (31, False, True), (-5, False, True), ("no", False, True), (True, False, True), (np.array([1, 2]), False, True),
+])  # fmt: skip
+def test_a_pooled_mark_is_believed_only_as_export_writes_it(tmp_path, capsys, mark, pooled, said):
+    from fsan_cli.ground import grounding
+
+    path = tmp_path / "v.h5"
+    with h5py.File(path, "w") as h5:
+        ds = h5.create_dataset("features", data=np.zeros((32, 4), np.float32))
+        h5.attrs["duration"] = 1419.0
+        if isinstance(mark, str) and mark == "old export":
+            h5.attrs["store"], h5.attrs["dataset"] = "data/custom", "custom"
+        elif mark is not None:
+            ds.attrs["pooled_clips"] = mark
+    (video,) = grounding.read_videos(path, [None]).values()
+    assert video.pooled is pooled
+    assert ("read as feature rows (remove the attribute, or export the video again)" in capsys.readouterr().err) is said
+
+
+def test_pooled_clips_of_a_long_video_are_answered_from_them_and_said(capsys):
+    """An export of a long video's pooled clips: answered from them (never cut into windows), and
+    said, as evaluate says it; clips of another N_v are said too. Its rows a second are not checked."""
+    p = oracle()  # reads 16 clips, trained on videos up to 100 s at 1 row a second
+    clips = marked(16, (5, 8))
+    answers, _ = windows.ground(p, [clips], ["long"], [400.0], np.array([0]), np.array([400.0]), ["walks"], 1,
+                                pooled=[True])
+    plain, _ = p.ground(np.stack([p.video_clips(clips, "long")]), np.array([0]), np.array([400.0]), ["walks"], 1)
+    np.testing.assert_array_equal(answers.seconds, plain.seconds)  # the clips as a short video's, no windows
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("'long' holds the video pooled to 16 clips (fsan export), and at 400 s it is longer than the model was "
+            "trained on (100 s): answered from those clips, 25 s each (ground its original features file to read it "
+            "in windows)") in err
+    assert "check its duration" not in err and "the model reads" not in err
+    windows.ground(p, [marked(8, (2, 4))], ["short"], [80.0], np.array([0]), np.array([80.0]), ["walks"], 1,
+                   pooled=[True])
+    err = " ".join(capsys.readouterr().err.split())
+    assert err == ("Warning: 'short' holds the video pooled to 8 clips (fsan export), and the model reads 16: pooled "
+                   "again (export it from a store prepared with --clips 16)")

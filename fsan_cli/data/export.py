@@ -1,7 +1,7 @@
 """One video of a prepared store written as a features file that `fsan ground FILE.h5` reads.
 
 The file holds the video's N_v pooled clip features as a (N_v, D) dataset `features`, marked
-with the dataset attribute `pooled_clips` (N_v), and the file attributes `video` (its id) and
+with the dataset attribute `pooled_clips` (N_v; 0 where it holds rows), and the file attributes `video` (its id) and
 `duration` (seconds), plus where it came from (`dataset`, `store`). `fsan ground` pools N_v rows
 to N_v clips unchanged and normalises rows again (a no-op for normalised rows), so the file is
 grounded as the store's video is scored; the mark tells it that the rows are clips of the whole
@@ -72,7 +72,7 @@ def export_video(store: Store, video: str, out: Path | None = None, overwrite: b
     _write_h5(buffer, features, {"video": found, "duration": duration,
                                  "dataset": str(store.manifest.get("dataset", store.path.name)),
                                  "store": str(store.path)},
-              attrs if kept else {**attrs, POOLED: int(features.shape[0])})
+              {**attrs, POOLED: 0 if kept else int(features.shape[0])})
     make_folder_of(out, "--out")
     try:
         atomic_write(out, lambda fh: fh.write(buffer.getvalue()), binary=True)

@@ -39,7 +39,7 @@ import numpy as np
 
 from fsan_cli.core.atomic import _umask
 from fsan_cli.core.errors import FsanError, out_of_space, write_error
-from fsan_cli.core.output import log
+from fsan_cli.core.output import counted, log
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -169,24 +169,35 @@ def load_store(path: Path, mmap: bool = False) -> Store:
 
 
 def _check_rows(path: Path, videos: list[dict], features: np.ndarray, raw: np.ndarray | None) -> None:
-    """rows.npy holds every kept long video's rows ("raw_at", "rows" long), as wide as the
-    features: a store whose rows.npy is missing, cut short or of another width is damaged."""
+    """rows.npy holds every kept long video's rows, one after another as `write_store` lays them
+    ("raw_at", "rows" long), as wide as the features: a store whose rows.npy is missing, cut
+    short or of another width, or whose videos.jsonl places them otherwise, is damaged."""
     kept = [v for v in videos if "raw_at" in v]
     if not kept:
         return
+    long = counted(len(kept), "long video")
     try:
-        end = max(int(v["raw_at"]) + int(v["rows"]) for v in kept)
+        at = np.array([v["raw_at"] for v in kept], np.float64)
+        size = np.array([v["rows"] for v in kept], np.float64)
+        whole = (np.isfinite(at) & np.isfinite(size) & (at == np.round(at)) & (size == np.round(size))).all()
     except (KeyError, TypeError, ValueError):
-        end = -1
+        whole = False
+    if not whole:
+        raise FsanError(f"the store at {path} keeps the rows of {long}, and videos.jsonl does not say where "
+                        "(\"raw_at\" and \"rows\" whole numbers)", "Run `fsan prepare` again to rebuild it")
+    order = np.argsort(at, kind="stable")
+    at, size = at[order], size[order]
+    end = at + size
+    if at[0] != 0 or (size < 1).any() or (at[1:] != end[:-1]).any():
+        raise FsanError(f"the store at {path} keeps the rows of {long}, and videos.jsonl places them in rows.npy "
+                        "with gaps or overlaps", "Run `fsan prepare` again to rebuild it")
     if raw is None:
         what = "is missing"
-    elif end < 0:
-        what = "is listed wrongly in videos.jsonl"
-    elif raw.ndim != 2 or raw.shape[0] != end or raw.shape[1] != features.shape[-1]:
-        what = (f"holds {'x'.join(map(str, raw.shape))} rows and features, not {end}x{features.shape[-1]}")
+    elif raw.ndim != 2 or raw.shape[0] != int(end[-1]) or raw.shape[1] != features.shape[-1]:
+        what = f"holds {'x'.join(map(str, raw.shape))} rows and features, not {int(end[-1])}x{features.shape[-1]}"
     else:
         return
-    raise FsanError(f"the store at {path} keeps the rows of {len(kept)} long videos, and its rows.npy {what}",
+    raise FsanError(f"the store at {path} keeps the rows of {long}, and its rows.npy {what}",
                     "Run `fsan prepare` again to rebuild it")
 
 

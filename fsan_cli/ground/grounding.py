@@ -91,7 +91,24 @@ def _read_one(h5, path: Path, video_id: str | None) -> Video:
     check_fits(int(np.prod(ds.shape)) * ds.dtype.itemsize, f"video '{vid}' in {where} holds {ds.shape} values",
                "Ground it on a machine with more free RAM, or extract fewer rows per video")
     record = extractor.from_attrs(ds.attrs, where)
-    return Video(vid, ds[()], _duration(ds, h5 if single else None, where), where, record, POOLED in ds.attrs)
+    rows = ds[()]
+    return Video(vid, rows, _duration(ds, h5 if single else None, where), where, record,
+                 _pooled(ds, h5, len(rows), where))
+
+
+def _pooled(ds, h5, rows: int, where: str) -> bool:
+    """Whether the rows are the whole video pooled to clips by `fsan export` (answered from them,
+    never windowed): its `pooled_clips` attribute gives their number (0: the store's rows of a
+    long video). An export of an older fsan, which wrote pooled clips only, has none: its file
+    names the `store` it came from. A mark that is not the row count is said, and not believed."""
+    if POOLED not in ds.attrs:
+        return "store" in h5.attrs and "dataset" in h5.attrs and _one_video(h5)
+    mark = ds.attrs[POOLED]
+    if isinstance(mark, np.integer | int) and not isinstance(mark, bool | np.bool_) and int(mark) in (0, rows):
+        return int(mark) == rows
+    warn(f"{where} says its rows are the video pooled to {mark!r} clips ({POOLED}), and it holds {rows} rows: "
+         "read as feature rows (remove the attribute, or export the video again)")
+    return False
 
 
 def _one_video(h5) -> bool:
@@ -156,12 +173,15 @@ def _duration(ds, root, where: str) -> float | None:
         if "duration" in obj.attrs:
             raw = obj.attrs["duration"]
             try:
+                if np.asarray(raw).dtype.kind == "b":  # h5py gives a boolean as numpy's: float() reads it as 1 s
+                    raise TypeError
                 (seconds,) = np.asarray(raw, dtype=np.float64).reshape(-1)  # a number, or an array of one
                 return float(seconds)
             except (TypeError, ValueError):
+                holder = f"{where.rsplit(':', 1)[0]}:{obj.name}"
                 raise FsanError(
-                    f"the duration attribute of {where} is {raw.tolist() if isinstance(raw, np.ndarray) else raw!r}, "
-                    "not a number of seconds",
+                    f"the duration attribute of {holder} is "
+                    f"{raw.tolist() if isinstance(raw, np.ndarray | np.generic) else raw!r}, not a number of seconds",
                     "Fix the attribute, or pass --duration SECONDS",
                 ) from None
     return None

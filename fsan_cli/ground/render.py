@@ -146,9 +146,11 @@ def heatmap(g: Grounding, duration: float, colour: bool, width: int = 80,
             ms, me = max(0, math.floor((a - start) / clip + 1e-6)), min(nv - 1, math.ceil((b - start) / clip - 1e-6) - 1)
         out.append("model".rjust(label) + "  ")
         if ms <= me:
+            past = [w for w, far in (("starts before", a < start - 1e-6), ("ends after", b > end + 1e-6)) if far]
             out.append(" " * (ms * cw))
             out.append(_marker((me - ms + 1) * cw), style="yellow" if colour else "")
-            out.append("  (without the span prior)\n")
+            out.append("  (without the span prior" + (f"; {clock(a)}-{clock(b)} {' and '.join(past)} this window"
+                                                      if window is not None and past else "") + ")\n")
         else:
             out.append(f"{clock(a)}-{clock(b)} without the span prior, outside this window\n")
     axis, labels = _time_axis(nv, cw, end - start, start)

@@ -283,9 +283,11 @@ class Predictor:
             return []
         return self.answer_split(store, queries, top_k).rows(list(queries), top_k)
 
-    def answer_split(self, store: Any, queries: Sequence[Any], top_k: int) -> Answers:
-        """The answers to a prepared split's queries (data.store.Query), in their order."""
-        self.check_split(store, queries)
+    def answer_split(self, store: Any, queries: Sequence[Any], top_k: int, checked: bool = False) -> Answers:
+        """The answers to a prepared split's queries (data.store.Query), in their order (`checked`:
+        the caller ran check_split)."""
+        if not checked:
+            self.check_split(store, queries)
         features = torch.from_numpy(np.array(store.features, dtype=np.float32)).to(self.device)
         durations = np.array([q.duration for q in queries], np.float64)
         return self.answer(features, video_rows(store, list(queries)), durations, [q.query for q in queries], top_k)

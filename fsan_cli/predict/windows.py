@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fsan_cli.core.output import warn
+from fsan_cli.core.output import counted, warn
 from fsan_cli.data.features import video_clips
 from fsan_cli.data.store import video_rows
 from fsan_cli.predict.answers import Answers, Grounding, Predictions, combine
@@ -62,6 +62,8 @@ class Windowing:
         damaged one (no windowing: today's answers)."""
         d = data.get("durations")
         try:
+            if any(isinstance(d[k], bool) for k in (WINDOW_PERCENTILE, "max")):  # float(True) is 1.0
+                return None
             window, longest = float(d[WINDOW_PERCENTILE]), float(d["max"])
         except (TypeError, KeyError, ValueError):
             return None
@@ -291,6 +293,7 @@ def ground(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequence[str
     pooled = pooled if pooled is not None else [False] * len(rows)
     rated = [i for i, p in enumerate(pooled) if not p]  # rows a second: pooled clips have none
     check_rates(predictor, [rows[i] for i in rated], [names[i] for i in rated], [seconds[i] for i in rated])
+    check_pooled(predictor, windowing, [(len(rows[i]), names[i], float(seconds[i])) for i, p in enumerate(pooled) if p])
     is_long, long = cut(predictor, rows, seconds, names, windowing, pooled) if windowing else ([False] * len(rows), None)
     is_long = np.array(is_long, bool)
     shape = None
@@ -359,7 +362,7 @@ def check_rates(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequenc
                  "--duration); answers are in seconds of it")
 
 
-def _keep_rows_fix(store: Any, pooled: Sequence[int]) -> str:
+def _keep_rows_fix(store: Any, pooled: Sequence[int], checkpoint: Any = None) -> str:
     """How to have videos `pooled` read in windows: a store keeps the rows of the videos longer
     than its own train videos (data.store.long_videos); one that should have kept them is of an
     older fsan, and the others are within the range of its own train split."""
@@ -367,7 +370,22 @@ def _keep_rows_fix(store: Any, pooled: Sequence[int]) -> str:
     if not train or any(float(store.videos[v]["duration"]) > max(train) for v in pooled):
         return "prepare the store again with this fsan to keep their rows"
     return (f"the store keeps the rows only of videos longer than its own train videos ({max(train):g} s); "
-            "to read these in windows, ground them from their features file: fsan ground FILE --queries PAIRS.jsonl")
+            "to read these in windows, ground them from their original features file, not an fsan export of "
+            f"this store: fsan ground FILE --queries PAIRS.jsonl --checkpoint {checkpoint or 'CKPT'}")
+
+
+def check_pooled(predictor: Predictor, windowing: Windowing | None, videos: Sequence[tuple[int, str, float]]) -> None:
+    """Say where a video given as its pooled clips (fsan export: clips, name, seconds) is read
+    otherwise than its rows would be: longer than the model's training videos (no windows from
+    clips), or pooled to another number of clips than the model reads."""
+    for clips, name, d in videos:
+        if windowing is not None and d > windowing.longest_s:
+            warn(f"'{name}' holds the video pooled to {clips} clips (fsan export), and at {d:g} s it is longer than "
+                 f"{predictor.checkpoint or 'the model'} was trained on ({windowing.longest_s:g} s): answered from "
+                 f"those clips, {d / clips:.3g} s each (ground its original features file to read it in windows)")
+        if clips != predictor.clips:
+            warn(f"'{name}' holds the video pooled to {clips} clips (fsan export), and the model reads "
+                 f"{predictor.clips}: pooled again (export it from a store prepared with --clips {predictor.clips})")
 
 
 def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k: int) -> Answers:
@@ -379,13 +397,15 @@ def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k
         return predictor.answer_split(store, queries, top_k)
     far, kept = long_in_store(windowing, store, queries)
     raw = getattr(store, "raw", None)
+    predictor.check_split(store, queries)  # a store the model cannot read is said before any warning
     if len(kept) < len(far):
-        warn(f"{len(far) - len(kept)} videos are longer than {predictor.checkpoint or 'the model'} was trained on "
-             f"({windowing.longest_s:g} s), and the store at {store.path} keeps only their pooled clips: answered "
-             f"from those ({_keep_rows_fix(store, sorted(set(far) - set(kept)))})")
+        n = len(far) - len(kept)
+        warn(f"{counted(n, 'video')} {'is' if n == 1 else 'are'} longer than {predictor.checkpoint or 'the model'} "
+             f"was trained on ({windowing.longest_s:g} s), and the store at {store.path} keeps only "
+             f"{'its' if n == 1 else 'their'} pooled clips: answered from those "
+             f"({_keep_rows_fix(store, sorted(set(far) - set(kept)), predictor.checkpoint)})")
     if not kept:
-        return predictor.answer_split(store, queries, top_k)
-    predictor.check_split(store, queries)
+        return predictor.answer_split(store, queries, top_k, checked=True)
     clips = np.array(store.features, dtype=np.float32)
     normalize = bool(store.manifest.get("normalize", True))
     parts, owner, seconds = [], [], []
