@@ -561,6 +561,7 @@ def test_the_models_own_answer_of_a_long_video_is_drawn_where_it_lies():
     ({"raw_at": 10}, "videos.jsonl places them in rows.npy with gaps or overlaps"),
     ({"rows": 0}, "videos.jsonl places them in rows.npy with gaps or overlaps"),
     ({"raw_at": "x"}, 'videos.jsonl does not say where ("raw_at" and "rows" whole numbers)'),
+    ({"raw_at": "64"}, 'videos.jsonl does not say where ("raw_at" and "rows" whole numbers)'),
     ({"rows": 1.5}, 'videos.jsonl does not say where ("raw_at" and "rows" whole numbers)'),
 ])
 def test_a_damaged_rows_file_is_said_as_the_stores_damage(tmp_path, damage, said):
@@ -610,12 +611,12 @@ def test_the_fix_said_for_long_videos_a_store_keeps_pooled_names_what_works():
         "FILE --queries PAIRS.jsonl --checkpoint run/best.pt")
     again = "prepare the store again with this fsan to keep their rows"
     assert windows._keep_rows_fix(store([1155.0]), [0, 1]) == again  # 'far' it should have kept: an older fsan
-    assert windows._keep_rows_fix(store([]), [0]) == again  # no train split: it keeps all
+    assert windows._keep_rows_fix(store([]), [0]) == again.replace("their", "its")  # no train split: it keeps all
 
 
 @pytest.mark.parametrize("mark, pooled, said", [
     (None, False, False),  # a features file of one's own
-    ("old export", True, False),  # an export of an older fsan: pooled clips, no mark
+    ("old export", None, False),  # an export of an older fsan: no mark; pooled where its rows are the model's N_v
     (32, True, False), (0, False, False),  # this fsan's exports: pooled clips, or the rows the store keeps
     (31, False, True), (-5, False, True), ("no", False, True), (True, False, True), (np.array([1, 2]), False, True),
 ])  # fmt: skip
@@ -632,6 +633,8 @@ def test_a_pooled_mark_is_believed_only_as_export_writes_it(tmp_path, capsys, ma
             ds.attrs["pooled_clips"] = mark
     (video,) = grounding.read_videos(path, [None]).values()
     assert video.pooled is pooled
+    old = isinstance(mark, str) and mark == "old export"
+    assert grounding.pooled(video, 32) is bool(pooled or old) and grounding.pooled(video, 64) is bool(pooled)
     assert ("read as feature rows (remove the attribute, or export the video again)" in capsys.readouterr().err) is said
 
 
@@ -654,3 +657,19 @@ def test_pooled_clips_of_a_long_video_are_answered_from_them_and_said(capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert err == ("Warning: 'short' holds the video pooled to 8 clips (fsan export), and the model reads 16: pooled "
                    "again (export it from a store prepared with --clips 16)")
+
+
+def test_a_video_named_both_ways_is_read_and_said_once(tmp_path, capsys):
+    """A plain query (the file's only video) and a JSON line naming that video: one video, its
+    warnings said once."""
+    from fsan_cli.ground import grounding
+    from fsan_cli.ground.requests import Request
+
+    path = tmp_path / "v.h5"
+    with h5py.File(path, "w") as h5:
+        ds = h5.create_dataset("features", data=np.zeros((32, 4), np.float32))
+        ds.attrs["pooled_clips"] = -1
+        h5.attrs["video"], h5.attrs["duration"] = "vid", 60.0
+    videos, keys = grounding.read_asked(path, [Request("1", "a horse"), Request("2", "a woman", "vid")])
+    assert len(videos) == 1 and keys[0] == keys[1]
+    assert capsys.readouterr().err.count("pooled_clips") == 1

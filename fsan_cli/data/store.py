@@ -176,15 +176,12 @@ def _check_rows(path: Path, videos: list[dict], features: np.ndarray, raw: np.nd
     if not kept:
         return
     long = counted(len(kept), "long video")
-    try:
-        at = np.array([v["raw_at"] for v in kept], np.float64)
-        size = np.array([v["rows"] for v in kept], np.float64)
-        whole = (np.isfinite(at) & np.isfinite(size) & (at == np.round(at)) & (size == np.round(size))).all()
-    except (KeyError, TypeError, ValueError):
-        whole = False
+    whole = all(isinstance(v.get(k), int) and not isinstance(v.get(k), bool) for v in kept for k in ("raw_at", "rows"))
     if not whole:
         raise FsanError(f"the store at {path} keeps the rows of {long}, and videos.jsonl does not say where "
                         "(\"raw_at\" and \"rows\" whole numbers)", "Run `fsan prepare` again to rebuild it")
+    at = np.array([v["raw_at"] for v in kept], np.int64)
+    size = np.array([v["rows"] for v in kept], np.int64)
     order = np.argsort(at, kind="stable")
     at, size = at[order], size[order]
     end = at + size

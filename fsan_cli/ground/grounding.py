@@ -59,7 +59,7 @@ class Video:
     duration: float | None  # seconds; None when the file has none
     where: str  # file and dataset path, for messages
     record: dict[str, Any] | None = None  # the extractor's (fsan_cli/video/record.py); None: none
-    pooled: bool = False  # the rows are the whole video pooled to clips (fsan export): never windowed
+    pooled: bool | None = False  # the rows are the whole video pooled to clips (fsan export): never windowed; None: an older export's, `pooled`
 
 
 def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video]:
@@ -77,13 +77,16 @@ def read_videos(path: Path, ids: Sequence[str | None]) -> dict[str | None, Video
                 raise FsanError(f"{path} holds one video, and the queries name {len(named)} "
                                 f"({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})",
                                 "Ground each video with its own file, or use a multi-video file")
-            return {vid: _read_one(h5, path, vid) for vid in dict.fromkeys(ids)}
+            read: dict[str, Video] = {}  # by dataset: each read (and said) once
+            return {vid: _read_one(h5, path, vid, read) for vid in dict.fromkeys(ids)}
     except OSError as exc:
         raise FsanError(f"{path} cannot be read as HDF5 ({exc})", LAYOUT_HELP) from None
 
 
-def _read_one(h5, path: Path, video_id: str | None) -> Video:
+def _read_one(h5, path: Path, video_id: str | None, read: dict[str, Video] | None = None) -> Video:
     ds, vid, single = _pick(h5, path, video_id)
+    if read is not None and ds.name in read:
+        return read[ds.name]
     where = f"{path}:{ds.name}"
     if ds.shape[0] == 0:
         raise FsanError(f"video '{vid}' in {where} has no feature rows (T = 0)",
@@ -92,23 +95,33 @@ def _read_one(h5, path: Path, video_id: str | None) -> Video:
                "Ground it on a machine with more free RAM, or extract fewer rows per video")
     record = extractor.from_attrs(ds.attrs, where)
     rows = ds[()]
-    return Video(vid, rows, _duration(ds, h5 if single else None, where), where, record,
-                 _pooled(ds, h5, len(rows), where))
+    video = Video(vid, rows, _duration(ds, h5 if single else None, where), where, record,
+                  _pooled(ds, h5, len(rows), where))
+    if read is not None:
+        read[ds.name] = video
+    return video
 
 
-def _pooled(ds, h5, rows: int, where: str) -> bool:
+def _pooled(ds, h5, rows: int, where: str) -> bool | None:
     """Whether the rows are the whole video pooled to clips by `fsan export` (answered from them,
     never windowed): its `pooled_clips` attribute gives their number (0: the store's rows of a
-    long video). An export of an older fsan, which wrote pooled clips only, has none: its file
-    names the `store` it came from. A mark that is not the row count is said, and not believed."""
+    long video). An export of an older fsan, which wrote pooled clips only, has none, and its
+    file names the `store` it came from: None, pooled where it holds as many rows as the model
+    reads clips (`pooled`). A mark that is not the row count is said, and not believed."""
     if POOLED not in ds.attrs:
-        return "store" in h5.attrs and "dataset" in h5.attrs and _one_video(h5)
+        return None if "store" in h5.attrs and "dataset" in h5.attrs and _one_video(h5) else False
     mark = ds.attrs[POOLED]
     if isinstance(mark, np.integer | int) and not isinstance(mark, bool | np.bool_) and int(mark) in (0, rows):
         return int(mark) == rows
-    warn(f"{where} says its rows are the video pooled to {mark!r} clips ({POOLED}), and it holds {rows} rows: "
+    shown = mark.tolist() if isinstance(mark, np.ndarray | np.generic) else mark
+    warn(f"{where} says its rows are the video pooled to {shown!r} clips ({POOLED}), and it holds {rows} rows: "
          "read as feature rows (remove the attribute, or export the video again)")
     return False
+
+
+def pooled(video: Video, clips: int) -> bool:
+    """Whether `video`'s rows are its pooled clips, for a model that reads `clips` clips."""
+    return video.rows.shape[0] == clips if video.pooled is None else video.pooled
 
 
 def _one_video(h5) -> bool:
@@ -178,7 +191,7 @@ def _duration(ds, root, where: str) -> float | None:
                 (seconds,) = np.asarray(raw, dtype=np.float64).reshape(-1)  # a number, or an array of one
                 return float(seconds)
             except (TypeError, ValueError):
-                holder = f"{where.rsplit(':', 1)[0]}:{obj.name}"
+                holder = f"{where[: len(where) - len(ds.name)]}{obj.name}"  # where is FILE:DATASET
                 raise FsanError(
                     f"the duration attribute of {holder} is "
                     f"{raw.tolist() if isinstance(raw, np.ndarray | np.generic) else raw!r}, not a number of seconds",
@@ -222,7 +235,7 @@ def durations(videos: dict[str | None, Video], requests: Sequence[Request], keys
                             "--data-dir of a prepared store that holds the video")
         if not (math.isfinite(seconds) and seconds > 0):
             raise FsanError(f"the duration of video '{video.video}' is {seconds:g} s",
-                            "It must be positive; pass --duration SECONDS")
+                            "It must be positive and finite; pass --duration SECONDS")
         out[key] = float(seconds)
     return out
 
@@ -269,6 +282,10 @@ def read_asked(path: Path, requests: Sequence[Request], video_id: str | None = N
     one), and each request's key into them."""
     keys = [r.video if r.video is not None else video_id for r in requests]
     videos = read_videos(path, [*keys, video_id] if video_id is not None else keys)  # checks --video-id
+    first: dict[int, str | None] = {}  # a video named by its id and by the file's only one is one video
+    for k, v in videos.items():
+        first.setdefault(id(v), k)
+    keys = [first[id(videos[k])] for k in keys]
     return {k: videos[k] for k in dict.fromkeys(keys)}, keys
 
 
@@ -291,7 +308,7 @@ def ground(predictor: Predictor, videos: dict[str | None, Video], keys: Sequence
         answers, results = windows.ground(predictor, [videos[k].rows for k in order], [videos[k].video for k in order],
                                           [seconds[k] for k in order], index, per_query,
                                           [r.query for r in requests], top_k, advance,
-                                          pooled=[videos[k].pooled for k in order])
+                                          pooled=[pooled(videos[k], predictor.clips) for k in order])
     rate = len(results) / max(time.perf_counter() - t0, 1e-9)
     _say_what_was_read(predictor, [videos[k] for k in order], [seconds[k] for k in order], results, rate)
     out = []
@@ -326,7 +343,7 @@ def _say_what_was_read(predictor: Predictor, videos: list[Video], seconds: list[
     per_s = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"  # not "0/s" for one slow query
     what = f"{counted(len(results), 'query', 'queries')} ({per_s}/s, {predictor.precision})"
     windowing = windows.Windowing.of(predictor.data)
-    spans = [windowing.spans(v.rows.shape[0], s) if windowing and not v.pooled else None
+    spans = [windowing.spans(v.rows.shape[0], s) if windowing and not pooled(v, predictor.clips) else None
              for v, s in zip(videos, seconds, strict=True)]
     widths = [float((w[0, 1] - w[0, 0]) * s / v.rows.shape[0])  # a window's seconds, as cut (whole rows)
               for v, s, w in zip(videos, seconds, spans, strict=True) if w is not None]

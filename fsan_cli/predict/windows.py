@@ -368,7 +368,7 @@ def _keep_rows_fix(store: Any, pooled: Sequence[int], checkpoint: Any = None) ->
     older fsan, and the others are within the range of its own train split."""
     train = [float(q.duration) for q in store.splits.get("train", [])]
     if not train or any(float(store.videos[v]["duration"]) > max(train) for v in pooled):
-        return "prepare the store again with this fsan to keep their rows"
+        return f"prepare the store again with this fsan to keep {'its' if len(pooled) == 1 else 'their'} rows"
     return (f"the store keeps the rows only of videos longer than its own train videos ({max(train):g} s); "
             "to read these in windows, ground them from their original features file, not an fsan export of "
             f"this store: fsan ground FILE --queries PAIRS.jsonl --checkpoint {checkpoint or 'CKPT'}")
