@@ -470,7 +470,7 @@ def test_a_duration_far_from_the_rows_is_said(capsys):
     x = marked(5, (1, 3))
     windows.ground(p, [x], ["few"], [100000.0], np.array([0]), np.array([100000.0]), ["walks"], 1)
     err = " ".join(capsys.readouterr().err.split())
-    assert ("Warning: few has 5 feature rows for 100000 s (5e-05 a second), and the model was trained on 1 rows a "
+    assert ("Warning: few has 5 feature rows for 100000 s (5e-05 a second), and the model was trained on 1 row a "
             "second: check its duration") in err
     windows.ground(p, [marked(90, (10, 20))], ["fine"], [100.0], np.array([0]), np.array([100.0]), ["walks"], 1)
     assert "Warning" not in capsys.readouterr().err

@@ -358,7 +358,7 @@ def check_rates(predictor: Predictor, rows: Sequence[np.ndarray], names: Sequenc
         rate = len(x) / float(d) if float(d) > 0 else 0.0
         if trained > 0 and rate > 0 and not 1 / RATE_SLACK <= rate / trained <= RATE_SLACK:
             warn(f"{name} has {len(x)} feature rows for {float(d):g} s ({rate:.3g} a second), and the model was "
-                 f"trained on {trained:.3g} rows a second: check its duration (the file's 'duration' attribute or "
+                 f"trained on {trained:.3g} {'row' if f'{trained:.3g}' == '1' else 'rows'} a second: check its duration (the file's 'duration' attribute or "
                  "--duration); answers are in seconds of it")
 
 
