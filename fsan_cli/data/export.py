@@ -61,11 +61,9 @@ def export_video(store: Store, video: str, out: Path | None = None, overwrite: b
     _check_out(out, overwrite)
     row = store.videos[index[found]]
     duration = float(row["duration"])
-    kept = "raw_at" in row and store.raw is not None
-    if kept:  # a long video: the rows the store keeps, read in windows where a model finds it long
-        features = np.asarray(store.raw[int(row["raw_at"]): int(row["raw_at"]) + int(row["rows"])], np.float32)
-    else:
-        features = np.asarray(store.features[index[found]], dtype=np.float32)
+    rows = store.kept_rows(index[found])  # a long video's: read in windows where a model finds it long
+    kept = rows is not None
+    features = rows if kept else np.asarray(store.features[index[found]], dtype=np.float32)
     buffer = io.BytesIO()
     record = extractor.check(store.manifest.get("extractor"), f"the store at {store.path}")
     attrs = extractor.to_attrs(record) if record is not None else {}

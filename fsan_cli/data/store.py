@@ -96,6 +96,14 @@ class Store:
     def feature_dim(self) -> int:
         return int(self.features.shape[2])
 
+    def kept_rows(self, v: int) -> np.ndarray | None:
+        """The rows (after the PCA, before pooling) that rows.npy keeps of video `v` (a long
+        video), or None where it keeps none."""
+        meta = self.videos[v]
+        if self.raw is None or "raw_at" not in meta:
+            return None
+        return np.asarray(self.raw[meta["raw_at"]: meta["raw_at"] + meta["rows"]], np.float32)
+
     def split(self, name: str) -> list[Query]:
         if name not in self.splits:
             raise FsanError(

@@ -50,6 +50,13 @@ CPU_BATCH = 32  # on a CPU, per worker thread (measured best of 16, 32 and 64 wi
 DIDEMO_SEGMENTS = 21  # DiDeMo ranks all 21 (s, e) pairs of its six chunks, without NMS
 
 
+
+def zeroed(rows: np.ndarray, name: str) -> np.ndarray:
+    """`rows` with those holding NaN or inf made zero rows (as `fsan prepare` does), said."""
+    finite = np.isfinite(rows).all(axis=1)
+    warn(f"{int((~finite).sum())} feature rows of '{name}' hold NaN or inf; read as zeros")
+    return np.where(finite[:, None], rows, 0).astype(np.float32)
+
 class Predictor:
     """A model ready to answer: the checkpoint's network (or the one being trained), its
     vocabulary, how its features were prepared, its NMS, a device and a precision.
@@ -157,10 +164,7 @@ class Predictor:
         with np.errstate(invalid="ignore", over="ignore"):
             out = video_clips(rows, self.clips, pca=pca, normalize=normalize)
         if not np.isfinite(out).all():  # as prepare does: non-finite rows become zero rows
-            finite = np.isfinite(rows).all(axis=1)
-            warn(f"{int((~finite).sum())} feature rows of '{name}' hold NaN or inf; read as zeros")
-            rows = np.where(finite[:, None], rows, 0).astype(np.float32)
-            out = video_clips(rows, self.clips, pca=pca, normalize=normalize)
+            out = video_clips(zeroed(rows, name), self.clips, pca=pca, normalize=normalize)
         return out
 
     # ------------------------------------------------------------------------- the model

@@ -41,7 +41,7 @@ from fsan_cli.core.output import counted, warn
 from fsan_cli.data.features import video_clips
 from fsan_cli.data.store import video_rows
 from fsan_cli.predict.answers import Answers, Grounding, Predictions, combine
-from fsan_cli.predict.predictor import Predictor
+from fsan_cli.predict.predictor import Predictor, zeroed
 from models.segments import segments_to_seconds
 
 WINDOW_PERCENTILE = "p50"  # a window spans the train split's median duration (measured: docs/method.md)
@@ -109,10 +109,8 @@ def cut(predictor: Predictor, rows: Sequence[np.ndarray], durations: Sequence[fl
         long.append(spans is not None)
         if spans is None:
             continue
-        finite = np.isfinite(x).all(axis=1)
-        if not finite.all():  # said once for the video, not once per window that holds them
-            warn(f"{int((~finite).sum())} feature rows of '{name}' hold NaN or inf; read as zeros")
-            x = np.where(finite[:, None], x, 0).astype(np.float32)
+        if not np.isfinite(x).all():  # said once for the video, not once per window that holds them
+            x = zeroed(x, name)
         clips += [predictor.video_clips(x[a:b], name) for a, b in spans]
         owner.append(np.full(len(spans), v, np.int64))
         seconds.append(spans * (float(d) / len(x)))
@@ -396,7 +394,6 @@ def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k
     if windowing is None or not queries:
         return predictor.answer_split(store, queries, top_k)
     far, kept = long_in_store(windowing, store, queries)
-    raw = getattr(store, "raw", None)
     predictor.check_split(store, queries)  # a store the model cannot read is said before any warning
     if len(kept) < len(far):
         n = len(far) - len(kept)
@@ -411,7 +408,7 @@ def answer_split(predictor: Predictor, store: Any, queries: Sequence[Any], top_k
     parts, owner, seconds = [], [], []
     for v in kept:  # the store's rows are already projected by its PCA
         meta = store.videos[v]
-        x = np.asarray(raw[int(meta["raw_at"]): int(meta["raw_at"]) + int(meta["rows"])], np.float32)
+        x = store.kept_rows(v)
         spans = windowing.spans(len(x), float(meta["duration"]))
         parts += [video_clips(x[a:b], predictor.clips, pca=None, normalize=normalize) for a, b in spans]
         owner.append(np.full(len(spans), v, np.int64))
